@@ -33,4 +33,4 @@ test: $(VENV)/.dev-$(HASH)
 
 # developer helpers
 export: $(VENV)/.dev-$(HASH)
-	$(BIN)/nbdev_export && $(BIN)/nbdev_clean && $(BIN)/python scripts/render_readme.py
+	$(BIN)/nbdev_clean && $(BIN)/nbdev_export && $(BIN)/python scripts/render_readme.py
