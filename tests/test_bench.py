@@ -1,0 +1,70 @@
+"Runs, grids and the CLI's train / eval / reproduce, on the micro world."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest, torch
+from vlprompt import bench
+from vlprompt.clip import VLPromptError
+
+VLPROMPT = str(Path(sys.executable).parent/'vlprompt')
+
+def cli(*args, **kw):
+    return subprocess.run([VLPROMPT, *map(str, args)], capture_output=True, text=True, **kw)
+
+def test_reproduce_prints_mean_and_std_over_seeds(tmp_path):
+    res = cli('reproduce', '--protocol', 'base2new', '--methods', 'zeroshot', '--datasets', 'micro-pairs',
+              '--seeds', 1, 2, 3, '--out', tmp_path)
+    assert res.returncode == 0, res.stderr
+    line = next(l for l in res.stdout.splitlines() if l.startswith('| micro-pairs | zeroshot | 3 |'))
+    base, new, hm = (float(c.split('±')[0]) for c in line.split('|')[4:7])
+    assert 80 < base < 100 and 80 < new < 100 and hm == pytest.approx(2 * base * new / (base + new), abs=0.2)
+    assert (tmp_path/'base2new-results.md').read_text().startswith('| dataset | method |')
+    runs = list(tmp_path.glob('base2new/micro-pairs/zeroshot/*/metrics.json'))
+    assert len(runs) == 3
+
+def test_a_folder_with_other_settings_is_refused(tmp_path):
+    s = bench.run_settings('zeroshot', 'fewshot', 'micro-pairs', 16, 1)
+    bench.run(s, tmp_path/'run', progress=False)
+    other = bench.run_settings('zeroshot', 'fewshot', 'micro-pairs', 8, 1)
+    with pytest.raises(VLPromptError, match='shots: 16 there, 8 now'):
+        bench.run(other, tmp_path/'run', progress=False)
+    assert json.loads((tmp_path/'run'/'metrics.json').read_text())['settings']['shots'] == 16
+
+def test_cli_errors_are_one_paragraph(tmp_path):
+    res = cli('train', '--method', 'cop', '--dataset', 'micro-pairs', '--out', tmp_path/'x')
+    assert res.returncode == 2 and "Did you mean 'coop'" in res.stderr and 'Traceback' not in res.stderr
+    res = cli('train', '--method', 'zeroshot', '--dataset', 'micro-pair', '--out', tmp_path/'x')
+    assert res.returncode == 2 and "micro-pairs" in res.stderr and 'Traceback' not in res.stderr
+    res = cli('eval', '--run', tmp_path)
+    assert res.returncode == 2 and 'not a run folder' in res.stderr
+
+def test_train_writes_metrics_and_refuses_a_finished_run(tmp_path):
+    out = tmp_path/'run'
+    res = cli('train', '--method', 'zeroshot', '--dataset', 'micro-pairs', '--protocol', 'base2new', '--out', out)
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads((out/'metrics.json').read_text())
+    assert metrics['base'] > 80 and metrics['settings']['protocol'] == 'base2new'
+    res = cli('train', '--method', 'zeroshot', '--dataset', 'micro-pairs', '--protocol', 'base2new', '--out', out)
+    assert res.returncode == 2 and '--overwrite' in res.stderr
+    assert json.loads((out/'metrics.json').read_text()) == metrics
+    res = cli('eval', '--run', out)
+    assert res.returncode == 0 and json.loads(res.stdout)['hm'] == pytest.approx(metrics['hm'])
+
+def test_killed_training_resumes_to_the_uninterrupted_metrics(tmp_path):
+    "SIGKILL in the middle of `vlprompt train`, run it again: the same metrics as a run never interrupted."
+    args = ['train', '--method', 'coop', '--dataset', 'micro-pairs', '--protocol', 'base2new', '--shots', 16, '--seed', 2]
+    res = cli(*args, '--out', tmp_path/'straight')
+    assert res.returncode == 0, res.stderr
+    straight = json.loads((tmp_path/'straight'/'metrics.json').read_text())
+    killed = tmp_path/'killed'
+    proc = subprocess.Popen([VLPROMPT, *map(str, args), '--out', str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed/'checkpoint.pt').exists() and time.time() < deadline: time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert not (killed/'metrics.json').exists(), 'the run finished before it could be killed'
+    first_epochs = torch.load(killed/'checkpoint.pt', weights_only=True)['epoch']
+    assert first_epochs < straight['settings']['train']['epochs'] - 1
+    res = cli(*args, '--out', killed)
+    assert res.returncode == 0, res.stderr
+    resumed = json.loads((killed/'metrics.json').read_text())
+    assert (resumed['base'], resumed['new'], resumed['hm']) == (straight['base'], straight['new'], straight['hm'])
