@@ -68,3 +68,24 @@ def test_killed_training_resumes_to_the_uninterrupted_metrics(tmp_path):
     assert res.returncode == 0, res.stderr
     resumed = json.loads((killed/'metrics.json').read_text())
     assert (resumed['base'], resumed['new'], resumed['hm']) == (straight['base'], straight['new'], straight['hm'])
+
+def test_real_image_path_end_to_end(tmp_path, monkeypatch):
+    "A fake Oxford Pets folder in CoOp's layout, through PIL transforms, the feature cache, CoOp training and evaluation."
+    import open_clip
+    from vlprompt.clip import LoadedCLIP, micro_tokenizer, tiny_clip
+    from vlprompt.data import make_fake_dataset
+    from vlprompt import train as train_module
+    make_fake_dataset('oxford_pets', tmp_path/'data', n_classes=3, per_class=(6, 3, 4), size=40)
+    preprocess = open_clip.image_transform(32, is_train=False)
+    monkeypatch.setitem(bench._CLIPS, ('tiny-real', None, None), LoadedCLIP(tiny_clip(), micro_tokenizer(), preprocess, 'tiny-real'))
+    s = bench.run_settings('coop', 'fewshot', 'oxford_pets', 4, 1, backbone='tiny-real')
+    s['train']['epochs'] = 3
+    metrics = bench.run(s, tmp_path/'run', tmp_path/'data', tmp_path/'cache', progress=False)
+    assert 0 <= metrics['accuracy'] <= 100
+    assert (tmp_path/'cache'/'fewshot'/'oxford_pets'/'shot_4-seed_1.json').exists()
+    cached = sorted(p.name for p in (tmp_path/'cache'/'features').iterdir())
+    assert len(cached) == 2 and all(n.startswith('oxford_pets-') for n in cached)  # train view 0 and test
+    calls = []
+    monkeypatch.setattr(bench, 'image_features', lambda *a, **k: calls.append(1))
+    again = bench.run(s, tmp_path/'run2', tmp_path/'data', tmp_path/'cache', progress=False)
+    assert calls == [] and again['accuracy'] == metrics['accuracy']  # every feature came from the cache
