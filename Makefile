@@ -28,7 +28,7 @@ demo: $(VENV)/.runtime-$(HASH)
 
 test: $(VENV)/.dev-$(HASH)
 	$(BIN)/python scripts/check_sync.py
-	$(BIN)/nbdev_test
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test  # parallel notebooks: one thread each, or OpenMP oversubscribes 2 cores
 	$(BIN)/python -m pytest tests/ -q
 
 # developer helpers

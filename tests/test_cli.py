@@ -10,13 +10,16 @@ def run(*args, **kw):
     env = {**os.environ, 'HF_HUB_OFFLINE': '1'}
     return subprocess.run([VLPROMPT, *args], capture_output=True, text=True, env=env, **kw)
 
-def test_demo_prints_the_zeroshot_table(tmp_path):
+def test_demo_prints_the_zeroshot_and_base_to_new_tables(tmp_path):
     res = run('demo', '--out', str(tmp_path/'demo'))
     assert res.returncode == 0, res.stderr
     assert '| micro-pairs | 64 |' in res.stdout and 'micro-pairs-sketch' in res.stdout
-    rows = json.loads((tmp_path/'demo'/'demo.json').read_text())['zeroshot']
-    pairs = next(r for r in rows if r['task'] == 'micro-pairs')
+    result = json.loads((tmp_path/'demo'/'demo.json').read_text())
+    pairs = next(r for r in result['zeroshot'] if r['task'] == 'micro-pairs')
     assert pairs['template_mean'] >= 85
+    b2n = {r['method']: r for r in result['base2new']}
+    assert set(b2n) == {'zeroshot', 'coop', 'cocoop', 'prograd'} and '| micro-pairs | prograd | 1 |' in res.stdout
+    assert b2n['coop']['base'] > b2n['zeroshot']['base']  # 16-shot CoOp improves the trained classes
     assert (tmp_path/'demo'/'demo.png').stat().st_size > 1000
 
 def test_help_and_unknown_command():

@@ -20,7 +20,7 @@ __all__ = ['METHODS', 'RULES', 'PROTOCOLS', 'CONFIGS', 'PAPER_BASE2NEW', 'run_se
            'dataset_features', 'harmonic_mean', 'run_dir', 'run', 'learnable', 'build_method', 'evaluate_method',
            'evaluate_run', 'reproduce', 'results_table']
 
-# %% ../nbs/20_benchmark.ipynb #0328177b
+# %% ../nbs/20_benchmark.ipynb #2329fbc5
 def _zeroshot(clip, classnames, template, **options):
     from vlprompt.methods.zeroshot import ZeroShotClassifier
     return ZeroShotClassifier(clip, classnames, template)
@@ -43,7 +43,11 @@ def _prograd_rule(s, clip, data):
     return ProGradRule(zeroshot_weights(clip, data.classnames, data.template), clip.model.logit_scale.exp().item(),
                        lam=o.get('lam', 1.0), temperature=o.get('temperature', 1.0))
 
-METHODS = {'zeroshot': _zeroshot, 'coop': _coop, 'prograd': _prograd}
+def _cocoop(clip, classnames, template, seed=0, **options):
+    from vlprompt.methods.coop import CoCoOp
+    return CoCoOp(clip, classnames, seed=seed, **options)
+
+METHODS = {'zeroshot': _zeroshot, 'coop': _coop, 'cocoop': _cocoop, 'prograd': _prograd}
 RULES = {'prograd': _prograd_rule}  # methods that change the gradient step (default: cross-entropy)
 
 PROTOCOLS = ('fewshot', 'base2new', 'xd', 'dg')
@@ -62,6 +66,11 @@ CONFIGS = {  # (method, protocol) -> settings; 'train' holds TrainConfig fields,
                          method=dict(n_ctx=4, ctx_init='a photo of a'), micro=dict(train=dict(epochs=30, lr=0.01))),
 }
 CONFIGS[('coop', 'dg')] = CONFIGS[('coop', 'xd')]
+for protocol in PROTOCOLS:  # CoCoOp's paper setting for every protocol; the micro world trains with batch 32
+    CONFIGS[('cocoop', protocol)] = dict(source="CoCoOp (CVPR 2022): M=4 'a photo of a', batch 1, 10 epochs, lr 0.002",
+                                         train=dict(batch_size=1, lr=0.002, optimizer='sgd', epochs=10),
+                                         method=dict(n_ctx=4, ctx_init='a photo of a'),
+                                         micro=dict(train=dict(batch_size=32, epochs=10, lr=0.01)))
 _prograd_lam = {d: dict(method=dict(lam=0.8), min_shots=8) for d in ('oxford_flowers', 'dtd', 'eurosat')}
 for protocol in ('fewshot', 'base2new'):
     CONFIGS[('prograd', protocol)] = dict(source='ProGrad (ICCV 2023): CoOp student, M=16 with the template in the last slots, lambda=1, T=1',

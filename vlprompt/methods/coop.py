@@ -9,7 +9,7 @@ import torch.nn as nn
 from ..clip import LoadedCLIP, VLPromptError, clip_logits, encode_text_prompted, eot_positions
 
 # %% auto #0
-__all__ = ['CoOp']
+__all__ = ['CoOp', 'CoCoOp']
 
 # %% ../../nbs/11_coop.ipynb #bf720cef
 class CoOp(nn.Module):
@@ -86,3 +86,29 @@ def _check_length(tokenizer, prompts, context_length, n_ctx):
     if need > context_length:
         raise VLPromptError(f'The prompt for {longest[2 * n_ctx:]!r} needs {need} tokens with n_ctx={n_ctx}, but the text encoder '
                             f'takes {context_length}: shorten the prompt length by {need - context_length} or more.')
+
+# %% ../../nbs/11_coop.ipynb #6db88955
+class CoCoOp(CoOp):
+    "CoCoOp: CoOp's unified context plus a Meta-Net shift pi(x) of every context vector, per image."
+    def __init__(self, clip: LoadedCLIP, classnames: list[str], n_ctx: int = 4, ctx_init: str | None = 'a photo of a', seed: int = 0):
+        super().__init__(clip, classnames, n_ctx=n_ctx, ctx_init=ctx_init, seed=seed)
+        D, d = clip.model.visual.output_dim, clip.model.token_embedding.embedding_dim
+        torch.manual_seed(seed)
+        self.meta_net = nn.Sequential(nn.Linear(D, D // 16), nn.ReLU(inplace=True), nn.Linear(D // 16, d)).to(self.ctx.device)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        f = nn.functional.normalize(image_features, dim=-1)
+        pi = self.meta_net(f)  # (B, d)
+        B, K = len(f), len(self.classnames)
+        ctx = (self.ctx.unsqueeze(0) + pi.unsqueeze(1)).to(self.token_prefix.dtype)  # (B, M, d)
+        prompts = torch.cat([self.token_prefix.unsqueeze(0).expand(B, -1, -1, -1),
+                             ctx.unsqueeze(1).expand(-1, K, -1, -1),
+                             self.token_suffix.unsqueeze(0).expand(B, -1, -1, -1)], dim=2)  # (B, K, L, d)
+        t = encode_text_prompted(self.clip.model, prompts.flatten(0, 1), self.eot.repeat(B), normalize=True).view(B, K, -1)
+        return self.clip.model.logit_scale.exp() * torch.einsum('bd,bkd->bk', f, t)
+
+    def for_classes(self, classnames: list[str]) -> 'CoCoOp':
+        "A CoCoOp over other class names with copies of this context and Meta-Net."
+        other = CoCoOp(self.clip, classnames, n_ctx=self.n_ctx, ctx_init=None)
+        other.load_state_dict({k: v for k, v in self.state_dict().items() if k in ('ctx',) or k.startswith('meta_net.')}, strict=False)
+        return other
