@@ -5,7 +5,7 @@
 # %% ../nbs/20_benchmark.ipynb #cb92deeb
 from __future__ import annotations
 import hashlib, json, math, os, statistics, time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -13,12 +13,13 @@ import torch
 from .clip import LoadedCLIP, VLPromptError, image_features, load_clip, suggest
 from .data import fewshot_splits, load_dataset, load_images, subsample_classes, DOMAIN_SHIFTS, CROSS_DATASET
 from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone_id, cross_entropy_rule, epochs_for_shots,
-                            evaluate, fit, write_json)
+                            evaluate, fit, module_device, write_json)
 
 # %% auto #0
-__all__ = ['METHODS', 'RULES', 'PROTOCOLS', 'CONFIGS', 'PAPER_BASE2NEW', 'run_settings', 'get_clip', 'dassl_train_transform',
-           'dataset_features', 'harmonic_mean', 'run_dir', 'run', 'learnable', 'build_method', 'evaluate_method',
-           'evaluate_run', 'reproduce', 'results_table']
+__all__ = ['METHODS', 'RULES', 'PROTOCOLS', 'CONFIGS', 'PAPER_BASE2NEW', 'RULE_OPTIONS', 'run_settings', 'get_clip',
+           'dassl_train_transform', 'dataset_features', 'train_inputs', 'split_inputs', 'accuracy', 'harmonic_mean',
+           'run_dir', 'run', 'learnable', 'build_method', 'prepared_method', 'evaluate_method', 'evaluate_run',
+           'reproduce', 'base_to_new', 'results_table']
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
 def _zeroshot(clip, classnames, template, **options):
@@ -36,12 +37,13 @@ def _prograd(clip, classnames, template, seed=0, lam=1.0, temperature=1.0, **opt
     prograd_init(coop, template)
     return coop
 
-def _prograd_rule(s, clip, data):
-    from vlprompt.clip import zeroshot_weights
+def _prograd_rule(s, clip, data, method):
+    from vlprompt.clip import image_features, zeroshot_weights
     from vlprompt.methods.prograd import ProGradRule
     o = s['method_options']
+    encoder = (lambda images: image_features(clip, images, normalize=True)) if getattr(method, 'needs_images', False) else None
     return ProGradRule(zeroshot_weights(clip, data.classnames, data.template), clip.model.logit_scale.exp().item(),
-                       lam=o.get('lam', 1.0), temperature=o.get('temperature', 1.0))
+                       lam=o.get('lam', 1.0), temperature=o.get('temperature', 1.0), image_encoder=encoder)
 
 def _cocoop(clip, classnames, template, seed=0, **options):
     from vlprompt.methods.coop import CoCoOp
@@ -84,22 +86,29 @@ PAPER_BASE2NEW = {  # ViT-B/16, 16 shots, 11-dataset average (methods.md §7): b
     'prograd': (82.48, 70.75, 76.16), 'vpt': (80.24, 73.43, 76.68), 'ivlp': (82.15, 74.07, 77.90), 'maple': (82.28, 75.14, 78.55),
 }
 
+RULE_OPTIONS = ('lam', 'temperature')  # settings of a gradient rule, not of the module
+
 def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int, backbone: str = 'micro',
-                 pretrained: str | None = None) -> dict:
-    "Every setting of one run, resolved from the method's config for this protocol and dataset."
+                 pretrained: str | None = None, train: dict | None = None, method_options: dict | None = None) -> dict:
+    "Every setting of one run: the method's config for this protocol and dataset, then your `train` / `method_options` overrides."
     if method not in METHODS: raise VLPromptError(f'Unknown method {method!r}.{suggest(method, METHODS)} Methods: {", ".join(METHODS)}.')
     if protocol not in PROTOCOLS: raise VLPromptError(f'Unknown protocol {protocol!r}.{suggest(protocol, PROTOCOLS)} Protocols: {", ".join(PROTOCOLS)}.')
     if (method, protocol) not in CONFIGS: raise VLPromptError(f'{method} has no configuration for the {protocol} protocol yet.')
+    if shots < 1: raise VLPromptError(f'shots must be at least 1, not {shots}.')
     cfg = CONFIGS[(method, protocol)]
-    train, options = dict(cfg.get('train', {})), dict(cfg.get('method', {}))
-    if cfg.get('epochs_by_shots'): train['epochs'] = epochs_for_shots(shots)
+    resolved, options = dict(cfg.get('train', {})), dict(cfg.get('method', {}))
+    if cfg.get('epochs_by_shots'): resolved['epochs'] = epochs_for_shots(shots)
+    layers = [cfg.get('micro', {})] if dataset.startswith('micro') else []
     override = cfg.get('datasets', {}).get(dataset, {})
-    if shots < override.get('min_shots', 0): override = {}
-    if dataset.startswith('micro'): override = {**cfg.get('micro', {}), **override}
-    train.update(override.get('train', {})); options.update(override.get('method', {}))
-    train['seed'] = seed
+    if shots >= override.get('min_shots', 0): layers.append(override)
+    for layer in layers + [dict(train=train or {}, method=method_options or {})]:
+        resolved.update(layer.get('train', {})); options.update(layer.get('method', {}))
+    known = {f.name for f in fields(TrainConfig)}
+    if unknown := sorted(set(resolved) - known):
+        raise VLPromptError(f'Unknown training setting {unknown[0]!r}.{suggest(unknown[0], known)} Training settings: {", ".join(sorted(known))}.')
+    resolved['seed'] = seed
     return dict(method=method, protocol=protocol, dataset=dataset, shots=shots, seed=seed, backbone=backbone,
-                pretrained=pretrained, train=asdict(TrainConfig(**train)), method_options=options, source=cfg.get('source', ''))
+                pretrained=pretrained, train=asdict(TrainConfig(**resolved)), method_options=options, source=cfg.get('source', ''))
 
 # %% ../nbs/20_benchmark.ipynb #0b9de131
 _CLIPS: dict = {}
@@ -119,9 +128,19 @@ def dassl_train_transform(clip: LoadedCLIP):
     return T.Compose([T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC),
                       T.RandomHorizontalFlip(), T.ToTensor(), normalize])
 
+_MEMO: dict = {}  # in-process copies of recently used features (sliders re-read the same splits)
+_MEMO_MAX_NUMEL = 50_000_000
+
+def _remember(key: str, compute):
+    if key in _MEMO: return _MEMO[key]
+    value = compute()
+    while _MEMO and sum(v.numel() for v in _MEMO.values()) + value.numel() > _MEMO_MAX_NUMEL: _MEMO.pop(next(iter(_MEMO)))
+    if value.numel() <= _MEMO_MAX_NUMEL: _MEMO[key] = value
+    return value
+
 def dataset_features(clip: LoadedCLIP, dataset, split: str, views: int = 1, augment: bool = False,
                      cache: FeatureCache | None = None, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    "Normalised image features (views, N, D) and labels of a split, through the feature cache."
+    "Normalised image features (views, N, D) and labels of a split, through the feature cache (and an in-process memo)."
     items = dataset.split(split).items
     labels = torch.tensor(dataset.split(split).labels)
     transform = ('augment_micro' if augment else 'micro_preprocess') if dataset.source == 'micro' else \
@@ -129,17 +148,50 @@ def dataset_features(clip: LoadedCLIP, dataset, split: str, views: int = 1, augm
     key = dict(backbone=backbone_id(clip), dataset=dataset.name, split=split, transform=transform,
                items=hashlib.sha1(json.dumps([str(i) for i in items]).encode()).hexdigest())
     def compute(view):
-        torch.manual_seed(view)  # each view's augmentation is fixed by its index
-        if dataset.source == 'micro':
-            from vlprompt.micro import micro_preprocess
-            images = load_images(dataset, split)
-            return image_features(clip, augment_micro(images) if augment else micro_preprocess(images), batch_size)
-        tf = dassl_train_transform(clip) if augment else clip.preprocess
-        return torch.cat([image_features(clip, load_images(dataset, split, range(i, min(i + batch_size, len(items))), tf), batch_size)
-                          for i in range(0, len(items), batch_size)])
+        with torch.random.fork_rng(devices=[]):  # each view's augmentation is fixed by its index; the caller's RNG is left alone
+            torch.manual_seed(view)
+            if dataset.source == 'micro':
+                from vlprompt.micro import micro_preprocess
+                images = load_images(dataset, split)
+                return image_features(clip, augment_micro(images) if augment else micro_preprocess(images), batch_size)
+            tf = dassl_train_transform(clip) if augment else clip.preprocess
+            return torch.cat([image_features(clip, load_images(dataset, split, range(i, min(i + batch_size, len(items))), tf), batch_size)
+                              for i in range(0, len(items), batch_size)])
+    def get(view):
+        k = {**key, 'view': view}
+        return _remember(json.dumps(k, sort_keys=True, default=str), lambda: cache.get(k, lambda: compute(view)) if cache else compute(view))
     views = views if augment else 1
-    feats = [cache.get({**key, 'view': v}, lambda: compute(v)) if cache else compute(v) for v in range(views)]
-    return torch.stack(feats), labels
+    return torch.stack([get(v) for v in range(views)]), labels
+
+def train_inputs(clip: LoadedCLIP, method, dataset, cfg: TrainConfig, cache: FeatureCache | None = None) -> TrainSet:
+    "What `fit` trains `method` on: cached features of `cfg.views` augmented views, or images augmented on the fly (visual prompts)."
+    if not getattr(method, 'needs_images', False):
+        return TrainSet(*dataset_features(clip, dataset, 'train', cfg.views, augment=True, cache=cache))
+    labels = torch.tensor(dataset.train.labels)
+    if dataset.source == 'micro': return TrainSet(load_images(dataset, 'train'), labels, augment=augment_micro)
+    tf = dassl_train_transform(clip)
+    return TrainSet(list(range(len(labels))), labels, augment=lambda idx: load_images(dataset, 'train', idx, tf))
+
+def split_inputs(clip: LoadedCLIP, method, dataset, split: str, cache: FeatureCache | None = None):
+    "Test-time inputs of a split for `method`, with labels: features (N, D), preprocessed micro images, or None for real images."
+    labels = torch.tensor(dataset.split(split).labels)
+    if not getattr(method, 'needs_images', False): return dataset_features(clip, dataset, split, cache=cache)[0][0], labels
+    if dataset.source != 'micro': return None, labels  # real images are read in chunks (see `accuracy`)
+    from vlprompt.micro import micro_preprocess
+    return micro_preprocess(load_images(dataset, split)), labels
+
+@torch.no_grad()
+def accuracy(clip: LoadedCLIP, method, dataset, split: str = 'test', cache: FeatureCache | None = None, batch_size: int = 256) -> float:
+    "Top-1 accuracy (%) of `method` on a split: from cached features, or through its own (prompted) image path."
+    inputs, labels = split_inputs(clip, method, dataset, split, cache)
+    if inputs is not None: return evaluate(method, inputs, labels, batch_size)
+    method.eval()
+    device, correct = module_device(method), 0
+    for i in range(0, len(labels), batch_size):
+        idx = range(i, min(i + batch_size, len(labels)))
+        images = load_images(dataset, split, idx, clip.preprocess).to(device)
+        correct += (method(images).argmax(-1).cpu() == labels[i:idx.stop]).sum().item()
+    return 100 * correct / max(1, len(labels))
 
 # %% ../nbs/20_benchmark.ipynb #da265ea4
 def harmonic_mean(base: float, new: float) -> float:
@@ -161,13 +213,15 @@ def _check_config(folder: Path, settings: dict):
         raise VLPromptError(f'{folder} holds a run with other settings ({", ".join(f"{k}: {a.get(k)} there, {b.get(k)} now" for k in diff)}). '
                             'Use another output folder, or delete that one if you no longer need it.')
 
-def run(settings: dict, folder: str | Path, data_root=None, cache_dir=None, checkpoint: str | None = None,
+def run(settings: dict, folder: str | Path | None = None, data_root=None, cache_dir=None, checkpoint: str | None = None,
         progress: bool = True) -> dict:
-    "Run one (method, protocol, dataset, shots, seed) in `folder`: skip if finished, resume if started; returns its metrics."
-    folder = Path(folder)
-    _check_config(folder, settings)
-    if (folder/'metrics.json').exists(): return json.loads((folder/'metrics.json').read_text())
-    write_json(folder/'config.json', settings)
+    """Run one (method, protocol, dataset, shots, seed); returns its metrics.
+    With a `folder`: skip if finished, resume if started, write config.json first and metrics.json last. Without: all in memory."""
+    folder = Path(folder) if folder is not None else None
+    if folder is not None:
+        _check_config(folder, settings)
+        if (folder/'metrics.json').exists(): return json.loads((folder/'metrics.json').read_text())
+        write_json(folder/'config.json', settings)
     start = time.time()
     s = settings
     clip = get_clip(s['backbone'], s['pretrained'], checkpoint)
@@ -175,13 +229,14 @@ def run(settings: dict, folder: str | Path, data_root=None, cache_dir=None, chec
     data = fewshot_splits(load_dataset(s['dataset'], data_root), s['shots'], s['seed'], Path(cache_dir)/'fewshot' if cache_dir else None)
     train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
     cfg = TrainConfig(**s['train'])
-    method = build_method(s, clip, train_data)
+    method, train_set = prepared_method(s, clip, train_data, cache)
+    extra = {}
     if learnable(method):
-        feats, labels = dataset_features(clip, train_data, 'train', cfg.views, augment=True, cache=cache)
-        rule = RULES[s['method']](s, clip, train_data) if s['method'] in RULES else cross_entropy_rule
-        fit(method, TrainSet(feats, labels), cfg, out=folder, rule=rule, progress=progress)
-    metrics = dict(settings=s, **evaluate_method(method, s, clip, data, data_root, cache), seconds=time.time() - start)
-    write_json(folder/'metrics.json', metrics)
+        rule = RULES[s['method']](s, clip, train_data, method) if s['method'] in RULES else cross_entropy_rule
+        fit(method, train_set, cfg, out=folder, rule=rule, progress=progress)
+        if hasattr(rule, 'conflict_fraction'): extra['conflict_fraction'] = rule.conflict_fraction  # of the steps run in this process
+    metrics = dict(settings=s, **evaluate_method(method, s, clip, data, data_root, cache), **extra, seconds=time.time() - start)
+    if folder is not None: write_json(folder/'metrics.json', metrics)
     return metrics
 
 def learnable(method) -> bool: return any(p.requires_grad for p in method.parameters())
@@ -189,31 +244,40 @@ def learnable(method) -> bool: return any(p.requires_grad for p in method.parame
 def build_method(s: dict, clip: LoadedCLIP, data):
     "The run's method over `data`'s classes and template."
     seed = dict(seed=s['seed']) if s['method'] != 'zeroshot' else {}
-    if s['method'] in RULES:  # rule settings (e.g. ProGrad's lambda) are the rule's, not the module's
-        options = {k: v for k, v in s['method_options'].items() if k not in ('lam', 'temperature')}
-        return METHODS[s['method']](clip, data.classnames, data.template, **seed, **options)
-    return METHODS[s['method']](clip, data.classnames, data.template, **seed, **s['method_options'])
+    options = {k: v for k, v in s['method_options'].items() if s['method'] not in RULES or k not in RULE_OPTIONS}
+    try: return METHODS[s['method']](clip, data.classnames, data.template, **seed, **options)
+    except TypeError as e:
+        if 'unexpected keyword' not in str(e): raise
+        raise VLPromptError(f"{s['method']} has no option {str(e).split('argument')[-1].strip()}; check the method options of this run.") from e
+
+def prepared_method(s: dict, clip: LoadedCLIP, train_data, cache: FeatureCache | None = None):
+    """The run's method, and its training inputs (None if it has nothing to train or prepare).
+    A method with a `prepare(train_set, val)` hook (a training-free cache, a prompt initialisation) gets its data here."""
+    method = build_method(s, clip, train_data)
+    needs_data = learnable(method) or hasattr(method, 'prepare')
+    train_set = train_inputs(clip, method, train_data, TrainConfig(**s['train']), cache) if needs_data else None
+    if hasattr(method, 'prepare'):
+        val = split_inputs(clip, method, train_data, 'val', cache) if train_data.val is not None else None
+        method.prepare(train_set, val)
+    return method, train_set
 
 def _for(method, s, clip, data):
-    "The method rebuilt for another dataset's classes (zero-shot uses that dataset's own template)."
-    return method.for_classes(data.classnames) if learnable(method) else build_method(s, clip, data)
+    "The method moved to another dataset's classes with what it learned; one with nothing learned is rebuilt (with that dataset's template)."
+    return method.for_classes(data.classnames) if learnable(method) or hasattr(method, 'prepare') else build_method(s, clip, data)
 
 def evaluate_method(method, s: dict, clip: LoadedCLIP, data, data_root=None, cache=None) -> dict:
     "Test accuracies of a (trained) method under its protocol: base/new/HM, or the dataset and its targets."
-    def accuracy(ds, m):
-        feats, labels = dataset_features(clip, ds, 'test', cache=cache)
-        return evaluate(m, feats[0], labels)
     out = {}
     if s['protocol'] == 'base2new':
         base, new = subsample_classes(data, 'base'), subsample_classes(data, 'new')
-        out['base'] = accuracy(base, method)
-        out['new'] = accuracy(new, _for(method, s, clip, new))
+        out['base'] = accuracy(clip, method, base, cache=cache)
+        out['new'] = accuracy(clip, _for(method, s, clip, new), new, cache=cache)
         out['hm'] = harmonic_mean(out['base'], out['new'])
         return out
-    out['accuracy'] = accuracy(data, method)
+    out['accuracy'] = accuracy(clip, method, data, cache=cache)
     for name in {'xd': CROSS_DATASET, 'dg': DOMAIN_SHIFTS}.get(s['protocol'], {}).get(s['dataset'], []):
         target = load_dataset(name, data_root)
-        out[name] = accuracy(target, _for(method, s, clip, target))
+        out[name] = accuracy(clip, _for(method, s, clip, target), target, cache=cache)
     return out
 
 def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = None) -> dict:
@@ -224,7 +288,7 @@ def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = No
     s = json.loads((folder/'config.json').read_text())
     clip = get_clip(s['backbone'], s['pretrained'], checkpoint)
     data = fewshot_splits(load_dataset(s['dataset'], data_root), s['shots'], s['seed'], None)
-    method = build_method(s, clip, subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data)
+    method, _ = prepared_method(s, clip, subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data)
     if learnable(method):
         ckpt_path = folder/'checkpoint.pt'
         if not ckpt_path.exists(): raise VLPromptError(f'{folder} has no checkpoint.pt yet: the run has not finished an epoch.')
@@ -247,6 +311,16 @@ def reproduce(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 
         if progress: print(f"[{i + 1}/{len(plan)}] {s['method']} on {s['dataset']}, seed {s['seed']}", flush=True)
         rows.append(run(s, run_dir(out, s), data_root, out/'cache', checkpoint, progress))
     return rows
+
+def base_to_new(method: str = 'coop', dataset: str = 'micro-pairs', shots: int = 16, seed: int = 1, backbone: str = 'micro',
+                **settings) -> dict:
+    """One base-to-new run in memory (no files): the pure function under the notebooks' sliders.
+    `settings` are training settings (TrainConfig fields, e.g. epochs) or method options (e.g. lam, n_ctx); returns them with base, new, hm."""
+    train_keys = {f.name for f in fields(TrainConfig)}
+    s = run_settings(method, 'base2new', dataset, shots, seed, backbone, train={k: v for k, v in settings.items() if k in train_keys},
+                     method_options={k: v for k, v in settings.items() if k not in train_keys})
+    metrics = run(s, progress=False)
+    return dict(method=method, shots=shots, seed=seed, **settings, **{k: v for k, v in metrics.items() if k != 'settings'})
 
 def _mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)

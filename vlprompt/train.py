@@ -111,13 +111,13 @@ class FeatureCache:
 # %% ../nbs/03_train.ipynb #752cb522
 @dataclass
 class TrainSet:
-    "Training inputs: cached features (views, N, D) or images (N, C, H, W) with an `augment` function."
-    inputs: torch.Tensor
+    "Training inputs: cached features (views, N, D), or images (N, C, H, W) / image files with an `augment` function."
+    inputs: torch.Tensor | list
     labels: torch.Tensor
-    augment: Callable | None = None  # images only: batch of images -> augmented, preprocessed batch
+    augment: Callable | None = None  # images only: batch of images (or of file paths) -> augmented, preprocessed tensor
 
     @property
-    def is_features(self) -> bool: return self.augment is None and self.inputs.dim() == 3
+    def is_features(self) -> bool: return self.augment is None and torch.is_tensor(self.inputs) and self.inputs.dim() == 3
 
     def __len__(self): return len(self.labels)
 
@@ -125,7 +125,7 @@ class TrainSet:
         if self.is_features:
             view = torch.randint(self.inputs.shape[0], (len(idx),), generator=g)
             return self.inputs[view, idx]
-        images = self.inputs[idx]
+        images = self.inputs[idx] if torch.is_tensor(self.inputs) else [self.inputs[i] for i in idx.tolist()]
         return self.augment(images) if self.augment else images
 
 def epoch_seed(seed: int, epoch: int) -> int:

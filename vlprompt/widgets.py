@@ -7,12 +7,13 @@ from __future__ import annotations
 from typing import Callable
 
 # %% auto #0
-__all__ = ['explorer']
+__all__ = ['explorer', 'bars']
 
 # %% ../nbs/30_widgets.ipynb #773d0513
-def explorer(run: Callable[..., dict], fmt: str, **sliders):
-    """Sliders for `run`'s keyword arguments; on each change prints `fmt.format(**run(...))`.
-    Each slider is `name=(min, max, step, value)`: floats make a FloatSlider, ints an IntSlider, a list a dropdown."""
+def explorer(run: Callable[..., dict], fmt: str, plot: Callable | None = None, memo: bool = True, **sliders):
+    """Sliders for `run`'s keyword arguments; on each change prints `fmt.format(**run(...))` and, with `plot(result, ax)`, draws it.
+    Each slider is `name=(min, max, step, value)`: floats make a FloatSlider, ints an IntSlider, a list a dropdown.
+    With `memo`, a setting already seen is answered from memory (the function must be pure)."""
     import ipywidgets as widgets
     from IPython.display import display
     controls = {}
@@ -23,12 +24,30 @@ def explorer(run: Callable[..., dict], fmt: str, **sliders):
         lo, hi, step, value = spec
         kind = widgets.IntSlider if all(isinstance(v, int) for v in spec) else widgets.FloatSlider
         controls[name] = kind(value=value, min=lo, max=hi, step=step, description=name, continuous_update=False)
-    out = widgets.Output()
+    out, seen = widgets.Output(), {}
     def show(change=None):
+        settings = {n: c.value for n, c in controls.items()}
+        key = tuple(sorted(settings.items()))
+        result = seen[key] if memo and key in seen else run(**settings)
+        if memo: seen[key] = result
         with out:
             out.clear_output(wait=True)
-            print(fmt.format(**run(**{n: c.value for n, c in controls.items()})))
+            print(fmt.format(**result))
+            if plot is not None:
+                import matplotlib.pyplot as plt
+                fig, ax = plt.subplots(figsize=(5, 2.6))
+                plot(result, ax); fig.tight_layout(); plt.show()
     for c in controls.values(): c.observe(show, names='value')
     box = widgets.VBox(list(controls.values()) + [out])
     display(box); show()
     return box
+
+def bars(*keys: str, ylim=(0, 100), ylabel: str = 'accuracy (%)'):
+    "A `plot` for `explorer`: one labelled bar per key of the result."
+    def plot(result: dict, ax):
+        values = [result[k] for k in keys]
+        ax.bar(keys, values, color=[f'C{i}' for i in range(len(keys))])
+        for i, v in enumerate(values): ax.text(i, v, f'{v:.1f}', ha='center', va='bottom')
+        ax.set_ylim(*ylim); ax.set_ylabel(ylabel)
+        ax.set_title(', '.join(f'{k}={v}' for k, v in result.items() if isinstance(v, (int, float)) and k not in keys and k != 'seconds')[:80], fontsize=8)
+    return plot

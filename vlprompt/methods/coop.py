@@ -6,7 +6,7 @@
 from __future__ import annotations
 import torch
 import torch.nn as nn
-from ..clip import LoadedCLIP, VLPromptError, clip_logits, encode_text_prompted, eot_positions
+from ..clip import LoadedCLIP, VLPromptError, clean_classname, clip_logits, encode_text_prompted, eot_positions
 
 # %% auto #0
 __all__ = ['CoOp', 'CoCoOp']
@@ -23,7 +23,7 @@ class CoOp(nn.Module):
         if class_token_position not in self.positions:
             raise VLPromptError(f"class_token_position must be one of {', '.join(self.positions)}, not {class_token_position!r}.")
         model, tokenizer = clip.model, clip.tokenizer
-        self.clip, self.classnames = clip, [c.replace('_', ' ') for c in classnames]
+        self.clip, self.classnames = clip, [clean_classname(c) for c in classnames]
         self.csc, self.class_token_position, self.ctx_init = csc, class_token_position, ctx_init
         embed = model.token_embedding
         with torch.no_grad():
@@ -93,8 +93,9 @@ class CoCoOp(CoOp):
     def __init__(self, clip: LoadedCLIP, classnames: list[str], n_ctx: int = 4, ctx_init: str | None = 'a photo of a', seed: int = 0):
         super().__init__(clip, classnames, n_ctx=n_ctx, ctx_init=ctx_init, seed=seed)
         D, d = clip.model.visual.output_dim, clip.model.token_embedding.embedding_dim
-        torch.manual_seed(seed)
-        self.meta_net = nn.Sequential(nn.Linear(D, D // 16), nn.ReLU(inplace=True), nn.Linear(D // 16, d)).to(self.ctx.device)
+        with torch.random.fork_rng(devices=[]):  # the Meta-Net's init depends on the seed only; the caller's RNG is left alone
+            torch.manual_seed(seed)
+            self.meta_net = nn.Sequential(nn.Linear(D, D // 16), nn.ReLU(inplace=True), nn.Linear(D // 16, d)).to(self.ctx.device)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         f = nn.functional.normalize(image_features, dim=-1)

@@ -4,6 +4,7 @@
 
 # %% ../../nbs/12_prograd.ipynb #cff53224
 from __future__ import annotations
+from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,17 +22,21 @@ def prograd_project(g_domain: torch.Tensor, g_general: torch.Tensor, lam: float 
 
 # %% ../../nbs/12_prograd.ipynb #d8de1ae3
 class ProGradRule:
-    "ProGrad's gradient rule around any method that maps image features to logits; records whether each step conflicted."
-    def __init__(self, teacher_weights: torch.Tensor, logit_scale: float, lam: float = 1.0, temperature: float = 1.0):
+    "ProGrad's gradient rule around any method with learnable tensors; records whether each step conflicted."
+    def __init__(self, teacher_weights: torch.Tensor, logit_scale: float, lam: float = 1.0, temperature: float = 1.0,
+                 image_encoder: Callable | None = None):
         if not 0 <= lam <= 1: raise VLPromptError(f'ProGrad lambda must be in [0, 1] (1 projects fully, 0 is CoOp), not {lam}.')
+        if temperature <= 0: raise VLPromptError(f'ProGrad temperature must be positive, not {temperature}.')
         self.teacher_weights, self.logit_scale, self.lam, self.temperature = teacher_weights, float(logit_scale), lam, temperature
+        self.image_encoder = image_encoder  # for methods that take images: the frozen, un-prompted CLIP image encoder
         self.conflicts: list[bool] = []  # one entry per step: did G_d and G_g point apart (over all tensors)?
 
     def losses(self, method, x, y):
         "Cross-entropy on the labels and KL(p_zs || p) to the zero-shot teacher, from one forward pass."
         logits = method(x)
         with torch.no_grad():
-            teacher = clip_logits(x, self.teacher_weights.to(x.device), self.logit_scale)
+            feats = x if self.image_encoder is None else self.image_encoder(x)
+            teacher = clip_logits(feats, self.teacher_weights.to(x.device), self.logit_scale)
         T = self.temperature
         ce = F.cross_entropy(logits, y)
         kl = F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(teacher / T, -1), log_target=True, reduction='batchmean') * T * T
@@ -40,11 +45,12 @@ class ProGradRule:
     def __call__(self, method, x, y) -> torch.Tensor:
         params = [p for p in method.parameters() if p.requires_grad]
         ce, kl = self.losses(method, x, y)
-        g_domain = torch.autograd.grad(ce, params, retain_graph=True)
-        g_general = torch.autograd.grad(kl, params)
-        self.conflicts.append(sum((a * b).sum() for a, b in zip(g_domain, g_general)).item() < 0)
-        for p, gd, gg in zip(params, g_domain, g_general):
-            g = prograd_project(gd, gg, self.lam)
+        g_domain = torch.autograd.grad(ce, params, retain_graph=True, allow_unused=True)
+        g_general = torch.autograd.grad(kl, params, allow_unused=True)
+        pairs = [(p, gd, gg) for p, gd, gg in zip(params, g_domain, g_general) if gd is not None]
+        self.conflicts.append(sum((gd * gg).sum() for _, gd, gg in pairs if gg is not None).item() < 0)
+        for p, gd, gg in pairs:
+            g = gd if gg is None else prograd_project(gd, gg, self.lam)
             p.grad = g if p.grad is None else p.grad + g
         return ce.detach()
 
