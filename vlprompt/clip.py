@@ -5,6 +5,7 @@
 # %% ../nbs/00_clip.ipynb #20875856
 from __future__ import annotations
 import difflib, math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -12,13 +13,14 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 import open_clip
 
 # %% auto #0
 __all__ = ['MICRO_CLIP_CONFIG', 'DATASET_TEMPLATES', 'IMAGENET_TEMPLATES_SELECT', 'IMAGENET_TEMPLATES', 'clip_logits',
            'tiny_clip', 'VLPromptError', 'LoadedCLIP', 'suggest', 'micro_tokenizer', 'load_clip', 'replace_tokens',
-           'eot_positions', 'project_text', 'encode_text_prompted', 'encode_text_ids', 'encode_image_prompted',
-           'clean_classname', 'text_features', 'image_features', 'zeroshot_weights']
+           'eot_positions', 'project_text', 'reference_path', 'encode_text_prompted', 'encode_text_ids',
+           'encode_image_prompted', 'clean_classname', 'text_features', 'image_features', 'zeroshot_weights']
 
 # %% ../nbs/00_clip.ipynb #0df6b2f3
 def clip_logits(image_features: torch.Tensor, class_weights: torch.Tensor, logit_scale) -> torch.Tensor:
@@ -171,26 +173,111 @@ def project_text(model, x: torch.Tensor) -> torch.Tensor:
     if model.text_projection is None: return x
     return model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
 
+_REFERENCE = [False]  # True inside `reference_path()`
+
+@contextmanager
+def reference_path():
+    "Run the text encoder as the official code does (all context-length tokens, every sequence in full, no chunks): for checks and benchmarks."
+    _REFERENCE.append(True)
+    try: yield
+    finally: _REFERENCE.pop()
+
 def encode_text_prompted(model, token_embeds: torch.Tensor, eot: torch.Tensor,
                          layer_prompts: Sequence[torch.Tensor | None] | None = None,
-                         prompt_start: int = 1, normalize: bool = False) -> torch.Tensor:
-    "Text features from token embeddings (N, L, d), pooled at `eot` (N,), with optional per-layer prompts."
+                         prompt_start: int = 1, normalize: bool = False, chunk_size: int | None = None) -> torch.Tensor:
+    """Text features from token embeddings (N, L, d), pooled at `eot` (N,), with optional per-layer prompts.
+    Runs only to the longest EOT; a prefix shared by all sequences runs once; with `chunk_size`, sequences run in
+    chunks (recomputed in backward, so K = 1000 classes fit in memory). All three are exact."""
     if getattr(model, 'text_pool_type', 'argmax') != 'argmax':
         raise VLPromptError(f"Prompted text encoding needs CLIP's EOT pooling; this model pools with {model.text_pool_type!r}.")
     cast = model.transformer.get_cast_dtype()
-    layer_prompts = layer_prompts or []
+    layer_prompts = list(layer_prompts or [])
     if layer_prompts and layer_prompts[0] is not None:  # input prompts are word embeddings: they get positions
         token_embeds = replace_tokens(token_embeds, layer_prompts[0], prompt_start)
-    n_tokens = int(eot.max()) + 1  # causal attention: positions after the last EOT change nothing
+    reference = _REFERENCE[-1]
+    n_tokens = token_embeds.shape[1] if reference else int(eot.max()) + 1  # causal: positions after the last EOT change nothing
     x = token_embeds[:, :n_tokens].to(cast) + model.positional_embedding[:n_tokens].to(cast)
-    mask = model.attn_mask[:n_tokens, :n_tokens] if model.attn_mask is not None else None
-    for i, block in enumerate(model.transformer.resblocks):
-        if 0 < i < len(layer_prompts) and layer_prompts[i] is not None:
-            x = replace_tokens(x, layer_prompts[i], prompt_start)  # deep prompts replace hidden states
-        x = block(x, attn_mask=mask)
+    deep = [(i, p) for i, p in enumerate(layer_prompts) if i > 0 and p is not None]
+    P = 0 if reference else _shared_prefix(model, x, eot, deep, prompt_start)
+    if P:  # the shared prefix once, its keys and values reused by every sequence's suffix
+        kv = _prefix_keys_values(model, x[:1, :P], dict(deep), prompt_start)
+        run = lambda xs, e, sl: _pool_text(model, _suffix_blocks(model, xs, kv), e - P)
+        x = x[:, P:]
+    else:
+        mask = model.attn_mask[:n_tokens, :n_tokens] if model.attn_mask is not None else None
+        run = lambda xs, e, sl: _pool_text(model, _full_blocks(model, xs, mask, deep, prompt_start, sl), e)
+    if reference or not chunk_size or len(x) <= chunk_size:
+        out = run(x, eot, slice(None))
+    else:
+        out = []
+        for i in range(0, len(x), chunk_size):
+            sl = slice(i, i + chunk_size)
+            fn = lambda xs, e, sl=sl: run(xs, e, sl)
+            out.append(checkpoint(fn, x[sl], eot[sl], use_reentrant=False) if torch.is_grad_enabled() else fn(x[sl], eot[sl]))
+        out = torch.cat(out)
+    return F.normalize(out, dim=-1) if normalize else out
+
+def _pool_text(model, x, eot):
     x = model.ln_final(x)
-    x = project_text(model, x[torch.arange(x.shape[0], device=x.device), eot])
-    return F.normalize(x, dim=-1) if normalize else x
+    return project_text(model, x[torch.arange(x.shape[0], device=x.device), eot])
+
+def _full_blocks(model, x, mask, deep, prompt_start, sl):
+    deep = dict(deep)
+    for i, block in enumerate(model.transformer.resblocks):
+        if i in deep:  # deep prompts replace hidden states
+            p = deep[i]
+            x = replace_tokens(x, p if p.dim() == 2 else p[sl], prompt_start)
+        x = block(x, attn_mask=mask)
+    return x
+
+def _plain_block(block) -> bool:
+    attn = getattr(block, 'attn', None)
+    return (type(block).__name__ == 'ResidualAttentionBlock' and isinstance(attn, nn.MultiheadAttention) and attn.batch_first
+            and attn._qkv_same_embed_dim and not hasattr(block, 'ln_1_kv'))
+
+def _shared_prefix(model, x, eot, deep, prompt_start) -> int:
+    "How many leading positions are the same in every sequence (and so can run once), or 0 where that cannot help."
+    if len(x) < 2 or not all(_plain_block(b) for b in model.transformer.resblocks): return 0
+    same = (x == x[:1]).flatten(2).all(-1).all(0)  # (L,)
+    P = int(same.int().cumprod(0).sum())
+    P = min(P, int(eot.min()))  # every sequence keeps its EOT in its own part
+    if any(p.dim() != 2 or prompt_start + p.shape[0] > P for _, p in deep): return 0  # deep prompts must lie in the prefix
+    return P if P >= 2 else 0
+
+def _heads(t, n_head): return t.unflatten(-1, (n_head, -1)).transpose(1, 2)  # (B, L, d) -> (B, heads, L, d/heads)
+
+def _attention(block, h, k_prefix=None, v_prefix=None):
+    "The block's multi-head self-attention on normalised inputs h (B, S, d), causal, after an optional shared prefix."
+    attn = block.attn
+    q, k, v = (_heads(t, attn.num_heads) for t in F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
+    S = h.shape[1]
+    if k_prefix is None:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:
+        P = k_prefix.shape[2]
+        k = torch.cat([k_prefix.expand(len(h), -1, -1, -1), k], dim=2)
+        v = torch.cat([v_prefix.expand(len(h), -1, -1, -1), v], dim=2)
+        mask = torch.ones(S, P + S, dtype=torch.bool, device=h.device).tril(P)  # suffix token i sees the prefix and suffix tokens <= i
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return attn.out_proj(out.transpose(1, 2).flatten(2)), (k, v)
+
+def _prefix_keys_values(model, x, deep, prompt_start):
+    "Run the shared prefix (1, P, d) through every block; keep each block's keys and values for the suffixes."
+    kv = []
+    for i, block in enumerate(model.transformer.resblocks):
+        if i in deep: x = replace_tokens(x, deep[i], prompt_start)
+        a, (k, v) = _attention(block, block.ln_1(x))
+        kv.append((k, v))
+        x = x + block.ls_1(a)
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return kv
+
+def _suffix_blocks(model, x, kv):
+    for block, (k, v) in zip(model.transformer.resblocks, kv):
+        a, _ = _attention(block, block.ln_1(x), k, v)
+        x = x + block.ls_1(a)
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x
 
 def encode_text_ids(model, token_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     "Text features of token ids through the shared (EOT-truncated) path: equals `model.encode_text`."
