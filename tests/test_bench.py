@@ -89,3 +89,12 @@ def test_real_image_path_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, 'image_features', lambda *a, **k: calls.append(1))
     again = bench.run(s, tmp_path/'run2', tmp_path/'data', tmp_path/'cache', progress=False)
     assert calls == [] and again['accuracy'] == metrics['accuracy']  # every feature came from the cache
+
+@pytest.mark.parametrize('method,protocol', [('tip_adapter_f', 'base2new'), ('linprobe', 'fewshot'), ('maple', 'base2new')])
+def test_eval_rebuilds_prepared_and_image_methods(tmp_path, method, protocol):
+    "`eval` prepares again (caches, probes), reloads the learned tensors and calibrates: the run's own metrics come back."
+    s = bench.run_settings(method, protocol, 'micro-pairs', 4, 1, train=dict(epochs=1))
+    metrics = bench.run(s, tmp_path/'run', progress=False)
+    again = bench.evaluate_run(tmp_path/'run')
+    assert set(again) == set(metrics) - {'settings', 'seconds', 'conflict_fraction'}
+    for k, v in again.items(): assert v == pytest.approx(metrics[k], abs=1e-9), k

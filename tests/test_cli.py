@@ -18,7 +18,12 @@ def test_demo_prints_the_zeroshot_and_base_to_new_tables(tmp_path):
     pairs = next(r for r in result['zeroshot'] if r['task'] == 'micro-pairs')
     assert pairs['template_mean'] >= 85
     b2n = {r['method']: r for r in result['base2new']}
-    assert set(b2n) == {'zeroshot', 'coop', 'cocoop', 'prograd'} and '| micro-pairs | prograd | 1 |' in res.stdout
+    from vlprompt.cli import DEMO_METHODS
+    assert set(b2n) == set(DEMO_METHODS) >= {'zeroshot', 'coop', 'cocoop', 'prograd', 'taskres', 'maple'}
+    assert all(f'| micro-pairs | {m} | 1 |' in res.stdout for m in DEMO_METHODS)
+    assert all(abs(r['hm'] - 2 * r['base'] * r['new'] / (r['base'] + r['new'])) < 1e-6 for r in b2n.values())
+    assert b2n['taskres']['base'] > b2n['zeroshot']['base']  # TaskRes improves the trained classes
+    assert b2n['taskres']['new'] == b2n['zeroshot']['new']  # and leaves unseen classes zero-shot (no residual for them)
     assert b2n['coop']['base'] > b2n['zeroshot']['base']  # 16-shot CoOp improves the trained classes
     assert (tmp_path/'demo'/'demo.png').stat().st_size > 1000
 

@@ -5,7 +5,8 @@ from vlprompt.bench import PROTOCOLS, dataset_features
 from vlprompt.clip import VLPromptError, clip_logits, load_clip
 from vlprompt.data import DATASETS, fewshot_splits, load_dataset, subsample_classes
 from vlprompt.methods.taskres import BENCH_CONFIGS, BENCH_METHODS, TaskRes, TipAdapterF
-from vlprompt.methods.zeroshot import ZeroShotClassifier, train_method
+from vlprompt.methods.zeroshot import ZeroShotClassifier
+from vlprompt.train import train_method
 from vlprompt.train import TrainConfig, TrainSet, cross_entropy_rule, epochs_for_shots, evaluate, fit
 
 @pytest.fixture(scope='module')
@@ -21,7 +22,7 @@ def b2n(clip):
                 base_test=dataset_features(clip, base, 'test'), new_test=dataset_features(clip, new, 'test'))
 
 class TextCalls:
-    "Counts text-encoder runs two ways: calls of vlprompt.clip.encode_text_prompted and forwards of the text transformer's first block."
+    "Counts text-encoder runs two ways: calls of vlprompt.clip.encode_text_prompted and forwards of the text encoder's final LayerNorm (it runs once per encoding, on every path)."
     def __init__(self, clip, monkeypatch):
         self.calls, self.blocks = 0, 0
         inner = vclip.encode_text_prompted
@@ -29,7 +30,7 @@ class TextCalls:
             self.calls += 1
             return inner(*a, **k)
         monkeypatch.setattr(vclip, 'encode_text_prompted', counted)
-        self.hook = clip.model.transformer.resblocks[0].register_forward_hook(lambda *a: setattr(self, 'blocks', self.blocks + 1))
+        self.hook = clip.model.ln_final.register_forward_hook(lambda *a: setattr(self, 'blocks', self.blocks + 1))
     @property
     def total(self): return (self.calls, self.blocks)
 

@@ -13,13 +13,13 @@ import torch
 from .clip import LoadedCLIP, VLPromptError, image_features, load_clip, suggest
 from .data import fewshot_splits, load_dataset, load_images, subsample_classes, DOMAIN_SHIFTS, CROSS_DATASET
 from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone_id, cross_entropy_rule, epochs_for_shots,
-                            evaluate, fit, module_device, write_json)
+                            evaluate, fit, module_device, train_method, write_json)
 
 # %% auto #0
-__all__ = ['METHODS', 'RULES', 'PROTOCOLS', 'CONFIGS', 'PAPER_BASE2NEW', 'RULE_OPTIONS', 'run_settings', 'get_clip',
-           'dassl_train_transform', 'dataset_features', 'train_inputs', 'split_inputs', 'accuracy', 'harmonic_mean',
-           'run_dir', 'run', 'learnable', 'build_method', 'prepared_method', 'evaluate_method', 'evaluate_run',
-           'reproduce', 'base_to_new', 'results_table']
+__all__ = ['METHODS', 'RULES', 'PROTOCOLS', 'CONFIGS', 'PAPER_BASE2NEW', 'PAPER_FEWSHOT_RN50', 'RULE_OPTIONS', 'run_settings',
+           'get_clip', 'dassl_train_transform', 'dataset_features', 'train_inputs', 'split_inputs', 'accuracy',
+           'harmonic_mean', 'run_dir', 'run', 'learnable', 'build_method', 'trained_method', 'evaluate_method',
+           'evaluate_run', 'reproduce', 'base_to_new', 'results_table']
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
 def _zeroshot(clip, classnames, template, **options):
@@ -81,9 +81,19 @@ for protocol in ('fewshot', 'base2new'):
                                           micro=dict(train=dict(epochs=30, lr=0.01)))
 for protocol in PROTOCOLS: CONFIGS[('zeroshot', protocol)] = dict(source='CLIP (ICML 2021), the dataset template', train={}, method={})
 
+from .methods import zeroshot as _zeroshot_module, taskres as _taskres_module, maple as _maple_module
+for _module in (_zeroshot_module, _taskres_module, _maple_module):  # each method notebook states its own paper settings
+    METHODS.update(_module.BENCH_METHODS); CONFIGS.update(_module.BENCH_CONFIGS)
+
 PAPER_BASE2NEW = {  # ViT-B/16, 16 shots, 11-dataset average (methods.md §7): base, new, HM
     'zeroshot': (69.34, 74.22, 71.70), 'coop': (82.69, 63.22, 71.66), 'cocoop': (80.47, 71.69, 75.83),
-    'prograd': (82.48, 70.75, 76.16), 'vpt': (80.24, 73.43, 76.68), 'ivlp': (82.15, 74.07, 77.90), 'maple': (82.28, 75.14, 78.55),
+    'prograd': (82.48, 70.75, 76.16), 'vpt_deep_clip': (80.24, 73.43, 76.68), 'ivlp': (82.15, 74.07, 77.90), 'maple': (82.28, 75.14, 78.55),
+    'language_deep': (81.72, 73.81, 77.56),
+}
+PAPER_FEWSHOT_RN50 = {  # RN50, 11-dataset average accuracy at 1 / 2 / 4 / 8 / 16 shots (Tip-Adapter's logs; methods.md §7)
+    'clip_adapter': dict(zip((1, 2, 4, 8, 16), (62.67, 65.55, 68.61, 71.40, 74.44))),
+    'tip_adapter': dict(zip((1, 2, 4, 8, 16), (62.33, 64.62, 66.54, 68.50, 70.32))),
+    'tip_adapter_f': dict(zip((1, 2, 4, 8, 16), (64.60, 66.65, 69.67, 72.45, 75.83))),
 }
 
 RULE_OPTIONS = ('lam', 'temperature')  # settings of a gradient rule, not of the module
@@ -97,7 +107,7 @@ def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int
     if shots < 1: raise VLPromptError(f'shots must be at least 1, not {shots}.')
     cfg = CONFIGS[(method, protocol)]
     resolved, options = dict(cfg.get('train', {})), dict(cfg.get('method', {}))
-    if cfg.get('epochs_by_shots'): resolved['epochs'] = epochs_for_shots(shots)
+    if by_shots := cfg.get('epochs_by_shots'): resolved['epochs'] = by_shots(shots) if callable(by_shots) else epochs_for_shots(shots)
     layers = [cfg.get('micro', {})] if dataset.startswith('micro') else []
     override = cfg.get('datasets', {}).get(dataset, {})
     if shots >= override.get('min_shots', 0): layers.append(override)
@@ -166,7 +176,8 @@ def dataset_features(clip: LoadedCLIP, dataset, split: str, views: int = 1, augm
 def train_inputs(clip: LoadedCLIP, method, dataset, cfg: TrainConfig, cache: FeatureCache | None = None) -> TrainSet:
     "What `fit` trains `method` on: cached features of `cfg.views` augmented views, or images augmented on the fly (visual prompts)."
     if not getattr(method, 'needs_images', False):
-        return TrainSet(*dataset_features(clip, dataset, 'train', cfg.views, augment=True, cache=cache))
+        augment = getattr(method, 'train_augment', True)  # the linear probe fits on un-augmented features
+        return TrainSet(*dataset_features(clip, dataset, 'train', cfg.views if augment else 1, augment=augment, cache=cache))
     labels = torch.tensor(dataset.train.labels)
     if dataset.source == 'micro': return TrainSet(load_images(dataset, 'train'), labels, augment=augment_micro)
     tf = dassl_train_transform(clip)
@@ -228,13 +239,7 @@ def run(settings: dict, folder: str | Path | None = None, data_root=None, cache_
     cache = FeatureCache(Path(cache_dir)/'features') if cache_dir else None
     data = fewshot_splits(load_dataset(s['dataset'], data_root), s['shots'], s['seed'], Path(cache_dir)/'fewshot' if cache_dir else None)
     train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
-    cfg = TrainConfig(**s['train'])
-    method, train_set = prepared_method(s, clip, train_data, cache)
-    extra = {}
-    if learnable(method):
-        rule = RULES[s['method']](s, clip, train_data, method) if s['method'] in RULES else cross_entropy_rule
-        fit(method, train_set, cfg, out=folder, rule=rule, progress=progress)
-        if hasattr(rule, 'conflict_fraction'): extra['conflict_fraction'] = rule.conflict_fraction  # of the steps run in this process
+    method, extra = trained_method(s, clip, train_data, cache, folder, progress)
     metrics = dict(settings=s, **evaluate_method(method, s, clip, data, data_root, cache), **extra, seconds=time.time() - start)
     if folder is not None: write_json(folder/'metrics.json', metrics)
     return metrics
@@ -250,16 +255,20 @@ def build_method(s: dict, clip: LoadedCLIP, data):
         if 'unexpected keyword' not in str(e): raise
         raise VLPromptError(f"{s['method']} has no option {str(e).split('argument')[-1].strip()}; check the method options of this run.") from e
 
-def prepared_method(s: dict, clip: LoadedCLIP, train_data, cache: FeatureCache | None = None):
-    """The run's method, and its training inputs (None if it has nothing to train or prepare).
-    A method with a `prepare(train_set, val)` hook (a training-free cache, a prompt initialisation) gets its data here."""
-    method = build_method(s, clip, train_data)
-    needs_data = learnable(method) or hasattr(method, 'prepare')
-    train_set = train_inputs(clip, method, train_data, TrainConfig(**s['train']), cache) if needs_data else None
-    if hasattr(method, 'prepare'):
-        val = split_inputs(clip, method, train_data, 'val', cache) if train_data.val is not None else None
-        method.prepare(train_set, val)
-    return method, train_set
+def trained_method(s: dict, clip: LoadedCLIP, train_data, cache: FeatureCache | None = None, folder: Path | None = None,
+                   progress: bool = False):
+    """The run's method after `train_method` (prepare -> fit -> calibrate) on `train_data`, and extra metrics of its rule.
+    With a `folder` holding the finished run's checkpoint, fit only reloads the learned tensors (what `evaluate_run` relies on)."""
+    method, extra = build_method(s, clip, train_data), {}
+    if not (learnable(method) or hasattr(method, 'prepare') or hasattr(method, 'calibrate')): return method, extra
+    cfg = TrainConfig(**s['train'])
+    train = train_inputs(clip, method, train_data, cfg, cache)
+    uses_val = hasattr(method, 'prepare') or hasattr(method, 'calibrate')
+    val_x, val_y = split_inputs(clip, method, train_data, 'val', cache) if uses_val and train_data.val is not None else (None, None)
+    rule = RULES[s['method']](s, clip, train_data, method) if s['method'] in RULES else cross_entropy_rule
+    train_method(method, train.inputs, train.labels, val_x, val_y, cfg, out=folder, rule=rule, augment=train.augment, progress=progress)
+    if getattr(rule, 'conflicts', None): extra['conflict_fraction'] = rule.conflict_fraction  # of the steps run in this process
+    return method, extra
 
 def _for(method, s, clip, data):
     "The method moved to another dataset's classes with what it learned; one with nothing learned is rebuilt (with that dataset's template)."
@@ -288,15 +297,16 @@ def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = No
     s = json.loads((folder/'config.json').read_text())
     clip = get_clip(s['backbone'], s['pretrained'], checkpoint)
     data = fewshot_splits(load_dataset(s['dataset'], data_root), s['shots'], s['seed'], None)
-    method, _ = prepared_method(s, clip, subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data)
-    if learnable(method):
+    train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
+    if learnable(build_method(s, clip, train_data)):
         ckpt_path = folder/'checkpoint.pt'
         if not ckpt_path.exists(): raise VLPromptError(f'{folder} has no checkpoint.pt yet: the run has not finished an epoch.')
         try: ckpt = torch.load(ckpt_path, map_location='cpu', weights_only=True)
         except Exception as e: raise VLPromptError(f'{ckpt_path} is unreadable ({type(e).__name__}); rerun the training to rebuild it.') from e
-        if ckpt.get('method') != type(method).__name__:
-            raise VLPromptError(f"{ckpt_path} was written by {ckpt.get('method')}, not {type(method).__name__}.")
-        method.load_state_dict(ckpt['learnable'], strict=False)
+        if ckpt.get('epoch', -1) + 1 < s['train']['epochs']:
+            raise VLPromptError(f"{folder} holds an unfinished run ({ckpt.get('epoch', -1) + 1} of {s['train']['epochs']} epochs); "
+                                'run `vlprompt train` with the same settings to finish it first.')
+    method, _ = trained_method(s, clip, train_data, folder=folder)  # prepare again, reload the learned tensors, calibrate
     return evaluate_method(method, s, clip, data, data_root)
 
 # %% ../nbs/20_benchmark.ipynb #7a96257c

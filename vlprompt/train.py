@@ -18,7 +18,7 @@ from .clip import LoadedCLIP, VLPromptError, image_features
 # %% auto #0
 __all__ = ['TrainConfig', 'epochs_for_shots', 'lr_at_epoch', 'make_optimizer', 'weights_fingerprint', 'backbone_id',
            'FeatureCache', 'TrainSet', 'epoch_seed', 'cross_entropy_rule', 'learnable_state', 'save_atomic',
-           'write_json', 'fit', 'module_device', 'evaluate', 'augment_micro']
+           'write_json', 'fit', 'module_device', 'evaluate', 'train_method', 'augment_micro']
 
 # %% ../nbs/03_train.ipynb #002a04ca
 @dataclass
@@ -230,6 +230,31 @@ def evaluate(method: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batc
     device = module_device(method)
     preds = torch.cat([method(inputs[i:i + batch_size].to(device)).argmax(-1).cpu() for i in range(0, len(inputs), batch_size)])
     return 100 * (preds == labels.cpu()).float().mean().item()
+
+# %% ../nbs/03_train.ipynb #d8107a35
+def _one_view(features):
+    if features is None or features.dim() == 2: return features
+    if features.shape[0] != 1:
+        raise VLPromptError(f'Val features must be one un-augmented view, (N, D) or (1, N, D); got {tuple(features.shape)}.')
+    return features[0]
+
+def train_method(method: nn.Module, train_inputs, train_labels: torch.Tensor, val_inputs=None, val_labels: torch.Tensor | None = None,
+                 cfg: TrainConfig | None = None, out=None, rule: Callable = cross_entropy_rule, augment: Callable | None = None,
+                 progress: bool = False) -> list[dict]:
+    """Prepare (cache, probe, prompt init), train if it has learnable tensors, then calibrate on val; returns fit's history.
+    Inputs are cached features ((views, N, D) or (N, D)), or images / image files with `augment`."""
+    on_features = augment is None and torch.is_tensor(train_inputs) and train_inputs.dim() in (2, 3)
+    if on_features:
+        if train_inputs.dim() == 2: train_inputs = train_inputs.unsqueeze(0)
+        val_inputs = _one_view(val_inputs)
+    if hasattr(method, 'prepare'): method.prepare(train_inputs, train_labels, val_inputs, val_labels)
+    history = []
+    if any(p.requires_grad for p in method.parameters()):
+        history = fit(method, TrainSet(train_inputs, train_labels, augment), cfg or TrainConfig(), out=out, rule=rule, progress=progress)
+    if hasattr(method, 'calibrate'):
+        if val_inputs is None: raise VLPromptError(f'{type(method).__name__} calibrates on the val split: pass val_inputs and val_labels.')
+        method.calibrate(val_inputs, val_labels)
+    return history
 
 # %% ../nbs/03_train.ipynb #6b0bd7a4
 def augment_micro(images: torch.Tensor) -> torch.Tensor:

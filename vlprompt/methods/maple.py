@@ -12,7 +12,7 @@ from ..clip import (LoadedCLIP, VLPromptError, clean_classname, encode_image_pro
                            eot_positions)
 
 # %% auto #0
-__all__ = ['PROMPT_MODES', 'BENCH_CONFIGS', 'BENCH_METHODS', 'PAPER_BASE2NEW_EXTRA', 'prompt_layout', 'MaPLe']
+__all__ = ['PROMPT_MODES', 'BENCH_CONFIGS', 'BENCH_METHODS', 'prompt_layout', 'MaPLe']
 
 # %% ../../nbs/14_maple.ipynb #7e88227a
 def prompt_layout(clip: LoadedCLIP, classnames: list[str], n_ctx: int = 2, ctx_init: str | None = 'a photo of a'):
@@ -156,4 +156,3 @@ BENCH_METHODS = {  # defaults are the paper's ViT-B/16 settings; BENCH_CONFIGS g
     'vpt_deep_clip': partial(_build, coupling=False, text='none', n_ctx=8, depth=12),
     'language_deep': partial(_build, coupling=False, vision='none', n_ctx=4, depth=12),
 }
-PAPER_BASE2NEW_EXTRA = {'language_deep': (81.72, 73.81, 77.56)}  # MaPLe README, ViT-B/16, 11-dataset average (not in bench yet)

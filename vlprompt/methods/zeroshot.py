@@ -9,11 +9,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..clip import LoadedCLIP, VLPromptError, clip_logits, zeroshot_weights
-from ..train import TrainConfig, TrainSet, cross_entropy_rule, fit
+from ..train import TrainConfig, TrainSet, cross_entropy_rule, fit, train_method
 
 # %% auto #0
-__all__ = ['BENCH_METHODS', 'BENCH_CONFIGS', 'ZeroShotClassifier', 'logistic_regression', 'search_regularisation', 'LinearProbe',
-           'train_method']
+__all__ = ['BENCH_METHODS', 'BENCH_CONFIGS', 'ZeroShotClassifier', 'logistic_regression', 'search_regularisation', 'LinearProbe']
 
 # %% ../../nbs/10_zeroshot.ipynb #98fdebdc
 class ZeroShotClassifier(nn.Module):
@@ -123,28 +122,6 @@ class LinearProbe(nn.Module):
         raise VLPromptError(f'A linear probe has weights only for the {len(self.classnames)} classes it was fitted on and no text encoder, '
                             f'so it cannot classify {unseen[:3] or list(classnames)[:3]}{"..." if len(unseen) > 3 else ""}. '
                             'Use zero-shot CLIP, CLIP-Adapter or TaskRes for new classes.')
-
-# %% ../../nbs/10_zeroshot.ipynb #53d3fe28
-def _one_view(features):
-    if features is None or features.dim() == 2: return features
-    if features.shape[0] != 1:
-        raise VLPromptError(f'Val features must be one un-augmented view, (N, D) or (1, N, D); got {tuple(features.shape)}.')
-    return features[0]
-
-def train_method(method: nn.Module, train_features: torch.Tensor, train_labels: torch.Tensor,
-                 val_features: torch.Tensor | None = None, val_labels: torch.Tensor | None = None,
-                 cfg: TrainConfig | None = None, out=None, rule=cross_entropy_rule, progress: bool = False) -> list[dict]:
-    "Prepare (cache, probe), then train if it has learnable tensors, then calibrate on val; returns fit's history ([] without training)."
-    if train_features.dim() == 2: train_features = train_features.unsqueeze(0)
-    val_features = _one_view(val_features)
-    if hasattr(method, 'prepare'): method.prepare(train_features, train_labels, val_features, val_labels)
-    history = []
-    if any(p.requires_grad for p in method.parameters()):
-        history = fit(method, TrainSet(train_features, train_labels), cfg or TrainConfig(), out=out, rule=rule, progress=progress)
-    if hasattr(method, 'calibrate'):
-        if val_features is None: raise VLPromptError(f'{type(method).__name__} calibrates on the val split: pass val_features and val_labels.')
-        method.calibrate(val_features, val_labels)
-    return history
 
 # %% ../../nbs/10_zeroshot.ipynb #d27ac7f9
 def _linprobe(clip, classnames, template=None, seed=0, **options):
