@@ -130,13 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--shots', type=int, default=16)
     p.add_argument('--out', default='runs', help='root folder of the runs (default runs/)')
     backbone_options(p)
+
+    from .speed import add_bench_parser
+    add_bench_parser(sub)
     return ap
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         {'demo': lambda: demo(args.out, args.device), 'train': lambda: train(args),
-         'eval': lambda: evaluate_run(args), 'reproduce': lambda: reproduce(args)}[args.command]()
+         'eval': lambda: evaluate_run(args), 'reproduce': lambda: reproduce(args),
+         'bench': lambda: __import__('vlprompt.speed', fromlist=['bench_command']).bench_command(args)}[args.command]()
     except VLPromptError as e:
         print(f'vlprompt {args.command}: error: {e}', file=sys.stderr)
         sys.exit(2)
