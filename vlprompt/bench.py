@@ -18,8 +18,8 @@ from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone
 # %% auto #0
 __all__ = ['METHODS', 'RULES', 'PROTOCOLS', 'CONFIGS', 'PAPER_BASE2NEW', 'PAPER_FEWSHOT_RN50', 'RULE_OPTIONS', 'run_settings',
            'get_clip', 'dassl_train_transform', 'dataset_features', 'train_inputs', 'split_inputs', 'accuracy',
-           'harmonic_mean', 'run_dir', 'run', 'learnable', 'build_method', 'trained_method', 'evaluate_method',
-           'evaluate_run', 'reproduce', 'base_to_new', 'results_table']
+           'harmonic_mean', 'run_dir', 'run', 'learnable', 'build_method', 'build_run', 'run_identity', 'train_run',
+           'evaluate_method', 'evaluate_run', 'reproduce', 'base_to_new', 'results_table']
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
 def _zeroshot(clip, classnames, template, **options):
@@ -232,14 +232,15 @@ def run(settings: dict, folder: str | Path | None = None, data_root=None, cache_
     if folder is not None:
         _check_config(folder, settings)
         if (folder/'metrics.json').exists(): return json.loads((folder/'metrics.json').read_text())
-        write_json(folder/'config.json', settings)
     start = time.time()
     s = settings
     clip = get_clip(s['backbone'], s['pretrained'], checkpoint)
     cache = FeatureCache(Path(cache_dir)/'features') if cache_dir else None
     data = fewshot_splits(load_dataset(s['dataset'], data_root), s['shots'], s['seed'], Path(cache_dir)/'fewshot' if cache_dir else None)
     train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
-    method, extra = trained_method(s, clip, train_data, cache, folder, progress)
+    method, rule = build_run(s, clip, train_data)  # bad options fail here, before anything is written
+    if folder is not None: write_json(folder/'config.json', settings)
+    extra = train_run(method, rule, s, clip, train_data, cache, folder, progress)
     metrics = dict(settings=s, **evaluate_method(method, s, clip, data, data_root, cache), **extra, seconds=time.time() - start)
     if folder is not None: write_json(folder/'metrics.json', metrics)
     return metrics
@@ -255,20 +256,29 @@ def build_method(s: dict, clip: LoadedCLIP, data):
         if 'unexpected keyword' not in str(e): raise
         raise VLPromptError(f"{s['method']} has no option {str(e).split('argument')[-1].strip()}; check the method options of this run.") from e
 
-def trained_method(s: dict, clip: LoadedCLIP, train_data, cache: FeatureCache | None = None, folder: Path | None = None,
-                   progress: bool = False):
-    """The run's method after `train_method` (prepare -> fit -> calibrate) on `train_data`, and extra metrics of its rule.
+def build_run(s: dict, clip: LoadedCLIP, train_data):
+    "The run's method over `train_data`'s classes and its gradient rule; every option is checked here."
+    method = build_method(s, clip, train_data)
+    rule = RULES[s['method']](s, clip, train_data, method) if s['method'] in RULES and learnable(method) else cross_entropy_rule
+    return method, rule
+
+def run_identity(s: dict, clip: LoadedCLIP, train_data) -> dict:
+    "What a checkpoint must match to be resumed: the backbone's weights, the dataset, the classes."
+    return dict(backbone=backbone_id(clip), dataset=s['dataset'], protocol=s['protocol'],
+                classes=hashlib.sha1(json.dumps(list(train_data.classnames)).encode()).hexdigest()[:12])
+
+def train_run(method, rule, s: dict, clip: LoadedCLIP, train_data, cache: FeatureCache | None = None, folder: Path | None = None,
+              progress: bool = False) -> dict:
+    """`train_method` (prepare -> fit -> calibrate) on `train_data`; returns extra metrics of the rule.
     With a `folder` holding the finished run's checkpoint, fit only reloads the learned tensors (what `evaluate_run` relies on)."""
-    method, extra = build_method(s, clip, train_data), {}
-    if not (learnable(method) or hasattr(method, 'prepare') or hasattr(method, 'calibrate')): return method, extra
+    if not (learnable(method) or hasattr(method, 'prepare') or hasattr(method, 'calibrate')): return {}
     cfg = TrainConfig(**s['train'])
     train = train_inputs(clip, method, train_data, cfg, cache)
     uses_val = hasattr(method, 'prepare') or hasattr(method, 'calibrate')
     val_x, val_y = split_inputs(clip, method, train_data, 'val', cache) if uses_val and train_data.val is not None else (None, None)
-    rule = RULES[s['method']](s, clip, train_data, method) if s['method'] in RULES else cross_entropy_rule
-    train_method(method, train.inputs, train.labels, val_x, val_y, cfg, out=folder, rule=rule, augment=train.augment, progress=progress)
-    if getattr(rule, 'conflicts', None): extra['conflict_fraction'] = rule.conflict_fraction  # of the steps run in this process
-    return method, extra
+    train_method(method, train.inputs, train.labels, val_x, val_y, cfg, out=folder, rule=rule, augment=train.augment, progress=progress,
+                 identity=run_identity(s, clip, train_data))
+    return dict(conflict_fraction=rule.conflict_fraction) if getattr(rule, 'conflicts', None) else {}  # of the steps run in this process
 
 def _for(method, s, clip, data):
     "The method moved to another dataset's classes with what it learned; one with nothing learned is rebuilt (with that dataset's template)."
@@ -298,7 +308,8 @@ def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = No
     clip = get_clip(s['backbone'], s['pretrained'], checkpoint)
     data = fewshot_splits(load_dataset(s['dataset'], data_root), s['shots'], s['seed'], None)
     train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
-    if learnable(build_method(s, clip, train_data)):
+    method, rule = build_run(s, clip, train_data)
+    if learnable(method):
         ckpt_path = folder/'checkpoint.pt'
         if not ckpt_path.exists(): raise VLPromptError(f'{folder} has no checkpoint.pt yet: the run has not finished an epoch.')
         try: ckpt = torch.load(ckpt_path, map_location='cpu', weights_only=True)
@@ -306,7 +317,7 @@ def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = No
         if ckpt.get('epoch', -1) + 1 < s['train']['epochs']:
             raise VLPromptError(f"{folder} holds an unfinished run ({ckpt.get('epoch', -1) + 1} of {s['train']['epochs']} epochs); "
                                 'run `vlprompt train` with the same settings to finish it first.')
-    method, _ = trained_method(s, clip, train_data, folder=folder)  # prepare again, reload the learned tensors, calibrate
+    train_run(method, rule, s, clip, train_data, folder=folder)  # prepare again, reload the learned tensors, calibrate
     return evaluate_method(method, s, clip, data, data_root)
 
 # %% ../nbs/20_benchmark.ipynb #7a96257c

@@ -11,10 +11,10 @@ import torch
 
 from .clip import VLPromptError, load_clip
 from . import micro, bench
-from .train import write_json
+from .train import write_json, write_text
 
 # %% auto #0
-__all__ = ['DEMO_METHODS', 'demo', 'plot_demo', 'train', 'evaluate_run', 'reproduce', 'build_parser', 'main']
+__all__ = ['DEMO_METHODS', 'demo', 'plot_demo', 'parse_settings', 'train', 'evaluate_run', 'reproduce', 'build_parser', 'main']
 
 # %% ../nbs/40_cli.ipynb #9cce3be5
 DEMO_METHODS = ('zeroshot', 'coop', 'cocoop', 'prograd',  # learned text context
@@ -47,6 +47,7 @@ def demo(out: str | None = None, device: str = 'cpu', methods=DEMO_METHODS) -> d
     return result
 
 def plot_demo(rows, b2n, path):
+    from vlprompt.train import atomic_write
     "Zero-shot accuracy per task beside base / new accuracy per method, saved as a PNG."
     import matplotlib; matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
@@ -60,11 +61,28 @@ def plot_demo(rows, b2n, path):
     ax2.bar([i + 0.2 for i in x], [r['new'] for r in b2n], 0.4, label='new classes')
     ax2.set_xticks(list(x)); ax2.set_xticklabels([r['method'] for r in b2n]); ax2.set_ylim(min(r['new'] for r in b2n) - 10, 100)
     ax2.set_ylabel('top-1 accuracy (%)'); ax2.set_title('micro-pairs base-to-new (16 shots, seed 1)'); ax2.legend()
-    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, dpi=100, format='png')); plt.close(fig)
 
 # %% ../nbs/40_cli.ipynb #fbf977ea
+def parse_settings(pairs: list[str]) -> tuple[dict, dict]:
+    "`KEY=VALUE` strings as (training settings, method options); VALUE is read as JSON (numbers, true/false, lists), else kept as text, never evaluated."
+    from dataclasses import fields
+    from vlprompt.train import TrainConfig
+    train_keys, train, options = {f.name for f in fields(TrainConfig)}, {}, {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition('=')
+        if not sep or not key.strip():
+            raise VLPromptError(f'--set takes KEY=VALUE pairs (e.g. --set lam=0.8 epochs=10), not {pair!r}.')
+        try: value = json.loads(value)
+        except json.JSONDecodeError: pass
+        (train if key.strip() in train_keys else options)[key.strip()] = value
+    return train, options
+
 def train(args) -> dict:
-    settings = bench.run_settings(args.method, args.protocol, args.dataset, args.shots, args.seed, args.backbone, args.pretrained)
+    train_settings, options = parse_settings(args.set)
+    settings = bench.run_settings(args.method, args.protocol, args.dataset, args.shots, args.seed, args.backbone, args.pretrained,
+                                  train=train_settings, method_options=options)
     out = Path(args.out)
     if (out/'metrics.json').exists():
         if not args.overwrite:
@@ -81,10 +99,11 @@ def evaluate_run(args) -> dict:
     return result
 
 def reproduce(args) -> str:
+    train_settings, options = parse_settings(args.set)
     rows = bench.reproduce(args.protocol, args.methods, args.datasets, args.seeds, args.shots, args.out,
-                           args.backbone, args.pretrained, args.checkpoint, args.data_root)
+                           args.backbone, args.pretrained, args.checkpoint, args.data_root, train=train_settings, method_options=options)
     table = bench.results_table(rows)
-    (Path(args.out)/f'{args.protocol}-results.md').write_text(table + '\n')
+    write_text(Path(args.out)/f'{args.protocol}-results.md', table + '\n')
     print(table)
     return table
 
@@ -113,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', required=True, help='the run folder')
     p.add_argument('--cache', help='feature and few-shot cache folder (default OUT/cache)')
     p.add_argument('--overwrite', action='store_true', help='train again in a folder that holds a finished run')
+    p.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE', help='override a training setting or method option, e.g. --set lam=0.8 epochs=10')
     backbone_options(p)
 
     p = sub.add_parser('eval', help='re-evaluate a run folder from its checkpoint',
@@ -129,9 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--seeds', nargs='+', type=int, default=[1, 2, 3])
     p.add_argument('--shots', type=int, default=16)
     p.add_argument('--out', default='runs', help='root folder of the runs (default runs/)')
+    p.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE', help='override a training setting or method option, e.g. --set lam=0.8 epochs=10')
     backbone_options(p)
 
-    from .speed import add_bench_parser
+    from vlprompt.speed import add_bench_parser
     add_bench_parser(sub)
     return ap
 

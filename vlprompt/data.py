@@ -165,14 +165,8 @@ def read_split_file(path: str | Path, image_dir: str | Path) -> tuple[dict, list
 # %% ../nbs/02_data.ipynb #ad3477fe
 def _write_json_atomic(path: Path, obj) -> None:
     "Write JSON to a temporary file beside `path`, then rename it: readers never see half a file."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f: json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
+    from vlprompt.train import atomic_write  # the kit's one atomic writer
+    atomic_write(path, lambda f: json.dump(obj, f), 'w')
 
 # %% ../nbs/02_data.ipynb #6418afad
 def _listdir(path: str, dirs: bool) -> list[str]:

@@ -307,10 +307,8 @@ def save_micro_checkpoint(model: nn.Module, path: str | Path, info: dict):
     table = model.token_embedding.weight
     used = table.abs().sum(1).nonzero().squeeze(1)
     state['token_embedding.ids'], state['token_embedding.rows'] = used, table[used].half()
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    torch.save({'state_dict': state, 'info': info, 'format': 'vlprompt-micro-clip-1'}, tmp)
-    os.replace(tmp, path)
+    from vlprompt.train import atomic_write  # the kit's one atomic writer
+    atomic_write(path, lambda f: torch.save({'state_dict': state, 'info': info, 'format': 'vlprompt-micro-clip-1'}, f))
 
 def load_micro_weights(model: nn.Module, path: str | Path | None = None) -> dict:
     "Load the micro CLIP checkpoint (default: the shipped one) into `model`; returns its recorded info."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_train.ipynb #15527e4c
 from __future__ import annotations
-import hashlib, itertools, json, math, os, time, warnings
+import hashlib, itertools, json, math, os, tempfile, time, warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from .clip import LoadedCLIP, VLPromptError, image_features
 
 # %% auto #0
-__all__ = ['TrainConfig', 'epochs_for_shots', 'lr_at_epoch', 'make_optimizer', 'weights_fingerprint', 'backbone_id',
-           'FeatureCache', 'TrainSet', 'epoch_seed', 'cross_entropy_rule', 'learnable_state', 'save_atomic',
-           'write_json', 'fit', 'module_device', 'evaluate', 'train_method', 'augment_micro']
+__all__ = ['TrainConfig', 'epochs_for_shots', 'lr_at_epoch', 'make_optimizer', 'atomic_write', 'save_atomic', 'write_json',
+           'write_text', 'weights_fingerprint', 'backbone_id', 'FeatureCache', 'TrainSet', 'epoch_seed',
+           'cross_entropy_rule', 'learnable_state', 'fit', 'module_device', 'evaluate', 'train_method', 'augment_micro']
 
 # %% ../nbs/03_train.ipynb #002a04ca
 @dataclass
@@ -58,6 +58,32 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == 'adam': return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+# %% ../nbs/03_train.ipynb #85a57025
+def atomic_write(path: str | Path, write: Callable, mode: str = 'wb') -> Path:
+    "Call `write(file)` on a fresh temporary file beside `path`, then rename it over `path`: a reader never sees a partial file."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, mode) as f: write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp): os.unlink(tmp)
+        raise
+    return path
+
+def save_atomic(obj, path: Path):
+    "torch.save, atomically."
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+def write_json(path: Path, obj):
+    "Write JSON, atomically."
+    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1)), 'w')
+
+def write_text(path: Path, text: str):
+    "Write text, atomically."
+    return atomic_write(path, lambda f: f.write(text), 'w')
+
+
 # %% ../nbs/03_train.ipynb #998dea97
 def weights_fingerprint(model: nn.Module) -> str:
     "A short hash of a model's weights (a strided sample of every tensor), to tell backbones apart."
@@ -95,10 +121,7 @@ class FeatureCache:
             return None
 
     def save(self, key: dict, features: torch.Tensor):
-        path = self.path(key); path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f'.{os.getpid()}.tmp')
-        torch.save({'key': json.loads(json.dumps(key, default=str)), 'features': features.cpu()}, tmp)
-        os.replace(tmp, path)
+        save_atomic({'key': json.loads(json.dumps(key, default=str)), 'features': features.cpu()}, self.path(key))
 
     def get(self, key: dict, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         "Cached features for `key`, computing and storing them on a miss."
@@ -143,24 +166,27 @@ def learnable_state(method: nn.Module) -> dict:
     "The method's trainable tensors by name (what a checkpoint stores)."
     return {n: p.detach().clone() for n, p in method.named_parameters() if p.requires_grad}
 
-def save_atomic(obj, path: Path):
-    "torch.save to a temporary file, then rename: a reader never sees a partial file."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    torch.save(obj, tmp); os.replace(tmp, path)
+def _learnable_shapes(method) -> dict: return {n: list(p.shape) for n, p in method.named_parameters() if p.requires_grad}
 
-def write_json(path: Path, obj):
-    "Write JSON atomically."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
-
-def _load_checkpoint(path: Path, cfg: TrainConfig, method_name: str):
-    try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise VLPromptError(f'Checkpoint {path} is unreadable ({type(e).__name__}); delete it to start the run again.') from e
-    if ckpt.get('method') != method_name:
-        raise VLPromptError(f"Checkpoint {path} belongs to method {ckpt.get('method')!r}, not {method_name!r}; use another --out folder.")
+def _load_checkpoint(path: Path, cfg: TrainConfig, method: nn.Module, identity: dict | None):
+    "The checkpoint at `path` if it belongs to this run; None (after moving it aside) if it is damaged."
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        if not isinstance(ckpt, dict) or not {'epoch', 'learnable', 'optimizer', 'config'} <= ckpt.keys(): raise ValueError('not a vlprompt checkpoint')
+    except Exception as e:  # truncated or damaged: never trusted, kept for inspection, the run starts again
+        aside = path.with_name(f'{path.name}.damaged-{time.strftime("%Y%m%d-%H%M%S")}')
+        os.replace(path, aside)
+        warnings.warn(f'Checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:80]}); moved it to {aside.name} and training from epoch 0.')
+        return None
+    name = type(method).__name__
+    if ckpt.get('method') != name:
+        raise VLPromptError(f"Checkpoint {path} belongs to method {ckpt.get('method')!r}, not {name!r}; use another --out folder.")
+    if identity is not None and ckpt.get('identity', identity) != identity:
+        diff = ', '.join(f'{k}: {ckpt["identity"].get(k)} there, {v} now' for k, v in identity.items() if ckpt['identity'].get(k) != v)
+        raise VLPromptError(f'Checkpoint {path} was trained with another backbone or data ({diff}); use another --out folder.')
+    if ckpt.get('shapes', _learnable_shapes(method)) != _learnable_shapes(method):
+        raise VLPromptError(f"Checkpoint {path} holds tensors of other shapes ({ckpt['shapes']}) than this {name} "
+                            f'({_learnable_shapes(method)}): it was trained with other options; use another --out folder.')
     diff = {k: (ckpt['config'].get(k), v) for k, v in asdict(cfg).items() if ckpt['config'].get(k) != v}
     if diff:
         said = ', '.join(f'{k}: {a} there, {b} now' for k, (a, b) in diff.items())
@@ -168,8 +194,10 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, method_name: str):
     return ckpt
 
 def fit(method: nn.Module, data: TrainSet, cfg: TrainConfig, out: str | Path | None = None,
-        rule: Callable = cross_entropy_rule, progress: bool = True, stop_after: int | None = None) -> list[dict]:
-    "Train `method`'s learnable tensors on `data`; with `out`, checkpoint every epoch and resume from it. Returns the history."
+        rule: Callable = cross_entropy_rule, progress: bool = True, stop_after: int | None = None,
+        identity: dict | None = None) -> list[dict]:
+    """Train `method`'s learnable tensors on `data`; with `out`, checkpoint every epoch and resume from it. Returns the history.
+    `identity` (e.g. backbone and data) is stored in the checkpoint, and a checkpoint of another identity is refused."""
     device = module_device(method)
     params = [p for p in method.parameters() if p.requires_grad]
     if not params: raise VLPromptError(f'{type(method).__name__} has no learnable parameters: nothing to train.')
@@ -177,8 +205,8 @@ def fit(method: nn.Module, data: TrainSet, cfg: TrainConfig, out: str | Path | N
     method_name = type(method).__name__
     start, history = 0, []
     ckpt_path = Path(out)/'checkpoint.pt' if out else None
-    if ckpt_path and ckpt_path.exists():
-        ckpt = _load_checkpoint(ckpt_path, cfg, method_name)
+    ckpt = _load_checkpoint(ckpt_path, cfg, method, identity) if ckpt_path and ckpt_path.exists() else None
+    if ckpt is not None:
         method.load_state_dict(ckpt['learnable'], strict=False)
         opt.load_state_dict(ckpt['optimizer'])
         start, history = ckpt['epoch'] + 1, ckpt['history']
@@ -190,20 +218,22 @@ def fit(method: nn.Module, data: TrainSet, cfg: TrainConfig, out: str | Path | N
         torch.manual_seed(epoch_seed(cfg.seed, epoch))
         g = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
         method.train()
-        losses, correct = [], 0
-        for idx in torch.randperm(len(data), generator=g).split(cfg.batch_size):
+        losses = []
+        for step, idx in enumerate(torch.randperm(len(data), generator=g).split(cfg.batch_size)):
             x = data.batch(idx, g).to(device)
             with torch.autocast('cuda', dtype=torch.bfloat16, enabled=use_amp):
                 loss = rule(method, x, labels[idx.to(device)])
             if not torch.isfinite(loss):
-                raise VLPromptError(f'The loss became {loss.item()} at epoch {epoch}; the learning rate ({cfg.lr}) is probably too high.')
+                raise VLPromptError(f'The loss became {loss.item()} at epoch {epoch}, step {step} (learning rate {opt.param_groups[0]["lr"]:.2g}). '
+                                    f'The likely cause is a learning rate too high for {method_name} (lower lr, now {cfg.lr}), or inputs with '
+                                    'NaN/inf values; the last good checkpoint is kept, so rerun with a lower lr in a new --out folder.')
             opt.step(); opt.zero_grad(set_to_none=True)
             losses.append(loss.item() * len(idx))
         history.append(dict(epoch=epoch, lr=lr_at_epoch(cfg, epoch), loss=sum(losses) / len(data)))
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
         if ckpt_path:
-            save_atomic(dict(epoch=epoch, method=method_name, config=asdict(cfg), learnable=learnable_state(method),
-                             optimizer=opt.state_dict(), history=history), ckpt_path)
+            save_atomic(dict(epoch=epoch, method=method_name, config=asdict(cfg), learnable=learnable_state(method), identity=identity,
+                             shapes=_learnable_shapes(method), optimizer=opt.state_dict(), history=history), ckpt_path)
         if stop_after is not None and epoch + 1 >= stop_after: break
     method.eval()
     return history
@@ -240,7 +270,7 @@ def _one_view(features):
 
 def train_method(method: nn.Module, train_inputs, train_labels: torch.Tensor, val_inputs=None, val_labels: torch.Tensor | None = None,
                  cfg: TrainConfig | None = None, out=None, rule: Callable = cross_entropy_rule, augment: Callable | None = None,
-                 progress: bool = False) -> list[dict]:
+                 progress: bool = False, identity: dict | None = None) -> list[dict]:
     """Prepare (cache, probe, prompt init), train if it has learnable tensors, then calibrate on val; returns fit's history.
     Inputs are cached features ((views, N, D) or (N, D)), or images / image files with `augment`."""
     on_features = augment is None and torch.is_tensor(train_inputs) and train_inputs.dim() in (2, 3)
@@ -250,7 +280,7 @@ def train_method(method: nn.Module, train_inputs, train_labels: torch.Tensor, va
     if hasattr(method, 'prepare'): method.prepare(train_inputs, train_labels, val_inputs, val_labels)
     history = []
     if any(p.requires_grad for p in method.parameters()):
-        history = fit(method, TrainSet(train_inputs, train_labels, augment), cfg or TrainConfig(), out=out, rule=rule, progress=progress)
+        history = fit(method, TrainSet(train_inputs, train_labels, augment), cfg or TrainConfig(), out=out, rule=rule, progress=progress, identity=identity)
     if hasattr(method, 'calibrate'):
         if val_inputs is None: raise VLPromptError(f'{type(method).__name__} calibrates on the val split: pass val_inputs and val_labels.')
         method.calibrate(val_inputs, val_labels)

@@ -42,6 +42,8 @@ class TaskRes(nn.Module):
     def __init__(self, clip: LoadedCLIP, classnames: list[str], templates: str | list[str] = 'a photo of a {}.',
                  alpha: float = 0.5, base: torch.Tensor | None = None, logit_scale: float | None = 100.0, seed: int = 0):
         super().__init__()  # `seed` is accepted for the common signature: the residual starts at zero
+        if not (isinstance(alpha, (int, float)) and 0 <= alpha < float('inf')):
+            raise VLPromptError(f'TaskRes alpha (the residual scale) must be a number >= 0 (0.5 is the paper\'s, 1.0 for Flowers102), not {alpha!r}.')
         self.clip, self.classnames, self.templates, self.alpha = clip, list(classnames), templates, float(alpha)
         self.custom_base, self.logit_scale_option = base is not None, logit_scale
         self.logit_scale = float(clip.model.logit_scale.exp()) if logit_scale is None else float(logit_scale)
@@ -118,6 +120,9 @@ class TipAdapter(nn.Module):
     def __init__(self, clip: LoadedCLIP, classnames: list[str], templates: str | list[str] = 'a photo of a {}.',
                  alpha: float = 1.0, beta: float = 1.0, search_scale=(7, 3), search_step=(200, 20), seed: int = 0):
         super().__init__()  # `seed` is accepted for the common signature: nothing is random
+        for name, v in (('alpha', alpha), ('beta', beta)):
+            if not (isinstance(v, (int, float)) and 0 <= v < float('inf')):
+                raise VLPromptError(f'Tip-Adapter {name} must be a number >= 0, not {v!r} (alpha weighs the cache, beta sharpens its affinities).')
         self.clip, self.classnames, self.templates = clip, list(classnames), templates
         self.alpha, self.beta = float(alpha), float(beta)
         self.search_scale, self.search_step = tuple(search_scale), tuple(search_step)  # (beta, alpha)
