@@ -285,35 +285,57 @@ def encode_text_ids(model, token_ids: torch.Tensor, normalize: bool = False) -> 
 
 # %% ../nbs/00_clip.ipynb #0dd41520
 def encode_image_prompted(model, images: torch.Tensor, layer_prompts: Sequence[torch.Tensor | None] | None = None,
-                          placement: str = 'after_cls', normalize: bool = False) -> torch.Tensor:
-    "Image features (N, D), with optional prompt tokens inserted at the input and replaced in later layers."
-    visual = model.visual
-    if not layer_prompts:
-        x = model.encode_image(images)
+                          placement: str = 'after_cls', normalize: bool = False, return_layer_inputs: bool = False):
+    """Image features (N, D), with optional prompt tokens inserted at the input and replaced in later layers.
+    `model` is an open_clip CLIP or a timm VisionTransformer (then the features are its pre-logits). With
+    `return_layer_inputs`, also a list of token sequences (N, L, width): [0] the embedded input with the prompts
+    inserted (before any pre-norm), [i] the input of block i after its prompts were replaced."""
+    if not layer_prompts and not return_layer_inputs:
+        x = model.forward_head(model.forward_features(images), pre_logits=True) if _is_timm_vit(model) else model.encode_image(images)
         return F.normalize(x, dim=-1) if normalize else x
-    if not hasattr(visual, 'class_embedding') or getattr(visual, 'attn_pool', None) is not None:
-        raise VLPromptError(f'Visual prompts need a plain ViT image encoder; {type(visual).__name__} is not one (use it without prompts).')
+    embed, pre_norm, blocks, head, n_prefix = _vit_parts(model)
     if placement not in ('after_cls', 'append'):
         raise VLPromptError(f"placement must be 'after_cls' (VPT) or 'append' (MaPLe), not {placement!r}.")
-    if layer_prompts[0] is None:
+    layer_prompts = list(layer_prompts or [])
+    if layer_prompts and layer_prompts[0] is None:
         raise VLPromptError('layer_prompts[0] (the prompts inserted at the input) must be given when prompting the image encoder.')
-    x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (N, width, grid, grid)
-    x = x.flatten(2).transpose(1, 2)  # (N, n_patches, width)
-    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-    x = visual.patch_dropout(x)
-    n_prompts = layer_prompts[0].shape[-2]
-    start = 1 if placement == 'after_cls' else x.shape[1]
-    x = torch.cat([x[:, :start], _expand(layer_prompts[0], x), x[:, start:]], dim=1)
-    x = visual.ln_pre(x)
-    for i, block in enumerate(visual.transformer.resblocks):
+    x = embed(images)  # (N, prefix + n_patches, width): [CLS] (and timm's register tokens), patches, positions added
+    first = layer_prompts[0] if layer_prompts else x.new_zeros(0, x.shape[-1])
+    start = n_prefix if placement == 'after_cls' else x.shape[1]
+    x = torch.cat([x[:, :start], _expand(first, x), x[:, start:]], dim=1)
+    layer_inputs = [x]
+    x = pre_norm(x)
+    for i, block in enumerate(blocks):
         if 0 < i < len(layer_prompts) and layer_prompts[i] is not None:
             x = replace_tokens(x, layer_prompts[i], start)
+        if i and return_layer_inputs: layer_inputs.append(x)
         x = block(x)
-    if getattr(visual, 'final_ln_after_pool', False): pooled = visual.ln_post(_pool_image(visual, x))
-    else: pooled = _pool_image(visual, visual.ln_post(x))
-    if visual.proj is not None: pooled = pooled @ visual.proj
-    return F.normalize(pooled, dim=-1) if normalize else pooled
+    pooled = head(x)
+    if normalize: pooled = F.normalize(pooled, dim=-1)
+    return (pooled, layer_inputs) if return_layer_inputs else pooled
+
+def _is_timm_vit(model) -> bool:
+    return hasattr(model, 'patch_embed') and hasattr(model, '_pos_embed') and hasattr(model, 'blocks')
+
+def _vit_parts(model):
+    "(embed, pre-norm, blocks, head, number of prefix tokens) of a timm ViT or of an open_clip CLIP's ViT."
+    if _is_timm_vit(model):
+        embed = lambda images: model.patch_drop(model._pos_embed(model.patch_embed(images)))
+        head = lambda x: model.forward_head(model.norm(x), pre_logits=True)  # timm's pooling ('token' or 'avg'), fc_norm
+        return embed, model.norm_pre, model.blocks, head, model.num_prefix_tokens
+    visual = getattr(model, 'visual', model)
+    if not hasattr(visual, 'class_embedding') or getattr(visual, 'attn_pool', None) is not None:
+        raise VLPromptError(f'Visual prompts need a plain ViT image encoder; {type(visual).__name__} is not one (use it without prompts).')
+    def embed(images):
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (N, width, grid, grid)
+        x = x.flatten(2).transpose(1, 2)  # (N, n_patches, width)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        return visual.patch_dropout(torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype))
+    def head(x):
+        if getattr(visual, 'final_ln_after_pool', False): pooled = visual.ln_post(_pool_image(visual, x))
+        else: pooled = _pool_image(visual, visual.ln_post(x))
+        return pooled @ visual.proj if visual.proj is not None else pooled
+    return embed, visual.ln_pre, visual.transformer.resblocks, head, 1
 
 def _expand(prompts, x):
     prompts = prompts.to(x.dtype)
