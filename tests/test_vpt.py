@@ -92,3 +92,19 @@ def test_bench_entries(clip):
         TrainConfig(**cfg['train']); TrainConfig(**{**cfg['train'], **cfg['micro'].get('train', {})})
         m = BENCH_METHODS[name](clip, names, 'a photo of a {}.', seed=0, **{**cfg['method'], **cfg['micro'].get('method', {})})
         assert m.needs_images and hasattr(m, 'prepare')
+
+
+def test_vpt_deep_on_clip_is_maple_without_text_prompts():
+    "One forward path: VPT-deep with prompts appended after the patches equals MaPLe's deep-vision ablation with the same prompts."
+    import torch
+    from vlprompt.clip import load_clip
+    from vlprompt.methods.maple import MaPLe
+    from vlprompt.methods.vpt import VPT
+    clip = load_clip('micro', device='cpu')
+    names = ['red star', 'blue circle', 'green ring']
+    vpt = VPT(clip, names, n_prompts=2, deep=True, placement='append', init='normal', head='zeroshot', template='a photo of a {}.', seed=3)
+    maple = MaPLe(clip, names, n_ctx=2, depth=4, coupling=False, text='none', vision='deep', seed=5)
+    with torch.no_grad():
+        for i, p in enumerate(maple.vision_prompts): p.copy_(vpt.prompts[i])
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad(): torch.testing.assert_close(vpt(images), maple(images), atol=1e-4, rtol=0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .clip import LoadedCLIP, VLPromptError, image_features, load_clip, suggest
-from .data import fewshot_splits, load_dataset, load_images, subsample_classes, DOMAIN_SHIFTS, CROSS_DATASET
+from .data import LazyImages, fewshot_splits, load_dataset, load_images, subsample_classes, DOMAIN_SHIFTS, CROSS_DATASET
 from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone_id, cross_entropy_rule, epochs_for_shots,
                             evaluate, fit, module_device, train_method, write_json)
 
@@ -81,13 +81,16 @@ for protocol in ('fewshot', 'base2new'):
                                           micro=dict(train=dict(epochs=30, lr=0.01)))
 for protocol in PROTOCOLS: CONFIGS[('zeroshot', protocol)] = dict(source='CLIP (ICML 2021), the dataset template', train={}, method={})
 
-from .methods import zeroshot as _zeroshot_module, taskres as _taskres_module, maple as _maple_module
-for _module in (_zeroshot_module, _taskres_module, _maple_module):  # each method notebook states its own paper settings
+from .methods import zeroshot as _zeroshot_module, taskres as _taskres_module, maple as _maple_module, vpt as _vpt_module
+for _module in (_zeroshot_module, _taskres_module, _maple_module, _vpt_module):  # each method notebook states its own paper settings
     METHODS.update(_module.BENCH_METHODS); CONFIGS.update(_module.BENCH_CONFIGS)
+# VPT-deep on CLIP is registered once, as the VPT notebook's `vpt_deep`; MaPLe's notebook reaches the same model through its
+# switches (text='none', no coupling) as an ablation, and tests/test_vpt.py checks that the two give the same logits.
+METHODS.pop('vpt_deep_clip'); CONFIGS = {k: v for k, v in CONFIGS.items() if k[0] != 'vpt_deep_clip'}
 
 PAPER_BASE2NEW = {  # ViT-B/16, 16 shots, 11-dataset average (methods.md §7): base, new, HM
     'zeroshot': (69.34, 74.22, 71.70), 'coop': (82.69, 63.22, 71.66), 'cocoop': (80.47, 71.69, 75.83),
-    'prograd': (82.48, 70.75, 76.16), 'vpt_deep_clip': (80.24, 73.43, 76.68), 'ivlp': (82.15, 74.07, 77.90), 'maple': (82.28, 75.14, 78.55),
+    'prograd': (82.48, 70.75, 76.16), 'vpt_deep': (80.24, 73.43, 76.68), 'ivlp': (82.15, 74.07, 77.90), 'maple': (82.28, 75.14, 78.55),
     'language_deep': (81.72, 73.81, 77.56),
 }
 PAPER_FEWSHOT_RN50 = {  # RN50, 11-dataset average accuracy at 1 / 2 / 4 / 8 / 16 shots (Tip-Adapter's logs; methods.md §7)
@@ -236,9 +239,10 @@ def run(settings: dict, folder: str | Path | None = None, data_root=None, cache_
     s = settings
     clip = get_clip(s['backbone'], s['pretrained'], checkpoint)
     cache = FeatureCache(Path(cache_dir)/'features') if cache_dir else None
-    data = fewshot_splits(load_dataset(s['dataset'], data_root), s['shots'], s['seed'], Path(cache_dir)/'fewshot' if cache_dir else None)
+    full = load_dataset(s['dataset'], data_root)
+    method, rule = build_run(s, clip, subsample_classes(full, 'base') if s['protocol'] == 'base2new' else full)  # bad options fail here, before anything is written
+    data = fewshot_splits(full, s['shots'], s['seed'], Path(cache_dir)/'fewshot' if cache_dir else None)
     train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
-    method, rule = build_run(s, clip, train_data)  # bad options fail here, before anything is written
     if folder is not None: write_json(folder/'config.json', settings)
     extra = train_run(method, rule, s, clip, train_data, cache, folder, progress)
     metrics = dict(settings=s, **evaluate_method(method, s, clip, data, data_root, cache), **extra, seconds=time.time() - start)
@@ -254,7 +258,10 @@ def build_method(s: dict, clip: LoadedCLIP, data):
     try: return METHODS[s['method']](clip, data.classnames, data.template, **seed, **options)
     except TypeError as e:
         if 'unexpected keyword' not in str(e): raise
-        raise VLPromptError(f"{s['method']} has no option {str(e).split('argument')[-1].strip()}; check the method options of this run.") from e
+        bad = str(e).split('argument')[-1].strip().strip("'")
+        known = sorted({f.name for f in fields(TrainConfig)} | set(CONFIGS[(s['method'], s['protocol'])].get('method', {})))
+        raise VLPromptError(f"{s['method']} has no option or training setting {bad!r}.{suggest(bad, known)} "
+                            f"Its options include {', '.join(known)}.") from e
 
 def build_run(s: dict, clip: LoadedCLIP, train_data):
     "The run's method over `train_data`'s classes and its gradient rule; every option is checked here."
@@ -276,8 +283,12 @@ def train_run(method, rule, s: dict, clip: LoadedCLIP, train_data, cache: Featur
     train = train_inputs(clip, method, train_data, cfg, cache)
     uses_val = hasattr(method, 'prepare') or hasattr(method, 'calibrate')
     val_x, val_y = split_inputs(clip, method, train_data, 'val', cache) if uses_val and train_data.val is not None else (None, None)
+    prepare_x = None
+    if hasattr(method, 'prepare') and getattr(method, 'needs_images', False):  # e.g. SPT's prompts from the un-augmented training images
+        prepare_x = split_inputs(clip, method, train_data, 'train', cache)[0] if train_data.source == 'micro' else \
+                    LazyImages(train_data, 'train', clip.preprocess)
     train_method(method, train.inputs, train.labels, val_x, val_y, cfg, out=folder, rule=rule, augment=train.augment, progress=progress,
-                 identity=run_identity(s, clip, train_data))
+                 identity=run_identity(s, clip, train_data), prepare_inputs=prepare_x)
     return dict(conflict_fraction=rule.conflict_fraction) if getattr(rule, 'conflicts', None) else {}  # of the steps run in this process
 
 def _for(method, s, clip, data):

@@ -19,7 +19,7 @@ __all__ = ['DEMO_METHODS', 'demo', 'plot_demo', 'parse_settings', 'train', 'eval
 # %% ../nbs/40_cli.ipynb #9cce3be5
 DEMO_METHODS = ('zeroshot', 'coop', 'cocoop', 'prograd',  # learned text context
                 'clip_adapter', 'tip_adapter', 'tip_adapter_f', 'taskres',  # on the features or the classifier
-                'maple', 'ivlp', 'vpt_deep_clip')  # prompts in both encoders, or the vision encoder only
+                'maple', 'ivlp', 'vpt_deep', 'spt_deep')  # prompts in both encoders, or in the vision encoder only
 
 def demo(out: str | None = None, device: str = 'cpu', methods=DEMO_METHODS) -> dict:
     "The micro-world demo: zero-shot table of every task, then base-to-new for `methods`; optionally writes DIR/demo.json and DIR/demo.png."

@@ -19,7 +19,8 @@ from .micro import CROSS_DATASET as MICRO_CROSS_DATASET, DOMAIN_SHIFTS as MICRO_
 __all__ = ['COOP_DATASETS_MD', 'DATASETS', 'DOMAIN_SHIFTS', 'CROSS_DATASET', 'Split', 'Dataset', 'DatasetSpec', 'list_datasets',
            'get_spec', 'read_split_file', 'read_aircraft', 'read_classnames_txt', 'read_imagenet',
            'read_imagenet_folders', 'read_imagenetv2', 'data_root', 'load_dataset', 'make_fake_dataset',
-           'fewshot_indices', 'take', 'fewshot', 'split_hash', 'fewshot_splits', 'load_images', 'subsample_classes']
+           'fewshot_indices', 'take', 'fewshot', 'split_hash', 'fewshot_splits', 'load_images', 'LazyImages',
+           'subsample_classes']
 
 # %% ../nbs/02_data.ipynb #3852e6a5
 @dataclass
@@ -460,6 +461,16 @@ def load_images(dataset: Dataset, split_name: str, indices=None, transform=None)
         except OSError as e:
             raise VLPromptError(f'Cannot read image {split.items[i]!r} ({e}); the file is damaged or not an image.') from e
     return torch.stack(out) if out else torch.empty(0)
+
+class LazyImages:
+    "A split's images, loaded (and transformed) only when sliced: `len(x)`, `x[i:j]` -> (j - i, 3, H, W). For passes over real datasets."
+    def __init__(self, dataset: Dataset, split_name: str, transform=None):
+        self.dataset, self.split_name, self.transform = dataset, split_name, transform
+        self.n = len(dataset.split(split_name))
+    def __len__(self): return self.n
+    def __getitem__(self, i):
+        idx = range(self.n)[i] if isinstance(i, slice) else [i]
+        return load_images(self.dataset, self.split_name, idx, self.transform)
 
 # %% ../nbs/02_data.ipynb #2751be8f
 def subsample_classes(dataset: Dataset, subsample: str = 'all') -> Dataset:

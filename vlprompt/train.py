@@ -270,14 +270,15 @@ def _one_view(features):
 
 def train_method(method: nn.Module, train_inputs, train_labels: torch.Tensor, val_inputs=None, val_labels: torch.Tensor | None = None,
                  cfg: TrainConfig | None = None, out=None, rule: Callable = cross_entropy_rule, augment: Callable | None = None,
-                 progress: bool = False, identity: dict | None = None) -> list[dict]:
+                 progress: bool = False, identity: dict | None = None, prepare_inputs=None) -> list[dict]:
     """Prepare (cache, probe, prompt init), train if it has learnable tensors, then calibrate on val; returns fit's history.
-    Inputs are cached features ((views, N, D) or (N, D)), or images / image files with `augment`."""
+    Inputs are cached features ((views, N, D) or (N, D)), or images / image files with `augment`; then `prepare` gets
+    `prepare_inputs` if given (e.g. the un-augmented, preprocessed training images), else the training inputs."""
     on_features = augment is None and torch.is_tensor(train_inputs) and train_inputs.dim() in (2, 3)
     if on_features:
         if train_inputs.dim() == 2: train_inputs = train_inputs.unsqueeze(0)
         val_inputs = _one_view(val_inputs)
-    if hasattr(method, 'prepare'): method.prepare(train_inputs, train_labels, val_inputs, val_labels)
+    if hasattr(method, 'prepare'): method.prepare(train_inputs if prepare_inputs is None else prepare_inputs, train_labels, val_inputs, val_labels)
     history = []
     if any(p.requires_grad for p in method.parameters()):
         history = fit(method, TrainSet(train_inputs, train_labels, augment), cfg or TrainConfig(), out=out, rule=rule, progress=progress, identity=identity)

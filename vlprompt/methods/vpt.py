@@ -97,8 +97,9 @@ class VPT(nn.Module):
         n, prefix = self.n_prompts, self.shape['prefix']
         return slice(prefix + n, None) if self.placement == 'after_cls' else slice(prefix, prefix + self.shape['patches'])
 
-    def prepare(self, images: torch.Tensor, **options) -> dict:
-        "Before training: SPT builds the prompts from the (preprocessed) training images; VPT's random inits need nothing."
+    def prepare(self, images, labels=None, val_images=None, val_labels=None, **options) -> dict:
+        """Before training (`vlprompt.train.train_method` calls it): SPT builds the prompts from the preprocessed, un-augmented
+        training images (a tensor, or a sliceable loader such as `vlprompt.data.LazyImages`); VPT's random inits need nothing."""
         return spt_init(self, images, seed=self.seed, **options) if self.init in SPT_STRATEGIES else {}
 
     def for_classes(self, classnames: list[str]) -> 'VPT':
