@@ -51,7 +51,7 @@ class LoadedCLIP:
     "A CLIP model with what is needed to use it."
     model: nn.Module
     tokenizer: Callable  # list of str -> (N, context_length) token ids
-    preprocess: Callable  # test-time transform: PIL image -> tensor (micro: [0, 1] tensor -> normalised tensor)
+    preprocess: Callable  # test-time transform of image files: PIL image -> tensor (the micro world's own images use micro_preprocess)
     name: str
     pretrained: str | None = None
 
@@ -72,10 +72,10 @@ def load_clip(name: str = 'micro', pretrained: str | None = None, checkpoint: st
     "Load a frozen CLIP: `'micro'` (the kit's own), or an open_clip architecture with a `pretrained` tag or a `checkpoint` file."
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     if name == 'micro':
-        from .micro import load_micro_weights, micro_preprocess  # the micro world owns its checkpoint
+        from vlprompt.micro import load_micro_weights, micro_image_transform  # the micro world owns its checkpoint
         model = tiny_clip()
         load_micro_weights(model, checkpoint)
-        bundle = LoadedCLIP(model, micro_tokenizer(), micro_preprocess, 'micro', 'vlprompt')
+        bundle = LoadedCLIP(model, micro_tokenizer(), micro_image_transform(), 'micro', 'vlprompt')
     else:
         bundle = _load_open_clip(name, pretrained, checkpoint)
     bundle.model.to(device).eval().requires_grad_(False)

@@ -22,8 +22,9 @@ __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'TEXTURES', 'ATTRIBUTES', 'IMAGE_SIZE',
            'CAPTION_FIELDS', 'PAIR_TEMPLATES', 'MICRO_TASKS', 'DOMAIN_SHIFTS', 'CROSS_DATASET', 'MICRO_CHECKPOINT',
            'REGENERATE', 'shape_mask', 'pixel_grid', 'texture_mask', 'render', 'random_attributes', 'captions',
            'caption_truth', 'MicroTask', 'get_task', 'world_token_ids', 'pretrain_micro_clip', 'twin_batch',
-           'soft_infonce', 'micro_preprocess', 'save_micro_checkpoint', 'load_micro_weights', 'split_features',
-           'zeroshot_predictions', 'zeroshot_accuracy', 'zeroshot_table', 'format_table', 'regenerate', 'main']
+           'soft_infonce', 'micro_preprocess', 'micro_image_transform', 'save_micro_checkpoint', 'load_micro_weights',
+           'split_features', 'zeroshot_predictions', 'zeroshot_accuracy', 'zeroshot_table', 'format_table',
+           'regenerate', 'main']
 
 # %% ../nbs/01_micro.ipynb #9f3493a7
 SHAPES = ['circle', 'square', 'triangle', 'star', 'cross', 'diamond', 'ring', 'crescent']
@@ -286,6 +287,12 @@ def soft_infonce(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 def micro_preprocess(images: torch.Tensor) -> torch.Tensor:
     "Normalise [0, 1] micro-world images for the micro CLIP."
     return (images - 0.5) / 0.25
+
+def micro_image_transform():
+    "The micro CLIP's test transform for image files (PIL): resize and centre-crop to 32 px, then `micro_preprocess`'s normalisation."
+    from torchvision import transforms as T
+    return T.Compose([T.Resize(IMAGE_SIZE, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(IMAGE_SIZE), T.ToTensor(),
+                      T.Normalize([0.5] * 3, [0.25] * 3)])
 
 def _progress(it, show, desc):
     if not show: return _Quiet(it)

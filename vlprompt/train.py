@@ -41,7 +41,9 @@ class TrainConfig:
             raise VLPromptError(f"optimizer must be 'sgd', 'adam' or 'adamw', not {self.optimizer!r}.")
         for name in ('epochs', 'batch_size', 'views'):
             if getattr(self, name) < 1: raise VLPromptError(f'{name} must be at least 1, not {getattr(self, name)}.')
-        if self.lr <= 0: raise VLPromptError(f'lr must be positive, not {self.lr}.')
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf): raise VLPromptError(f'lr must be a positive number, not {self.lr!r}.')
+        if not 0 <= self.weight_decay < math.inf: raise VLPromptError(f'weight_decay must be a number >= 0, not {self.weight_decay!r}.')
+        if not 0 <= self.momentum < 1: raise VLPromptError(f'momentum must be in [0, 1), not {self.momentum!r}.')
 
 def epochs_for_shots(shots: int) -> int:
     "CoOp's epochs by shots: 50 (1 shot), 100 (2-4), 200 (8-16 and more)."

@@ -17,7 +17,7 @@ class CoOp(nn.Module):
     needs_images = False  # trains on cached image features: the image encoder is frozen
     positions = ('end', 'middle', 'front')
 
-    def __init__(self, clip: LoadedCLIP, classnames: list[str], n_ctx: int = 16, ctx_init: str | None = None,
+    def __init__(self, clip: LoadedCLIP, classnames: list[str], n_ctx: int | None = None, ctx_init: str | None = None,
                  csc: bool = False, class_token_position: str = 'end', seed: int = 0):
         super().__init__()
         if class_token_position not in self.positions:
@@ -29,10 +29,15 @@ class CoOp(nn.Module):
         with torch.no_grad():
             if ctx_init:  # context from the words of a phrase: M = its token count
                 ids = tokenizer([ctx_init]).to(embed.weight.device)
-                n_ctx = int(eot_positions(ids)[0]) - 1
+                words = int(eot_positions(ids)[0]) - 1
+                if n_ctx is not None and n_ctx != words:
+                    raise VLPromptError(f'n_ctx={n_ctx} but ctx_init {ctx_init!r} is {words} tokens: the words set the prompt length. '
+                                        f'Drop n_ctx, or pass ctx_init=None for {n_ctx} random context vectors.')
+                n_ctx = words
                 ctx = embed(ids)[0, 1:1 + n_ctx].float()
                 if csc: ctx = ctx.expand(len(classnames), -1, -1).clone()
             else:
+                n_ctx = 16 if n_ctx is None else n_ctx  # CoOp's default prompt length with random init
                 if n_ctx < 1: raise VLPromptError(f'n_ctx (the prompt length M) must be at least 1, not {n_ctx}.')
                 shape = (len(classnames), n_ctx, embed.embedding_dim) if csc else (n_ctx, embed.embedding_dim)
                 ctx = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 0.02
@@ -90,7 +95,7 @@ def _check_length(tokenizer, prompts, context_length, n_ctx):
 # %% ../../nbs/11_coop.ipynb #6db88955
 class CoCoOp(CoOp):
     "CoCoOp: CoOp's unified context plus a Meta-Net shift pi(x) of every context vector, per image."
-    def __init__(self, clip: LoadedCLIP, classnames: list[str], n_ctx: int = 4, ctx_init: str | None = 'a photo of a', seed: int = 0):
+    def __init__(self, clip: LoadedCLIP, classnames: list[str], n_ctx: int | None = None, ctx_init: str | None = 'a photo of a', seed: int = 0):
         super().__init__(clip, classnames, n_ctx=n_ctx, ctx_init=ctx_init, seed=seed)
         D, d = clip.model.visual.output_dim, clip.model.token_embedding.embedding_dim
         with torch.random.fork_rng(devices=[]):  # the Meta-Net's init depends on the seed only; the caller's RNG is left alone
