@@ -18,8 +18,10 @@ from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone
 # %% auto #0
 __all__ = ['METHODS', 'RULES', 'PROTOCOLS', 'CONFIGS', 'PAPER_BASE2NEW', 'PAPER_FEWSHOT_RN50', 'RULE_OPTIONS', 'run_settings',
            'get_clip', 'dassl_train_transform', 'dataset_features', 'train_inputs', 'split_inputs', 'accuracy',
-           'harmonic_mean', 'run_dir', 'run', 'learnable', 'build_method', 'build_run', 'run_identity', 'train_run',
-           'evaluate_method', 'evaluate_run', 'reproduce', 'base_to_new', 'results_table']
+           'harmonic_mean', 'overrides', 'run_name', 'run_dir', 'config_differences', 'RunLog', 'checkpoint_epoch',
+           'use_split_indices', 'run', 'learnable', 'build_method', 'build_run', 'run_identity', 'train_run',
+           'evaluate_method', 'evaluate_run', 'plan', 'write_grid', 'reproduce', 'base_to_new', 'summarize',
+           'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables']
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
 def _zeroshot(clip, classnames, template, **options):
@@ -208,46 +210,143 @@ def accuracy(clip: LoadedCLIP, method, dataset, split: str = 'test', cache: Feat
     return 100 * correct / max(1, len(labels))
 
 # %% ../nbs/20_benchmark.ipynb #da265ea4
+import re, socket, traceback
+from .data import apply_fewshot, fewshot_record, index_set_path, write_index_set
+
 def harmonic_mean(base: float, new: float) -> float:
     "HM = 2BN / (B + N), the base-to-new summary."
     return 2 * base * new / (base + new) if base + new > 0 else 0.0
 
+def _flat(d: dict, prefix: str = '') -> dict:
+    "Nested settings as one level: {'train.epochs': 30, 'method_options.lam': 1.0, ...}."
+    return {f'{prefix}{k}': v for k, x in d.items() for k, v in (_flat(x, f'{k}.').items() if isinstance(x, dict) else [(k, x)])}
+
+def overrides(s: dict) -> dict:
+    "The settings of run `s` that differ from its method's configuration, as flat keys ('train.epochs', 'method_options.lam', ...)."
+    try: default = _flat(run_settings(s['method'], s['protocol'], s['dataset'], s['shots'], s['seed'], s['backbone'], s.get('pretrained')))
+    except (VLPromptError, KeyError): default = {}  # a method or protocol no longer configured: every setting counts
+    mine = _flat(json.loads(json.dumps(s)))
+    return {k: mine.get(k) for k in sorted(mine.keys() | default.keys()) if mine.get(k) != default.get(k)}
+
+def _token(key: str, value) -> str:
+    if key.startswith('split_indices'): return 'indices'
+    leaf, v = key.split('.')[-1], str(value)
+    return f'{leaf}{v}' if re.fullmatch(r'[A-Za-z0-9.+-]{1,12}', v) else leaf
+
+def run_name(s: dict) -> str:
+    """`<backbone>[.<pretrained>]-shots<K>-seed<S>`; when settings differ from the method's configuration, up to three
+    of them (`-epochs4`, `-lam0.5`) and a hash of all of them, so that every distinct run has its own folder."""
+    name = re.sub(r'[^A-Za-z0-9._+-]', '_', f"{s['backbone']}{'.' + s['pretrained'] if s.get('pretrained') else ''}")
+    name = f"{name}-shots{s['shots']}-seed{s['seed']}"
+    ov = overrides(s)
+    if not ov: return name
+    tokens = list(dict.fromkeys(_token(k, v) for k, v in ov.items()))[:3]
+    return '-'.join([name, *tokens, hashlib.sha1(json.dumps(ov, sort_keys=True).encode()).hexdigest()[:8]])
+
 def run_dir(root: str | Path, s: dict) -> Path:
-    "A run's folder, named from its settings."
-    return Path(root)/s['protocol']/s['dataset']/s['method']/f"{s['backbone']}-shots{s['shots']}-seed{s['seed']}"
+    "A run's folder, named from all its settings: protocol/dataset/method/`run_name(s)`."
+    return Path(root)/s['protocol']/s['dataset']/s['method']/run_name(s)
+
+def config_differences(folder: str | Path, settings: dict) -> list[str]:
+    "The settings in which `folder/config.json` differs from `settings`, as 'key: old there, new now' (empty if none or no config)."
+    path = Path(folder)/'config.json'
+    if not path.exists(): return []
+    a, b = _flat(json.loads(path.read_text())), _flat(json.loads(json.dumps(settings)))
+    return [f'{k}: {a.get(k)} there, {b.get(k)} now' for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
 
 def _check_config(folder: Path, settings: dict):
-    path = folder/'config.json'
-    if not path.exists(): return
-    old = json.loads(path.read_text())
-    flat = lambda d, p='': {f'{p}{k}': v for k, x in d.items() for k, v in (flat(x, f'{k}.').items() if isinstance(x, dict) else [(k, x)])}
-    a, b = flat(old), flat(json.loads(json.dumps(settings)))
-    diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-    if diff:
-        raise VLPromptError(f'{folder} holds a run with other settings ({", ".join(f"{k}: {a.get(k)} there, {b.get(k)} now" for k in diff)}). '
+    if diff := config_differences(folder, settings):
+        raise VLPromptError(f'{folder} holds a run with other settings ({", ".join(diff)}). '
                             'Use another output folder, or delete that one if you no longer need it.')
 
+class RunLog:
+    "A run's `log.txt`: append-only, one stamped line per event, flushed to disk at once (readable during the run and after a crash)."
+    def __init__(self, path: str | Path | None): self.path = Path(path) if path is not None else None
+    def __call__(self, message: str):
+        if self.path is None: return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, 'a') as f:
+            f.write(''.join(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n" for line in str(message).splitlines() or ['']))
+            f.flush(); os.fsync(f.fileno())
+
+def checkpoint_epoch(folder: str | Path) -> int | None:
+    "Epochs finished by the run in `folder` (from its checkpoint), or None without a readable checkpoint."
+    try: return torch.load(Path(folder)/'checkpoint.pt', map_location='cpu', weights_only=True)['epoch'] + 1
+    except Exception: return None
+
+def use_split_indices(s: dict, root: str | Path) -> dict:
+    "Settings `s` with their shots read from the index set in `root`: the file's name and SHA-256 become settings of the run."
+    if s['shots'] in (0, -1): return s
+    path = index_set_path(root, s['dataset'], s['shots'], s['seed'])
+    if not path.is_file():
+        raise VLPromptError(f'Index file {str(path)!r} not found: the index set {str(root)!r} has no {s["shots"]}-shot seed-{s["seed"]} '
+                            f'draw of {s["dataset"]}. Its layout is <dataset>/shot_<K>-seed_<S>.json.')
+    return {**s, 'split_indices': dict(file=f"{s['dataset']}/{path.name}", sha256=hashlib.sha256(path.read_bytes()).hexdigest())}
+
+def _index_dir(s: dict, split_indices) -> Path | None:
+    "The index set a run reads, checked against the file its settings name."
+    want = s.get('split_indices')
+    if s['shots'] in (0, -1): return None  # all the data: no shots to read
+    if want is None:
+        if split_indices is not None:
+            raise VLPromptError('These settings draw their own shots; to read an index set, make them with '
+                                '`use_split_indices(settings, DIR)` (or `plan(..., split_indices=DIR)`).')
+        return None
+    if split_indices is None:
+        raise VLPromptError(f"This run reads its shots from the index file {want['file']}: pass its folder (split_indices=DIR, --split-indices DIR).")
+    path = Path(split_indices)/want['file']
+    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != want['sha256']:
+        raise VLPromptError(f"{path} is {'missing' if not path.is_file() else 'not the file this run was planned with (its SHA-256 differs)'}: "
+                            'pass the index set the run was made with.')
+    return Path(split_indices)
+
 def run(settings: dict, folder: str | Path | None = None, data_root=None, cache_dir=None, checkpoint: str | None = None,
-        progress: bool = True) -> dict:
+        progress: bool = True, split_indices: str | Path | None = None) -> dict:
     """Run one (method, protocol, dataset, shots, seed); returns its metrics.
-    With a `folder`: skip if finished, resume if started, write config.json first and metrics.json last. Without: all in memory."""
+    With a `folder`: skip if finished, resume if started, write config.json first, log.txt as it goes and metrics.json last.
+    Without: all in memory. `split_indices`: the index set the settings name (see `use_split_indices`)."""
     folder = Path(folder) if folder is not None else None
     if folder is not None:
         _check_config(folder, settings)
         if (folder/'metrics.json').exists(): return json.loads((folder/'metrics.json').read_text())
     start = time.time()
-    s = settings
-    clip = get_clip(s['backbone'], s['pretrained'], checkpoint)
-    cache = FeatureCache(Path(cache_dir)/'features') if cache_dir else None
-    full = load_dataset(s['dataset'], data_root)
-    method, rule = build_run(s, clip, subsample_classes(full, 'base') if s['protocol'] == 'base2new' else full)  # bad options fail here, before anything is written
-    data = fewshot_splits(full, s['shots'], s['seed'], Path(cache_dir)/'fewshot' if cache_dir else None)
-    train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
+    clip = get_clip(settings['backbone'], settings['pretrained'], checkpoint)
+    dataset = load_dataset(settings['dataset'], data_root)
+    index_dir = _index_dir(settings, split_indices)
+    method, rule = build_run(settings, clip, subsample_classes(dataset, 'base') if settings['protocol'] == 'base2new' else dataset)  # bad options fail here, before anything is written
+    log = RunLog(folder/'log.txt' if folder is not None else None)
     if folder is not None: write_json(folder/'config.json', settings)
-    extra = train_run(method, rule, s, clip, train_data, cache, folder, progress)
-    metrics = dict(settings=s, **evaluate_method(method, s, clip, data, data_root, cache), **extra, seconds=time.time() - start)
+    done = checkpoint_epoch(folder) if folder is not None else None
+    log(f"start: {settings['method']} {settings['protocol']} {settings['dataset']} {settings['shots']} shots seed {settings['seed']} "
+        f"on {socket.gethostname()} (pid {os.getpid()})" + (f'; resuming after epoch {done} of {settings["train"]["epochs"]}' if done else ''))
+    try:
+        metrics = _run(settings, folder, clip, dataset, method, rule, cache_dir, index_dir, data_root, progress, start)
+    except KeyboardInterrupt:
+        log('interrupted: the next run of this folder resumes from its last checkpoint'); raise
+    except SystemExit as e:
+        log(f'stopped (exit {e.code}): the next run of this folder resumes from its last checkpoint'); raise
+    except BaseException as e:
+        log(''.join('  | ' + l for l in ''.join(traceback.format_exception(e)[-4:]).splitlines(keepends=True)))
+        log(f'FAILED: {type(e).__name__}: {e}'); raise
     if folder is not None: write_json(folder/'metrics.json', metrics)
+    scores = ', '.join(f'{k} {v:.2f}' for k, v in metrics.items() if k in ('accuracy', 'base', 'new', 'hm'))
+    log(f"finished in {metrics['seconds']:.1f} s: {scores}")
     return metrics
+
+def _indices_used(rec: dict | None) -> dict:
+    if rec is None: return dict(source='all data')
+    return dict(source=rec['source'], file=rec.get('file'), positions_sha256=rec['positions_sha256'], train=len(rec['train']))
+
+def _run(s, folder, clip, dataset, method, rule, cache_dir, index_dir, data_root, progress, start) -> dict:
+    cache = FeatureCache(Path(cache_dir)/'features') if cache_dir else None
+    rec = fewshot_record(dataset, s['shots'], s['seed'], Path(cache_dir)/'fewshot' if cache_dir else None, index_dir)
+    if rec is not None and rec['source'] == 'sampled' and cache_dir and not index_set_path(Path(cache_dir)/'indices', dataset.name, s['shots'], s['seed']).exists():
+        write_index_set(Path(cache_dir)/'indices', dataset, rec)  # the kit's draw as an index set, to rerun on the same shots elsewhere
+    data = apply_fewshot(dataset, rec)
+    train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
+    extra = train_run(method, rule, s, clip, train_data, cache, folder, progress)
+    return dict(settings=s, **evaluate_method(method, s, clip, data, data_root, cache), **extra, indices=_indices_used(rec),
+                checkpoint_rule='last epoch' if learnable(method) else 'none (nothing trained)', seconds=time.time() - start)
 
 def learnable(method) -> bool: return any(p.requires_grad for p in method.parameters())
 
@@ -310,14 +409,14 @@ def evaluate_method(method, s: dict, clip: LoadedCLIP, data, data_root=None, cac
         out[name] = accuracy(clip, _for(method, s, clip, target), target, cache=cache)
     return out
 
-def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = None) -> dict:
+def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = None, split_indices: str | Path | None = None) -> dict:
     "Re-evaluate a run folder from its config and checkpoint (the learnable tensors), without training."
     folder = Path(folder)
     if not (folder/'config.json').exists():
         raise VLPromptError(f'{folder} is not a run folder: it has no config.json (runs are written by `vlprompt train --out DIR`).')
     s = json.loads((folder/'config.json').read_text())
     clip = get_clip(s['backbone'], s['pretrained'], checkpoint)
-    data = fewshot_splits(load_dataset(s['dataset'], data_root), s['shots'], s['seed'], None)
+    data = fewshot_splits(load_dataset(s['dataset'], data_root), s['shots'], s['seed'], None, _index_dir(s, split_indices))
     train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
     method, rule = build_run(s, clip, train_data)
     if learnable(method):
@@ -332,16 +431,45 @@ def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = No
     return evaluate_method(method, s, clip, data, data_root)
 
 # %% ../nbs/20_benchmark.ipynb #7a96257c
+import csv, io
+
+def plan(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 2, 3), shots=16, backbone: str = 'micro',
+         pretrained: str | None = None, train: dict | None = None, method_options: dict | None = None,
+         split_indices: str | Path | None = None) -> list[dict]:
+    """The settings of every run of a grid: datasets × shots × methods × seeds, in that order. `shots` is a number or a list;
+    `train` overrides go to every method; `method_options` to every method, or per method as {'prograd': {'lam': 0.5}};
+    with `split_indices`, every run reads its shots from that index set."""
+    per_method = bool(method_options) and set(method_options) <= set(methods) and all(isinstance(v, dict) for v in method_options.values())
+    out = []
+    for d in datasets:
+        for k in (shots if isinstance(shots, (list, tuple)) else [shots]):
+            for m in methods:
+                options = (method_options or {}).get(m, {}) if per_method else method_options
+                for seed in seeds:
+                    s = run_settings(m, protocol, d, k, seed, backbone, pretrained, train=train, method_options=options)
+                    out.append(use_split_indices(s, split_indices) if split_indices is not None else s)
+    return out
+
+def write_grid(out: str | Path, runs: list[dict]) -> Path:
+    "Record a grid's runs in `out/grids/` so that `scan_runs` can list the ones that never started."
+    folders = [str(run_dir('', s)) for s in runs]
+    path = Path(out)/'grids'/f"{hashlib.sha1(json.dumps(sorted(folders)).encode()).hexdigest()[:12]}.json"
+    write_json(path, dict(runs=[dict(folder=f, settings=s) for f, s in zip(folders, runs)]))
+    return path
+
 def reproduce(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 2, 3), shots: int = 16, out='runs',
               backbone: str = 'micro', pretrained: str | None = None, checkpoint: str | None = None, data_root=None,
-              progress: bool = True) -> list[dict]:
-    "Run every (method, dataset, seed) of a protocol under `out`; returns the metrics of each run."
+              progress: bool = True, train: dict | None = None, method_options: dict | None = None,
+              split_indices: str | Path | None = None) -> list[dict]:
+    "Run every (method, dataset, seed) of a protocol under `out`, one by one in this process; returns the metrics of each run."
     out = Path(out)
-    plan = [run_settings(m, protocol, d, shots, seed, backbone, pretrained) for d in datasets for m in methods for seed in seeds]
+    runs = plan(protocol, methods, datasets, seeds, shots, backbone, pretrained, train, method_options, split_indices)
+    for s in runs: _check_config(run_dir(out, s), s)  # refuse before anything runs
+    write_grid(out, runs)
     rows = []
-    for i, s in enumerate(plan):
-        if progress: print(f"[{i + 1}/{len(plan)}] {s['method']} on {s['dataset']}, seed {s['seed']}", flush=True)
-        rows.append(run(s, run_dir(out, s), data_root, out/'cache', checkpoint, progress))
+    for i, s in enumerate(runs):
+        if progress: print(f"[{i + 1}/{len(runs)}] {s['method']} on {s['dataset']}, seed {s['seed']}", flush=True)
+        rows.append(run(s, run_dir(out, s), data_root, out/'cache', checkpoint, progress, split_indices))
     return rows
 
 def base_to_new(method: str = 'coop', dataset: str = 'micro-pairs', shots: int = 16, seed: int = 1, backbone: str = 'micro',
@@ -357,21 +485,127 @@ def base_to_new(method: str = 'coop', dataset: str = 'micro-pairs', shots: int =
 def _mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
-def results_table(rows: list[dict]) -> str:
-    "A markdown table: mean ± std over seeds per (dataset, method), with the paper's base-to-new numbers beside."
+def _is_metric(k, v): return k not in ('seconds', 'conflict_fraction') and isinstance(v, (int, float)) and not isinstance(v, bool)
+
+def _variant(s: dict, trained: bool = True) -> str:
+    """The settings a run changed from its method's configuration, in words (index files are named in the shots column;
+    training settings are left out for a method that trained nothing)."""
+    ov = {k: v for k, v in overrides(s).items() if not k.startswith('split_indices') and (trained or not k.startswith('train.'))}
+    return ', '.join(f"{k.split('.')[-1]}={v}" for k, v in ov.items())
+
+def _indices_words(rows) -> str:
+    used = [r.get('indices', {}) for r in rows]
+    if all(u.get('source') == 'index set' for u in used):
+        dirs = sorted({str(Path(u['file']).parent.parent) for u in used if u.get('file')})
+        return f"index set {', '.join(dirs)}"
+    if all(u.get('source', 'sampled') == 'sampled' for u in used): return "sampled (Dassl rule, seed = run seed)"
+    return 'mixed: ' + ', '.join(sorted({u.get('source', 'sampled') for u in used}))
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One summary per group of runs that differ only in their seed: mean and std over seeds of each metric, with what
+    every row must say (backbone, shots, seeds, checkpoint rule, how HM was averaged, which shots) and the paper's numbers."""
     groups = {}
-    for r in rows: groups.setdefault((r['settings']['dataset'], r['settings']['method']), []).append(r)
-    protocol = rows[0]['settings']['protocol']
-    keys = ['base', 'new', 'hm'] if protocol == 'base2new' else [k for k in rows[0] if k not in ('settings', 'seconds')]
-    head = ['dataset', 'method', 'seeds'] + keys + (['paper B / N / HM (ViT-B/16, 11-dataset avg)'] if protocol == 'base2new' else [])
-    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    for (dataset, method), rs in groups.items():
-        cells = [dataset, method, str(len(rs))]
-        for k in keys:
-            m, sd = _mean_std([r[k] for r in rs])
-            cells.append(f'{m:.1f} ± {sd:.1f}')
-        if protocol == 'base2new':
-            p = PAPER_BASE2NEW.get(method)
-            cells.append(' / '.join(f'{x:.2f}' for x in p) if p else '—')
-        lines.append('| ' + ' | '.join(cells) + ' |')
+    for r in rows:
+        s = r['settings']
+        key = json.dumps({**{k: v for k, v in s.items() if k not in ('seed', 'split_indices')}, 'train': {k: v for k, v in s['train'].items() if k != 'seed'},
+                          'indices': r.get('indices', {}).get('source', 'sampled')}, sort_keys=True)
+        groups.setdefault(key, []).append(r)
+    out = []
+    for rs in groups.values():
+        rs = sorted(rs, key=lambda r: r['settings']['seed'])
+        s = rs[0]['settings']
+        keys = list(dict.fromkeys(k for r in rs for k, v in r.items() if _is_metric(k, v)))
+        trained = rs[0].get('checkpoint_rule', 'last epoch') != 'none (nothing trained)'
+        g = dict(protocol=s['protocol'], dataset=s['dataset'], method=s['method'], variant=_variant(s, trained), backbone=s['backbone'],
+                 pretrained=s.get('pretrained') or '', shots=s['shots'], n_seeds=len(rs), seeds=' '.join(str(r['settings']['seed']) for r in rs),
+                 metrics={k: _mean_std([r[k] for r in rs if k in r]) for k in keys},
+                 checkpoint=rs[0].get('checkpoint_rule', 'last epoch'), indices=_indices_words(rs))
+        if s['protocol'] == 'base2new' and {'base', 'new'} <= set(keys):
+            g['hm_rule'] = f"HM per seed, then mean ± std (HM of the mean B and N: {harmonic_mean(g['metrics']['base'][0], g['metrics']['new'][0]):.1f})"
+            g['paper'] = PAPER_BASE2NEW.get(s['method'])
+        out.append(g)
+    return out
+
+def results_table(rows: list[dict]) -> str:
+    "Markdown tables (one per protocol): mean ± std over seeds per group of runs, what each row was run with, the paper's numbers beside."
+    groups = summarize(rows)
+    protocols = list(dict.fromkeys(g['protocol'] for g in groups))
+    parts = []
+    for protocol in protocols:
+        gs = [g for g in groups if g['protocol'] == protocol]
+        keys = ['base', 'new', 'hm'] if protocol == 'base2new' else list(dict.fromkeys(k for g in gs for k in g['metrics']))
+        head = ['dataset', 'method', 'seeds'] + keys + ['backbone', 'shots', 'seed ids', 'checkpoint'] + \
+               (['HM averaging'] if protocol == 'base2new' else []) + ['shots drawn'] + \
+               (['paper B / N / HM (ViT-B/16, 11-dataset avg)'] if protocol == 'base2new' else [])
+        lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+        for g in gs:
+            cells = [g['dataset'], g['method'] + (f" ({g['variant']})" if g['variant'] else ''), str(g['n_seeds'])]
+            cells += [f'{g["metrics"][k][0]:.1f} ± {g["metrics"][k][1]:.1f}' if k in g['metrics'] else '—' for k in keys]
+            cells += [g['backbone'] + (f" ({g['pretrained']})" if g['pretrained'] else ''), str(g['shots']), g['seeds'], g['checkpoint']]
+            if protocol == 'base2new':
+                cells.append(g.get('hm_rule', '—'))
+            cells.append(g['indices'])
+            if protocol == 'base2new':
+                cells.append(' / '.join(f'{x:.2f}' for x in g['paper']) if g.get('paper') else '—')
+            lines.append('| ' + ' | '.join(cells) + ' |')
+        parts.append(('' if len(protocols) == 1 else f'### {protocol}\n\n') + '\n'.join(lines))
+    return '\n\n'.join(parts)
+
+def results_csv(rows: list[dict]) -> str:
+    "The same summaries as CSV: one line per group, a mean and a std column per metric, the paper's numbers as columns."
+    groups, records = summarize(rows), []
+    for g in groups:
+        rec = {k: g[k] for k in ('protocol', 'dataset', 'method', 'variant', 'backbone', 'pretrained', 'shots', 'n_seeds', 'seeds')}
+        for k, (m, sd) in g['metrics'].items(): rec[f'{k}_mean'], rec[f'{k}_std'] = round(m, 4), round(sd, 4)
+        rec.update(checkpoint=g['checkpoint'], hm_averaging=g.get('hm_rule', ''), shots_drawn=g['indices'])
+        if g.get('paper'): rec.update(paper_base=g['paper'][0], paper_new=g['paper'][1], paper_hm=g['paper'][2])
+        records.append(rec)
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, columns, restval='', lineterminator='\n'); w.writeheader(); w.writerows(records)
+    return buf.getvalue()
+
+def _tail(path: Path, n: int = 4) -> list[str]:
+    return path.read_text(errors='replace').splitlines()[-n:] if path.exists() else []
+
+def scan_runs(root: str | Path) -> tuple[list[dict], list[dict]]:
+    """The metrics of every finished run under `root`, and the others: folders with config.json but no metrics.json
+    ('failed', 'stopped' or 'unfinished', with the epochs done and the last lines of log.txt) and runs of a recorded grid
+    that never started ('not started')."""
+    root = Path(root)
+    rows, others, seen = [], [], set()
+    for cfg in sorted(root.rglob('config.json')):
+        folder = cfg.parent; seen.add(folder.resolve())
+        if (folder/'metrics.json').exists():
+            rows.append({**json.loads((folder/'metrics.json').read_text()), 'folder': str(folder.relative_to(root))}); continue
+        s, log = json.loads(cfg.read_text()), _tail(folder/'log.txt')
+        last = next((m.group(1) for l in reversed(log) if (m := re.match(r'\S+ \S+ (start|FAILED|interrupted|stopped|pre-empted)', l))), '')
+        status = {'FAILED': 'failed', 'interrupted': 'stopped', 'stopped': 'stopped', 'pre-empted': 'requeued'}.get(last, 'unfinished')
+        others.append(dict(folder=str(folder.relative_to(root)), settings=s, status=status, epochs_done=checkpoint_epoch(folder), log=log))
+    for grid in sorted((root/'grids').glob('*.json')):
+        for r in json.loads(grid.read_text())['runs']:
+            if (root/r['folder']).resolve() not in seen:
+                seen.add((root/r['folder']).resolve())
+                others.append(dict(folder=r['folder'], settings=r['settings'], status='not started', epochs_done=None, log=[]))
+    return rows, others
+
+def unfinished_report(others: list[dict]) -> str:
+    "Markdown list of the runs that have no metrics, with their state and the last lines of their logs."
+    if not others: return ''
+    lines = [f'**{len(others)} run(s) without metrics:**', '']
+    for o in others:
+        e = o['settings'].get('train', {}).get('epochs')
+        done = f", {o['epochs_done']} of {e} epochs done" if o['epochs_done'] is not None else ''
+        lines.append(f"- `{o['folder']}`: {o['status']}{done}")
+        lines += [f'    {l}' for l in o['log']]
     return '\n'.join(lines)
+
+def write_tables(root: str | Path, out: str | Path | None = None) -> str:
+    "Scan the runs under `root`, write `out`.md and `out`.csv (default root/results), return the markdown."
+    rows, others = scan_runs(root)
+    out = Path(out) if out is not None else Path(root)/'results'
+    md = (results_table(rows) if rows else 'No finished runs.') + ('\n\n' + unfinished_report(others) if others else '')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix('.md').write_text(md + '\n')
+    out.with_suffix('.csv').write_text(results_csv(rows) if rows else '')
+    return md

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import torch
 
-from .clip import VLPromptError, load_clip
+from .clip import VLPromptError, load_clip, suggest
 from . import micro, bench
 from .train import write_json, write_text
 
 # %% auto #0
-__all__ = ['DEMO_METHODS', 'demo', 'plot_demo', 'parse_settings', 'train', 'evaluate_run', 'reproduce', 'build_parser', 'main']
+__all__ = ['DEMO_METHODS', 'demo', 'plot_demo', 'parse_sets', 'train', 'evaluate_run', 'reproduce', 'table', 'build_parser',
+           'main']
 
 # %% ../nbs/40_cli.ipynb #9cce3be5
 DEMO_METHODS = ('zeroshot', 'coop', 'cocoop', 'prograd',  # learned text context
@@ -65,47 +66,97 @@ def plot_demo(rows, b2n, path):
     atomic_write(path, lambda f: fig.savefig(f, dpi=100, format='png')); plt.close(fig)
 
 # %% ../nbs/40_cli.ipynb #fbf977ea
-def parse_settings(pairs: list[str]) -> tuple[dict, dict]:
-    "`KEY=VALUE` strings as (training settings, method options); VALUE is read as JSON (numbers, true/false, lists), else kept as text, never evaluated."
+def parse_sets(pairs, methods, protocol: str) -> tuple[dict, dict]:
+    """`--set KEY=VALUE ...` as training overrides (TrainConfig fields, for every method) and method options: `lam=0.5` goes
+    to the methods whose configuration has that option, `prograd.lam=0.5` to one method. Values are JSON (5, 0.5, true,
+    null), else text."""
     from dataclasses import fields
     from vlprompt.train import TrainConfig
-    train_keys, train, options = {f.name for f in fields(TrainConfig)}, {}, {}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    train, options = {}, {}
     for pair in pairs or []:
-        key, sep, value = pair.partition('=')
-        if not sep or not key.strip():
-            raise VLPromptError(f'--set takes KEY=VALUE pairs (e.g. --set lam=0.8 epochs=10), not {pair!r}.')
-        try: value = json.loads(value)
-        except json.JSONDecodeError: pass
-        (train if key.strip() in train_keys else options)[key.strip()] = value
+        key, eq, text = pair.partition('=')
+        if not eq or not key: raise VLPromptError(f'--set takes KEY=VALUE pairs (epochs=5, lam=0.5, prograd.lam=0.5), not {pair!r}.')
+        try: value = json.loads(text)
+        except json.JSONDecodeError: value = text
+        target, _, name = key.rpartition('.')
+        if not target and name in train_keys: train[name] = value; continue
+        if target and target not in methods:
+            raise VLPromptError(f'--set {pair}: {target!r} is not a method of this grid ({", ".join(methods)}).')
+        def knows(m):
+            cfg = bench.CONFIGS.get((m, protocol), {})
+            return name in cfg.get('method', {}) or any(name in d.get('method', {}) for d in cfg.get('datasets', {}).values())
+        targets = [target] if target else [m for m in methods if knows(m)]
+        if not targets:
+            known = sorted(train_keys | {k for m in methods for k in bench.CONFIGS.get((m, protocol), {}).get('method', {})})
+            raise VLPromptError(f'--set {pair}: {name!r} is neither a training setting nor an option in the configuration of '
+                                f'{", ".join(methods)}.{suggest(name, known)} Settings: {", ".join(sorted(train_keys))}. '
+                                f'To pass an option the configuration does not name, prefix the method ({methods[0]}.{name}=...).')
+        for m in targets: options.setdefault(m, {})[name] = value
     return train, options
 
 def train(args) -> dict:
-    train_settings, options = parse_settings(args.set)
+    t, o = parse_sets(getattr(args, 'set', None), [args.method], args.protocol)
     settings = bench.run_settings(args.method, args.protocol, args.dataset, args.shots, args.seed, args.backbone, args.pretrained,
-                                  train=train_settings, method_options=options)
+                                  train=t, method_options=o.get(args.method))
+    if getattr(args, 'split_indices', None): settings = bench.use_split_indices(settings, args.split_indices)
     out = Path(args.out)
     if (out/'metrics.json').exists():
         if not args.overwrite:
             raise VLPromptError(f'{out} already holds a finished run (metrics.json). Pass --overwrite to train again there, or choose another --out.')
         for name in ('metrics.json', 'checkpoint.pt', 'config.json'): (out/name).unlink(missing_ok=True)
-    metrics = bench.run(settings, out, args.data_root, args.cache or out/'cache', args.checkpoint, progress=True)
+    metrics = bench.run(settings, out, args.data_root, args.cache or out/'cache', args.checkpoint, progress=True,
+                        split_indices=getattr(args, 'split_indices', None))
     print(json.dumps({k: v for k, v in metrics.items() if k != 'settings'}, indent=1))
     print(f'wrote {out/"metrics.json"}')
     return metrics
 
 def evaluate_run(args) -> dict:
-    result = bench.evaluate_run(args.run, args.data_root, args.checkpoint)
+    result = bench.evaluate_run(args.run, args.data_root, args.checkpoint, getattr(args, 'split_indices', None))
     print(json.dumps(result, indent=1))
     return result
 
 def reproduce(args) -> str:
-    train_settings, options = parse_settings(args.set)
-    rows = bench.reproduce(args.protocol, args.methods, args.datasets, args.seeds, args.shots, args.out,
-                           args.backbone, args.pretrained, args.checkpoint, args.data_root, train=train_settings, method_options=options)
-    table = bench.results_table(rows)
-    write_text(Path(args.out)/f'{args.protocol}-results.md', table + '\n')
+    "Expand the grid into runs and launch them (here, in a local pool, or as a Slurm array); print and write the table."
+    from vlprompt import launch
+    t, o = parse_sets(args.set, args.methods, args.protocol)
+    runs = bench.plan(args.protocol, args.methods, args.datasets, args.seeds, args.shots, args.backbone, args.pretrained,
+                      train=t, method_options=o, split_indices=args.split_indices)
+    common = dict(data_root=args.data_root, checkpoint=args.checkpoint, split_indices=args.split_indices)
+    if args.launcher == 'slurm':
+        options = {}
+        for kv in args.slurm_option or []:
+            key, eq, value = kv.partition('=')
+            if not eq or not key: raise VLPromptError(f'--slurm-option takes KEY=VALUE pairs (account=mylab), not {kv!r}.')
+            options[key] = value
+        launch.run_slurm(runs, args.out, args.time, args.partition, args.array_parallelism, args.cpus_per_task, options, args.dry_run, **common)
+        return ''
+    if args.dry_run:
+        states = launch.survey(runs, args.out)
+        print(launch.describe(states) + ' (dry run: nothing started)')
+        for st in states: print(f"  {st['state']:8s} {st['folder']}")
+        return ''
+    results = launch.run_local(runs, args.out, args.workers, args.gpus, **common)
+    rows = [r for r in results if r is not None]
+    table = bench.results_table(rows) if rows else 'No finished runs.'
+    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
+    write_text(out/f'{args.protocol}-results.md', table + '\n')
+    if rows: write_text(out/f'{args.protocol}-results.csv', bench.results_csv(rows))
     print(table)
+    if failed := len(results) - len(rows):
+        print(f'\n{failed} of {len(results)} runs failed (see their log.txt; `vlprompt table {args.out}` lists them). '
+              'Rerun the same command to retry them.', file=sys.stderr)
+        sys.exit(1)
     return table
+
+def table(args) -> str:
+    "`vlprompt table RUNS_DIR`: one table from every run under a folder, written as markdown and CSV."
+    if not Path(args.runs).is_dir(): raise VLPromptError(f'{args.runs} is not a folder of runs.')
+    md = bench.write_tables(args.runs, args.out)
+    out = Path(args.out) if args.out else Path(args.runs)/'results'
+    print(md)
+    print(f'\nwrote {out.with_suffix(".md")} and {out.with_suffix(".csv")}')
+    return md
 
 # %% ../nbs/40_cli.ipynb #5a3f71c6
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument('--checkpoint', help='a local weights file for --backbone instead of a tag')
         p.add_argument('--data-root', help='folder holding the CoOp datasets (default $VLPROMPT_DATA); not needed for micro-* datasets')
 
+    def run_options(p):
+        p.add_argument('--set', nargs='+', metavar='KEY=VALUE', help='override settings: training (epochs=5, lr=0.01) or method options '
+                       '(lam=0.5 for every method that has it, prograd.lam=0.5 for one); each distinct setting gets its own run folder')
+        p.add_argument('--split-indices', metavar='DIR', help='read the few-shot indices from DIR/<dataset>/shot_<K>-seed_<S>.json '
+                       "(e.g. cross_modal_adaptation's indices/, or OUT/cache/indices of an earlier grid) instead of drawing them")
+
     p = sub.add_parser('train', help='train one method on one dataset; writes OUT/metrics.json',
                        description='Train one (method, protocol, dataset, shots, seed) run in --out, resuming it if unfinished.')
     p.add_argument('--method', required=True, help=f"one of: {', '.join(bench.METHODS)}")
@@ -132,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', required=True, help='the run folder')
     p.add_argument('--cache', help='feature and few-shot cache folder (default OUT/cache)')
     p.add_argument('--overwrite', action='store_true', help='train again in a folder that holds a finished run')
-    p.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE', help='override a training setting or method option, e.g. --set lam=0.8 epochs=10')
+    run_options(p)
     backbone_options(p)
 
     p = sub.add_parser('eval', help='re-evaluate a run folder from its checkpoint',
@@ -140,17 +197,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--run', required=True, help='a folder written by `vlprompt train`')
     p.add_argument('--checkpoint', help='the backbone weights file, if the run used one')
     p.add_argument('--data-root', help='folder holding the CoOp datasets')
+    p.add_argument('--split-indices', metavar='DIR', help='the index set the run was trained with, if it used one')
 
-    p = sub.add_parser('reproduce', help='run a grid of methods x datasets x seeds and print the table',
-                       description='Run every (method, dataset, seed) of a protocol (finished runs are skipped) and print mean ± std.')
+    p = sub.add_parser('reproduce', help='run a grid of methods x datasets x seeds (here, on local GPUs, or on Slurm) and print the table',
+                       description='Run every (method, dataset, shots, seed) of a protocol, one run per folder under --out: finished runs are '
+                                   'skipped, started ones resume, a folder with other settings is refused. Prints mean ± std over seeds.')
     p.add_argument('--protocol', required=True, choices=bench.PROTOCOLS)
     p.add_argument('--methods', nargs='+', required=True, help=f"from: {', '.join(bench.METHODS)}")
     p.add_argument('--datasets', nargs='+', required=True)
     p.add_argument('--seeds', nargs='+', type=int, default=[1, 2, 3])
-    p.add_argument('--shots', type=int, default=16)
+    p.add_argument('--shots', nargs='+', type=int, default=[16], help='one or more shot counts (default 16)')
     p.add_argument('--out', default='runs', help='root folder of the runs (default runs/)')
-    p.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE', help='override a training setting or method option, e.g. --set lam=0.8 epochs=10')
+    run_options(p)
     backbone_options(p)
+    g = p.add_argument_group('launcher')
+    g.add_argument('--launcher', choices=('local', 'slurm'), default='local',
+                   help='local (default): this machine, one run after another or a pool of workers; slurm: one job array through submitit')
+    g.add_argument('--workers', type=int, help='local: this many worker processes on CPU (torch threads: cores // workers)')
+    g.add_argument('--gpus', help='local: one worker per GPU, e.g. 0,1,2,3 (each sees only its own: CUDA_VISIBLE_DEVICES)')
+    g.add_argument('--dry-run', action='store_true', help='print the runs (and for slurm the job script) without running or submitting anything')
+    g = p.add_argument_group('slurm (pip install "vlprompt[slurm]")')
+    g.add_argument('--time', help='time limit of one run, required for slurm: minutes or HH:MM:SS (a timed-out run is requeued and resumes)')
+    g.add_argument('--partition', help='Slurm partition')
+    g.add_argument('--array-parallelism', type=int, default=64, help='most array tasks running at once (default 64)')
+    g.add_argument('--cpus-per-task', type=int, default=8, help='CPU cores per run (default 8); one GPU per run')
+    g.add_argument('--slurm-option', nargs='+', metavar='KEY=VALUE', help='more sbatch options, e.g. account=mylab qos=normal mem=32G')
+
+    p = sub.add_parser('table', help='one results table from every run under a folder (markdown and CSV)',
+                       description='Scan RUNS_DIR for metrics.json files; print mean ± std over seeds beside the papers\' numbers, '
+                                   'write RUNS_DIR/results.md and .csv, and list failed or missing runs with the end of their log.')
+    p.add_argument('runs', metavar='RUNS_DIR', help='a folder of runs (the --out of reproduce)')
+    p.add_argument('--out', help='write OUT.md and OUT.csv instead of RUNS_DIR/results.md and .csv')
 
     from vlprompt.speed import add_bench_parser
     add_bench_parser(sub)
@@ -159,9 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        {'demo': lambda: demo(args.out, args.device), 'train': lambda: train(args),
-         'eval': lambda: evaluate_run(args), 'reproduce': lambda: reproduce(args),
+        {'demo': lambda: demo(args.out, args.device), 'train': lambda: train(args), 'eval': lambda: evaluate_run(args),
+         'reproduce': lambda: reproduce(args), 'table': lambda: table(args),
          'bench': lambda: __import__('vlprompt.speed', fromlist=['bench_command']).bench_command(args)}[args.command]()
     except VLPromptError as e:
         print(f'vlprompt {args.command}: error: {e}', file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f'vlprompt {args.command}: stopped (Ctrl-C). Run the same command again to continue where it stopped.', file=sys.stderr)
+        sys.exit(130)

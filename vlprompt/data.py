@@ -19,8 +19,9 @@ from .micro import CROSS_DATASET as MICRO_CROSS_DATASET, DOMAIN_SHIFTS as MICRO_
 __all__ = ['COOP_DATASETS_MD', 'DATASETS', 'DOMAIN_SHIFTS', 'CROSS_DATASET', 'Split', 'Dataset', 'DatasetSpec', 'list_datasets',
            'get_spec', 'read_split_file', 'read_aircraft', 'read_classnames_txt', 'read_imagenet',
            'read_imagenet_folders', 'read_imagenetv2', 'data_root', 'load_dataset', 'make_fake_dataset',
-           'fewshot_indices', 'take', 'fewshot', 'split_hash', 'fewshot_splits', 'load_images', 'LazyImages',
-           'subsample_classes']
+           'fewshot_indices', 'take', 'fewshot', 'relative_item', 'split_hash', 'index_set_path', 'fewshot_record',
+           'indices_digest', 'apply_fewshot', 'fewshot_splits', 'load_images', 'LazyImages', 'write_index_set',
+           'read_index_set', 'subsample_classes']
 
 # %% ../nbs/02_data.ipynb #3852e6a5
 @dataclass
@@ -387,15 +388,17 @@ def fewshot(split: Split, shots: int, rng: random.Random, what: str = 'split') -
     return take(split, fewshot_indices(split.labels, shots, rng, what))
 
 # %% ../nbs/02_data.ipynb #9d30a2e6
+def relative_item(dataset: Dataset, item) -> str:
+    "An item as the same on every machine: its path relative to the dataset folder ('/'-separated), or a micro index as text."
+    x = str(item)
+    if dataset.folder and x.startswith(dataset.folder + os.sep): x = x[len(dataset.folder) + 1:]
+    return x.replace(os.sep, '/')
+
 def split_hash(dataset: Dataset) -> str:
     "SHA-256 of the train and val splits: items (relative to the dataset folder) and labels."
-    def rel(x):
-        x = str(x)
-        if dataset.folder and x.startswith(dataset.folder + os.sep): x = x[len(dataset.folder) + 1:]
-        return x.replace(os.sep, '/')
     h = hashlib.sha256()
     for s in (dataset.train, dataset.val):
-        h.update(json.dumps(None if s is None else [[rel(x) for x in s.items], list(s.labels)]).encode())
+        h.update(json.dumps(None if s is None else [[relative_item(dataset, x) for x in s.items], list(s.labels)]).encode())
     return h.hexdigest()
 
 def _read_record(path: Path, dataset: Dataset, shots: int, seed: int, digest: str) -> dict:
@@ -415,15 +418,22 @@ def _read_record(path: Path, dataset: Dataset, shots: int, seed: int, digest: st
             raise VLPromptError(f'{str(path)!r}: the {s} positions do not fit the {s} split ({n} items). {redo}')
     return rec
 
-def fewshot_splits(dataset: Dataset, shots: int, seed: int, cache_dir: str | Path | None) -> Dataset:
-    "The dataset with K-shot train and min(K, 4)-shot val (Dassl), recorded in and reused from `cache_dir` (None: not recorded)."
-    if shots in (0, -1): return dataset
+def index_set_path(root: str | Path, name: str, shots: int, seed: int) -> Path:
+    "Where an index set keeps the shots of one (dataset, K, seed): `root/<name>/shot_<K>-seed_<S>.json`."
+    return Path(root)/name/f'shot_{shots}-seed_{seed}.json'
+
+def fewshot_record(dataset: Dataset, shots: int, seed: int, cache_dir: str | Path | None = None,
+                   indices_dir: str | Path | None = None) -> dict | None:
+    """The positions of the K-shot train and min(K, 4)-shot val subsets (None for all data, K = 0 or -1):
+    read from a published index set in `indices_dir` if given, else the kit's record in `cache_dir`, else drawn (and recorded)."""
+    if shots in (0, -1): return None
     if not isinstance(shots, int) or isinstance(shots, bool) or shots < 1:
         raise VLPromptError(f'shots must be a positive integer (or 0 / -1 for all data), not {shots!r}.')
     if dataset.train is None:
         raise VLPromptError(f'{dataset.name} is test-only: there is no training split to draw {shots} shots from.')
+    if indices_dir is not None: return read_index_set(indices_dir, dataset, shots, seed)
     digest = split_hash(dataset)
-    path = Path(cache_dir)/dataset.name/f'shot_{shots}-seed_{seed}.json' if cache_dir is not None else None
+    path = index_set_path(cache_dir, dataset.name, shots, seed) if cache_dir is not None else None
     if path is not None and path.exists():
         rec = _read_record(path, dataset, shots, seed, digest)
     else:
@@ -434,8 +444,23 @@ def fewshot_splits(dataset: Dataset, shots: int, seed: int, cache_dir: str | Pat
                    rule='Dassl generate_fewshot_dataset: random.Random(seed); per label in first-occurrence order '
                         'random.sample(K) or all; train with K shots, then val with min(K, 4)')
         if path is not None: _write_json_atomic(path, rec)
+    return {**rec, 'source': 'sampled', 'file': str(path) if path is not None else None, 'positions_sha256': indices_digest(rec)}
+
+def indices_digest(rec: dict) -> str:
+    "SHA-256 of a record's train and val positions: equal digests, equal shots, whatever file they came from."
+    return hashlib.sha256(json.dumps([list(rec['train']), None if rec.get('val') is None else list(rec['val'])]).encode()).hexdigest()
+
+def apply_fewshot(dataset: Dataset, rec: dict | None) -> Dataset:
+    "The dataset cut to the positions of a few-shot record (unchanged for None)."
+    if rec is None: return dataset
     return replace(dataset, train=take(dataset.train, rec['train']),
                    val=take(dataset.val, rec['val']) if dataset.val is not None else None)
+
+def fewshot_splits(dataset: Dataset, shots: int, seed: int, cache_dir: str | Path | None,
+                   indices_dir: str | Path | None = None) -> Dataset:
+    """The dataset with K-shot train and min(K, 4)-shot val (Dassl), recorded in and reused from `cache_dir` (None: not recorded);
+    with `indices_dir`, the shots of a published index set instead (see below)."""
+    return apply_fewshot(dataset, fewshot_record(dataset, shots, seed, cache_dir, indices_dir))
 
 # %% ../nbs/02_data.ipynb #747b1172
 @lru_cache(maxsize=8)
@@ -471,6 +496,81 @@ class LazyImages:
     def __getitem__(self, i):
         idx = range(self.n)[i] if isinstance(i, slice) else [i]
         return load_images(self.dataset, self.split_name, idx, self.transform)
+
+# %% ../nbs/02_data.ipynb #9aa340da
+def _entries(dataset: Dataset, split: str, positions) -> list[dict]:
+    s = dataset.split(split)
+    return [dict(impath=relative_item(dataset, s.items[i]), label=s.labels[i], classname=dataset.classnames[s.labels[i]]) for i in positions]
+
+def write_index_set(root: str | Path, dataset: Dataset, rec: dict) -> Path:
+    "Write a few-shot record's shots as an index set, `root/<name>/shot_<K>-seed_<S>.json`, in cross_modal_adaptation's structure."
+    path = index_set_path(root, dataset.name, rec['shots'], rec['seed'])
+    out = {s: dict(indices=list(rec[s]), data=_entries(dataset, s, rec[s])) if rec.get(s) is not None else None for s in ('train', 'val')}
+    out.update({k: rec[k] for k in ('dataset', 'shots', 'seed', 'split_hash', 'rule') if k in rec})
+    _write_json_atomic(path, out)
+    return path
+
+def _positions(dataset: Dataset, split: str, block: dict, where: str) -> tuple[list[int], str | None]:
+    "A published block's positions in `dataset.<split>`, checked against its items; re-found from the image paths if the order differs."
+    s, idx, entries = dataset.split(split), block.get('indices'), block.get('data')
+    if not isinstance(idx, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
+        raise VLPromptError(f'{where}: "{split}" needs a list of integer "indices"; got {str(idx)[:80]}.')
+    if entries is None:
+        if bad := [i for i in idx if not 0 <= i < len(s)]:
+            raise VLPromptError(f'{where}: {split} position {bad[0]} is outside the {split} split of {dataset.name} ({len(s)} items).')
+        return idx, f'{split}: no "data" entries, so the positions could not be checked against the images'
+    if not isinstance(entries, list) or len(entries) != len(idx) or not all(isinstance(e, dict) and {'impath', 'label'} <= e.keys() for e in entries):
+        raise VLPromptError(f'{where}: "{split}" needs as many "data" entries ({{"impath", "label", ...}}) as "indices" ({len(idx)}).')
+    rels = [relative_item(dataset, x) for x in s.items]
+    path_of = lambda e: str(e['impath']).replace('\\', '/')
+    def fits(i, e): return 0 <= i < len(s) and s.labels[i] == e['label'] and (path_of(e) == rels[i] or path_of(e).endswith('/' + rels[i]))
+    if all(fits(i, e) for i, e in zip(idx, entries)): return idx, None
+    where_is = {r: i for i, r in enumerate(rels)}
+    found = []
+    for k, e in enumerate(entries):
+        parts = path_of(e).split('/')
+        i = next((where_is[t] for t in ('/'.join(parts[j:]) for j in range(len(parts))) if t in where_is), None)
+        if i is None or s.labels[i] != e['label']:
+            what = 'is not in' if i is None else f'has label {s.labels[i]}, not {e["label"]}, in'
+            raise VLPromptError(f'{where}: {split} entry {k} ({e["impath"]}) {what} the {split} split of {dataset.name} here: '
+                                'the index set was made from other data (another split file or data version).')
+        found.append(i)
+    return found, f'{split}: the file lists its split in another order; positions re-found from the image paths'
+
+def read_index_set(root: str | Path, dataset: Dataset, shots: int, seed: int) -> dict:
+    "The few-shot record of a published index set (`root/<name>/shot_<K>-seed_<S>.json`, or a kit record), checked against `dataset`."
+    path = index_set_path(root, dataset.name, shots, seed)
+    if not path.is_file():
+        have = sorted(p.name for p in path.parent.glob('shot_*-seed_*.json')) if path.parent.is_dir() else []
+        held = f'{dataset.name}/ holds only {", ".join(have)}' if have else f'it has no {dataset.name}/ folder'
+        raise VLPromptError(f'Index file {str(path)!r} not found ({held}). Pass the folder that holds <dataset>/shot_<K>-seed_<S>.json, '
+                            'or leave out the index set to draw the shots with Dassl\'s rule.')
+    try: raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise VLPromptError(f'{str(path)!r} is not valid JSON ({e}).') from e
+    where, notes = str(path), []
+    if isinstance(raw, dict) and isinstance(raw.get('train'), list):  # one of the kit's own records
+        rec = _read_record(path, dataset, shots, seed, split_hash(dataset))
+    elif isinstance(raw, dict) and isinstance(raw.get('train'), dict):
+        if (raw.get('shots', shots), raw.get('seed', seed)) != (shots, seed):
+            raise VLPromptError(f'{where} says shots={raw.get("shots")}, seed={raw.get("seed")}, not shots={shots}, seed={seed}.')
+        rec = dict(dataset=dataset.name, shots=shots, seed=seed)
+        for s, k in (('train', shots), ('val', min(shots, 4))):
+            if getattr(dataset, s) is None:
+                if raw.get(s): notes.append(f'{dataset.name} has no {s} split here: the file\'s {s} shots are not used')
+                rec[s] = None; continue
+            if not isinstance(raw.get(s), dict):
+                raise VLPromptError(f'{where} has no "{s}" shots, and {dataset.name} has a {s} split to cut; use a complete index set.')
+            rec[s], note = _positions(dataset, s, raw[s], where)
+            if note: notes.append(note)
+            counts = {}
+            for i in rec[s]: counts[getattr(dataset, s).labels[i]] = counts.get(getattr(dataset, s).labels[i], 0) + 1
+            if (most := max(counts.values(), default=0)) > k:
+                raise VLPromptError(f'{where}: a class has {most} {s} images, more than the {k} of a {shots}-shot set.')
+    else:
+        raise VLPromptError(f'{where} is neither an index set ({{"train": {{"indices": [...], "data": [...]}}, "val": ...}}) '
+                            'nor a few-shot record of this kit.')
+    return {**rec, 'source': 'index set', 'file': str(path), 'file_sha256': hashlib.sha256(path.read_bytes()).hexdigest(),
+            'notes': notes, 'positions_sha256': indices_digest(rec)}
 
 # %% ../nbs/02_data.ipynb #2751be8f
 def subsample_classes(dataset: Dataset, subsample: str = 'all') -> Dataset:
