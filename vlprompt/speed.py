@@ -158,12 +158,13 @@ def bench_row(method: str, clip: LoadedCLIP, world: str, K: int, batch: int | No
     fast = lambda: step(lambda: fast_gradients(module, rule, inputs, labels))
     slow = lambda: step(lambda: reference_gradients(module, rule, images, labels, clip))
     row = dict(world=world, K=K, method=method, batch=batch, device=str(device))
-    row['fast_s'] = time_step(fast, steps, warmup, device)
-    row['fast_mb'] = peak_memory_mb(fast, device, exclude=(clip.model, module))
-    row.update({f'{k}_runs': v for k, v in count_encoder_runs(clip, fast).items()})
+    measured = lambda fn: peak_memory_mb(fn, device, exclude=(clip.model, module))  # the first (warm-up) step also measures memory
+    runs = count_encoder_runs(clip, lambda: row.__setitem__('fast_mb', measured(fast)))
+    row.update({f'{k}_runs': v for k, v in runs.items()})
+    row['fast_s'] = time_step(fast, steps, max(0, warmup - 1), device)
     if reference:
-        row['reference_s'] = time_step(slow, steps, warmup, device)
-        row['reference_mb'] = peak_memory_mb(slow, device, exclude=(clip.model, module))
+        row['reference_mb'] = measured(slow)
+        row['reference_s'] = time_step(slow, steps, max(0, warmup - 1), device)
         row['ratio'] = row['reference_s'] / row['fast_s']
     row['steps_per_epoch'] = math.ceil(shots * K / batch)
     row['fast_epoch_s'] = row['fast_s'] * row['steps_per_epoch']
