@@ -10,9 +10,32 @@ def run(*args, **kw):
     env = {**os.environ, 'HF_HUB_OFFLINE': '1'}
     return subprocess.run([VLPROMPT, *args], capture_output=True, text=True, env=env, **kw)
 
+NO_NETWORK = r'''
+import json, socket, sys, atexit
+attempts, real_connect, real_connect_ex = [], socket.socket.connect, socket.socket.connect_ex
+def guarded(real):
+    def connect(sock, address, *a):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            attempts.append(repr(address)); raise OSError(f'network access blocked by the test: {address!r}')
+        return real(sock, address, *a)
+    return connect
+socket.socket.connect, socket.socket.connect_ex = guarded(real_connect), guarded(real_connect_ex)
+def no_lookup(host, *a, **k):
+    attempts.append(f'lookup {host!r}'); raise socket.gaierror(f'name lookup blocked by the test: {host!r}')
+socket.getaddrinfo = no_lookup
+atexit.register(lambda: open(sys.argv[1], 'w').write(json.dumps(attempts)))
+from vlprompt.cli import main
+main(sys.argv[2:])
+'''
+
 def test_demo_prints_the_zeroshot_and_base_to_new_tables(tmp_path):
-    res = run('demo', '--out', str(tmp_path/'demo'))
-    assert res.returncode == 0, res.stderr
+    "The demo, with every network connection and name lookup of the process refused: it needs none."
+    attempts = tmp_path/'attempts.json'
+    env = {k: v for k, v in os.environ.items() if k not in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE')}  # no offline flags to hide behind
+    res = subprocess.run([sys.executable, '-c', NO_NETWORK, str(attempts), 'demo', '--out', str(tmp_path/'demo')],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(attempts.read_text()) == []  # not one connection or lookup was tried
     assert '| micro-pairs | 64 |' in res.stdout and 'micro-pairs-sketch' in res.stdout
     result = json.loads((tmp_path/'demo'/'demo.json').read_text())
     pairs = next(r for r in result['zeroshot'] if r['task'] == 'micro-pairs')
