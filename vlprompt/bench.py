@@ -210,7 +210,9 @@ def accuracy(clip: LoadedCLIP, method, dataset, split: str = 'test', cache: Feat
 # %% ../nbs/20_benchmark.ipynb #da265ea4
 def harmonic_mean(base: float, new: float) -> float:
     "HM = 2BN / (B + N), the base-to-new summary."
+    # exercise: harmonic_mean
     return 2 * base * new / (base + new) if base + new > 0 else 0.0
+    # end exercise
 
 def run_dir(root: str | Path, s: dict) -> Path:
     "A run's folder, named from its settings."
