@@ -215,7 +215,9 @@ from .data import apply_fewshot, fewshot_record, index_set_path, write_index_set
 
 def harmonic_mean(base: float, new: float) -> float:
     "HM = 2BN / (B + N), the base-to-new summary."
+    # exercise: harmonic_mean
     return 2 * base * new / (base + new) if base + new > 0 else 0.0
+    # end exercise
 
 def _flat(d: dict, prefix: str = '') -> dict:
     "Nested settings as one level: {'train.epochs': 30, 'method_options.lam': 1.0, ...}."

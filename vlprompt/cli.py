@@ -14,8 +14,8 @@ from . import micro, bench
 from .train import write_json, write_text
 
 # %% auto #0
-__all__ = ['DEMO_METHODS', 'demo', 'plot_demo', 'parse_sets', 'train', 'evaluate_run', 'reproduce', 'table', 'build_parser',
-           'main']
+__all__ = ['DEMO_METHODS', 'demo', 'plot_demo', 'parse_sets', 'train', 'evaluate_run', 'reproduce', 'table', 'exercises',
+           'build_parser', 'main']
 
 # %% ../nbs/40_cli.ipynb #9cce3be5
 DEMO_METHODS = ('zeroshot', 'coop', 'cocoop', 'prograd',  # learned text context
@@ -158,6 +158,21 @@ def table(args) -> str:
     print(f'\nwrote {out.with_suffix(".md")} and {out.with_suffix(".csv")}')
     return md
 
+# %% ../nbs/40_cli.ipynb #1c802715
+def exercises(args):
+    "Write student notebooks (`--out`) or grade finished ones (`--grade`)."
+    from vlprompt import classroom
+    if args.grade:
+        rows = [row for path in args.grade for row in classroom.grade_notebook(path)]
+        passed = sum(r['passed'] for r in rows)
+        print(f'{passed} of {len(rows)} exercises pass.')
+        if passed < len(rows): sys.exit(1)
+        return rows
+    paths = classroom.write_exercises(args.out, args.nbs, args.only, args.overwrite)
+    for p in paths: print(f'wrote {p}')
+    print(f'Students: run each notebook top to bottom; it stops at the first exercise not done yet. Grade with: vlprompt exercises --grade {Path(args.out)}/*.ipynb')
+    return paths
+
 # %% ../nbs/40_cli.ipynb #5a3f71c6
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='vlprompt', description='Prompt learning on CLIP: lessons, methods and reproductions.')
@@ -231,13 +246,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     from vlprompt.speed import add_bench_parser
     add_bench_parser(sub)
+
+    from vlprompt.classroom import EXERCISES
+    p = sub.add_parser('exercises', help='write student notebooks with exercises that check themselves, or grade finished ones',
+                       description="Copy the kit's notebooks with the key lines of each method replaced by a stub and a check cell "
+                                   '(nothing in --out is replaced without --overwrite), or run the checks on finished notebooks.')
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument('--out', help='folder for the student notebooks')
+    what.add_argument('--grade', nargs='+', metavar='NOTEBOOK', help='run the checks on finished student notebooks')
+    p.add_argument('--only', nargs='+', metavar='NAME', help=f"only these exercises (default: all of {', '.join(EXERCISES)})")
+    p.add_argument('--nbs', help="folder of the kit's solution notebooks (default: nbs/ of the clone the package runs from)")
+    p.add_argument('--overwrite', action='store_true', help='replace files that already exist in --out')
     return ap
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         {'demo': lambda: demo(args.out, args.device), 'train': lambda: train(args), 'eval': lambda: evaluate_run(args),
-         'reproduce': lambda: reproduce(args), 'table': lambda: table(args),
+         'reproduce': lambda: reproduce(args), 'table': lambda: table(args), 'exercises': lambda: exercises(args),
          'bench': lambda: __import__('vlprompt.speed', fromlist=['bench_command']).bench_command(args)}[args.command]()
     except VLPromptError as e:
         print(f'vlprompt {args.command}: error: {e}', file=sys.stderr)

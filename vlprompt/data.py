@@ -368,12 +368,14 @@ def make_fake_dataset(name: str, root: str | Path, n_classes: int = 3, per_class
 def fewshot_indices(labels: list, shots: int, rng: random.Random, what: str = 'split') -> list[int]:
     "Positions of the K-shot subset under Dassl's rule: per label (first-occurrence order) `rng.sample`, or all if fewer than K."
     if shots < 1: return list(range(len(labels)))
+    # exercise: fewshot
     by_label = defaultdict(list)
     for i, y in enumerate(labels): by_label[y].append(i)
     chosen, short = [], []
     for y, idx in by_label.items():
         if len(idx) >= shots: chosen += rng.sample(idx, shots)
         else: chosen += idx; short.append(f'{y} ({len(idx)})')
+    # end exercise
     if short:
         warnings.warn(f'{what}: {len(short)} of {len(by_label)} classes have fewer than {shots} items, so all of theirs are used '
                       f'(Dassl keeps them all): label (items) {", ".join(short[:10])}{" ..." if len(short) > 10 else ""}.', stacklevel=2)

@@ -54,12 +54,14 @@ class CoOp(nn.Module):
 
     def prompts(self) -> torch.Tensor:
         "Token embeddings (K, L, d) of every class's prompt with the current context."
+        # exercise: prompt_assembly
         K = len(self.classnames)
         ctx = self.ctx if self.csc else self.ctx.unsqueeze(0).expand(K, -1, -1)
         ctx = ctx.to(self.token_prefix.dtype)
         prefix, suffix = self.token_prefix, self.token_suffix
         if self.class_token_position == 'end':
             return torch.cat([prefix, ctx, suffix], dim=1)
+        # end exercise
         rows, half = [], self.n_ctx // 2
         for k, n in enumerate(self.name_lens):
             name, rest = suffix[k:k + 1, :n], suffix[k:k + 1, n:]

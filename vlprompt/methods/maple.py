@@ -101,7 +101,9 @@ class MaPLe(nn.Module):
     def vision_layer_prompts(self) -> list[torch.Tensor]:
         "[V_0, ..., V_{J-1}], each (n_ctx, d_vis): F_i(P_i) with coupling, else the independent prompts; the last n_ctx vision tokens."
         if self.vision == 'none': return []
+        # exercise: maple_coupling
         if self.coupled: return [F_i(P_i) for F_i, P_i in zip(self.couplings, self.text_layer_prompts())]
+        # end exercise
         return list(self.vision_prompts)
 
     def text_features(self) -> torch.Tensor:

@@ -16,9 +16,11 @@ __all__ = ['prograd_project', 'ProGradRule', 'prograd_init']
 # %% ../../nbs/12_prograd.ipynb #16fc6ad3
 def prograd_project(g_domain: torch.Tensor, g_general: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
     "ProGrad's rule for one tensor: G_d if it agrees with G_g, else G_d minus lam times its component along G_g."
+    # exercise: prograd_project
     dot = (g_domain * g_general).sum()
     if dot >= 0: return g_domain
     return g_domain - lam * dot / g_general.pow(2).sum().clamp_min(1e-12) * g_general
+    # end exercise
 
 # %% ../../nbs/12_prograd.ipynb #d8de1ae3
 class ProGradRule:

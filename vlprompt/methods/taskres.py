@@ -58,7 +58,9 @@ class TaskRes(nn.Module):
 
     def classifier(self, alpha: float | None = None) -> torch.Tensor:
         "t + alpha x (K, D), before normalisation (`alpha` overrides the module's for evaluation)."
+        # exercise: taskres_classifier
         return self.base + (self.alpha if alpha is None else alpha) * self.task_residual
+        # end exercise
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         return clip_logits(image_features, self.classifier(), self.logit_scale)

@@ -243,12 +243,14 @@ def pool_windows(tokens: torch.Tensor, n: int, how: str = 'mean', split: str = '
     B, L, d = tokens.shape
     if n > L:
         raise VLPromptError(f'Pooling over {n} windows needs at least {n} tokens per image; these images have {L}.')
+    # exercise: spt_pooling
     if n == 1 or split == 'even': windows = torch.tensor_split(tokens, n, dim=1)
     else:
         w = L // (n - 1)
         windows = [tokens[:, i * w:(i + 1) * w] for i in range(n - 1)] + [tokens[:, L - (L % w or L):]]
     reduce = (lambda t: t.mean(1)) if how == 'mean' else (lambda t: t.amax(1))
     return torch.stack([reduce(t) for t in windows], dim=1)
+    # end exercise
 
 def token_prototypes(tokens: torch.Tensor, n: int, strategy: str = 'kmeans', seed: int = 0, max_tokens: int | None = None,
                      **kmeans_options) -> torch.Tensor:
@@ -284,6 +286,7 @@ def spt_init(method: VPT, images: torch.Tensor, strategy: str | None = None, see
 # %% ../../nbs/15_vpt_spt.ipynb #13e05c67
 def nmi_from_joint(joint: torch.Tensor) -> torch.Tensor:
     "NMI = I(p; e) / sqrt(H(p) H(e)) of joint distributions (..., K, M) (normalised here); 0 where an entropy is 0."
+    # exercise: nmi
     joint = joint / joint.sum((-2, -1), keepdim=True)
     pk, pe = joint.sum(-1, keepdim=True), joint.sum(-2, keepdim=True)  # marginals (..., K, 1), (..., 1, M)
     xlogy = lambda a, b: torch.where(a > 0, a * torch.log(b.clamp_min(1e-300)), torch.zeros_like(a))
@@ -291,6 +294,7 @@ def nmi_from_joint(joint: torch.Tensor) -> torch.Tensor:
     h_p, h_e = -xlogy(pk, pk).sum((-2, -1)), -xlogy(pe, pe).sum((-2, -1))
     denom = (h_p * h_e).sqrt()
     return torch.where(denom > 0, mi / denom.clamp_min(1e-300), torch.zeros_like(mi))
+    # end exercise
 
 def prompt_patch_nmi(prompts: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
     "NMI between prompt tokens (K, d) and each image's patch tokens (B, M, d), with pi(p_k, e_j) proportional to sigmoid(p_k . e_j); (B,)."
