@@ -153,3 +153,22 @@ def test_kill_at_20_random_points_then_resume_gives_the_uninterrupted_metrics(tm
     assert kills == 20, f'only {kills} kills landed before the run finished'
     print(f'20 kills; {epochs_done} of {epochs} epochs were done when the last one landed')
     assert (resumed['base'], resumed['new'], resumed['hm']) == (straight['base'], straight['new'], straight['hm'])
+
+def test_no_eval_or_exec_and_every_torch_load_is_weights_only():
+    "Safety, read off the library's source: no eval/exec of strings, and every torch.load passes weights_only=True."
+    import ast
+    lib = Path(__file__).resolve().parents[1]/'vlprompt'
+    loads = 0
+    for path in lib.rglob('*.py'):
+        tree_ = ast.parse(path.read_text())
+        allowed = {id(n) for fn in ast.walk(tree_) if isinstance(fn, ast.FunctionDef) and fn.name == 'notebook_module' for n in ast.walk(fn)}
+        for node in ast.walk(tree_):
+            if not isinstance(node, ast.Call): continue
+            f = node.func
+            if isinstance(f, ast.Name) and f.id in ('eval', 'exec'):  # only grading runs code: a notebook's cells, which is what it is for
+                assert path.name == 'classroom.py' and id(node) in allowed, f'{path.name}:{node.lineno} calls {f.id}'
+            if isinstance(f, ast.Attribute) and f.attr == 'load' and isinstance(f.value, ast.Name) and f.value.id == 'torch':
+                loads += 1
+                kw = {k.arg: k.value for k in node.keywords}
+                assert isinstance(kw.get('weights_only'), ast.Constant) and kw['weights_only'].value is True, f'{path.name}:{node.lineno}'
+    assert loads >= 4  # checkpoints, feature caches, the micro CLIP, bench's checkpoint check
