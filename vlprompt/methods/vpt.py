@@ -141,7 +141,12 @@ def timm_backbone(name: str = 'vit_base_patch16_224', pretrained: bool = False, 
         raise VLPromptError(f"timm has no architecture {name!r}; `timm.list_models('vit_*')` lists the ViTs.")
     model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
     if checkpoint is not None:
-        state = _encoder_state(torch.load(checkpoint, map_location='cpu', weights_only=False))
+        try: payload = torch.load(checkpoint, map_location='cpu', weights_only=True)  # never unpickle code from a downloaded file
+        except Exception as e:
+            raise VLPromptError(f'{checkpoint} holds more than weights ({type(e).__name__}), so it is not loaded. If you trust the file, save its '
+                                "weights alone once: python -c \"import torch; c = torch.load('IN', weights_only=False); "
+                                "torch.save(c.get('state_dict', c), 'OUT')\" and pass OUT.") from e
+        state = _encoder_state(payload)
         missing, _ = model.load_state_dict(state, strict=False)
         if missing: raise VLPromptError(f'{checkpoint} does not fit {name}: {len(missing)} weights missing (e.g. {missing[0]}). Is it a ViT-B/16 checkpoint?')
     model.eval().requires_grad_(False)
