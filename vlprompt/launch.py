@@ -10,11 +10,12 @@ from pathlib import Path
 
 from . import bench
 from .clip import VLPromptError
+from .data import DATASETS
 
 # %% auto #0
 __all__ = ['BENCHMARK_DATASETS', 'FEWSHOT_SHOTS', 'SECONDS_PER_EPOCH', 'EVAL_SECONDS', 'survey', 'describe', 'cpu_cores',
            'run_local', 'parse_time', 'RunTask', 'slurm_parameters', 'sbatch_script', 'run_slurm', 'paper_grid',
-           'estimate_gpu_hours']
+           'estimate_gpu_hours', 'seconds_per_epoch_from_bench']
 
 # %% ../nbs/21_launch.ipynb #73f8f976
 def survey(runs: list[dict], out: str | Path) -> list[dict]:
@@ -319,3 +320,22 @@ def estimate_gpu_hours(runs: list[dict], seconds_per_epoch: dict, eval_seconds: 
         raise VLPromptError(f'No seconds-per-epoch figure for {", ".join(f"{m} on {d}" for m, d in sorted(missing))}: measure them with '
                             '`vlprompt bench` and pass them as {(method, dataset) or (method, "*"): seconds}.')
     return list(rows.values())
+
+# %% ../nbs/21_launch.ipynb #58976b3d
+def seconds_per_epoch_from_bench(bench_json: str | Path | dict | list, world: str = 'vit-b16', shots: int = 16) -> dict:
+    "SECONDS_PER_EPOCH from `vlprompt bench` rows: each method's step time interpolated (linearly in K) at each dataset's classes."
+    rows = bench_json if isinstance(bench_json, (list, dict)) else json.loads(Path(bench_json).read_text())
+    rows = rows['rows'] if isinstance(rows, dict) else rows
+    by_method = {}
+    for r in rows:
+        if r['world'] == world: by_method.setdefault(r['method'], []).append((r['K'], r['fast_s'], r['batch']))
+    if not by_method: raise VLPromptError(f'No benchmark rows for world {world!r}: run `vlprompt bench --world {world} --classes 100 1000`.')
+    table = {}
+    for m, points in by_method.items():
+        points = sorted(points)
+        for d in BENCHMARK_DATASETS:
+            K = DATASETS[d].n_classes
+            (k0, t0, b), (k1, t1, _) = (points[0], points[-1]) if len(points) > 1 else (points[0], points[0])
+            step = t0 if k1 == k0 else t0 + (t1 - t0) * (K - k0) / (k1 - k0)
+            table[(m, d)] = max(step, 0.0) * math.ceil(shots * K / b)
+    return table
