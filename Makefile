@@ -29,7 +29,7 @@ demo: $(VENV)/.runtime-$(HASH)
 # Colab's widgets: a venv that sees .venv's packages (a .pth file) with Colab's ipywidgets 7.7.1 installed over them
 COLAB  := .venv-colab
 $(COLAB)/.ready-$(HASH): $(VENV)/.dev-$(HASH)
-	test -x $(COLAB)/bin/python || $(BIN)/python -m venv $(COLAB)
+	test -x $(COLAB)/bin/python || $(BIN)/python -m venv --without-pip $(COLAB)  # pip, setuptools: .venv's, through the .pth
 	echo "import site; site.addsitedir('$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')')" \
 	  > "$$($(COLAB)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/zz-main-venv.pth"
 	$(COLAB)/bin/python -m pip install -q ipywidgets==7.7.1

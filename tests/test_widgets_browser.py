@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get('VLPROMPT_CHROMIUM', '/usr/bin/chromium')
 SCREENSHOTS = Path(os.environ.get('VLPROMPT_SCREENSHOTS') or ROOT / '.cache' / 'widget-screenshots')
 CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-                  '--disable-sync', '--no-first-run', '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1']
+                  '--disable-sync', '--no-first-run', '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1',
+                  '--disable-background-timer-throttling', '--disable-renderer-backgrounding']  # two notebooks' pages at once
 KERNEL_ENV = dict(IN_TEST='1', OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')  # the notebooks shrink their work, as under nbdev_test
 RUN_ALL_TIMEOUT, MOVE_TIMEOUT = 600, 120  # seconds
 
@@ -151,8 +152,6 @@ class Lab:
         req = urllib.request.Request(f'{self.url}{path}', method=method, headers={'Authorization': f'token {self.token}'})
         with urllib.request.urlopen(req, timeout=30) as r: body = r.read()
         return json.loads(body) if body else None
-    def shutdown_kernels(self):
-        for k in self.api('/api/kernels'): self.api(f'/api/kernels/{k["id"]}', 'DELETE')
     def close(self):
         self.proc.terminate()
         try: self.proc.wait(30)
@@ -182,21 +181,26 @@ def control_shows(control) -> str:
         return control.locator('select').evaluate('s => s.options[s.selectedIndex].text')
     return control.locator('.widget-readout').first.inner_text().strip()
 
-def run_all(page, lab: Lab, nb: str, n_cells: int):
-    "Open a notebook, wait for its kernel to be idle with no dialog open, Run All, and wait for every cell to finish without error."
+def start_run_all(page, lab: Lab, nb: str):
+    "Open a notebook, wait for its kernel to be idle with no dialog open (before that, Run All opens a kernel dialog), and Run All."
     page.goto(f'{lab.url}/lab/tree/{nb}?reset&token={lab.token}')  # reset: no tab of an earlier notebook restored
     page.wait_for_selector('.jp-Notebook .jp-Cell', timeout=120_000)
     status = lambda: page.locator('#jp-main-statusbar').inner_text()
     wait_for('the kernel to be idle', lambda: re.search(r'Python 3 \(ipykernel\) \| Idle', status()) and page.locator('.jp-Dialog').count() == 0, 180)
     page.locator('.lm-MenuBar-item', has_text='Run').first.click()
     page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
-    prompts = lambda: page.locator('.jp-Notebook .jp-CodeCell .jp-InputPrompt').all_inner_texts()
-    wait_for('Run All to start', lambda: any('*' in p for p in prompts()) or all(re.fullmatch(r'\[\d+\]:', p.strip()) for p in prompts()), 60)
-    wait_for('every cell to finish', lambda: not any('*' in p for p in prompts()), RUN_ALL_TIMEOUT, every=1)
+    wait_for('Run All to start', lambda: any('*' in p for p in prompts(page)) or all(re.fullmatch(r'\[\d+\]:', p.strip()) for p in prompts(page)), 60)
+
+def prompts(page) -> list[str]:
+    return page.locator('.jp-Notebook .jp-CodeCell .jp-InputPrompt').all_inner_texts()
+
+def finish_run_all(page, nb: str, n_cells: int):
+    "Wait for every cell to finish; fail if any did not run or raised."
+    wait_for(f'every cell of {nb} to finish', lambda: not any('*' in p for p in prompts(page)), RUN_ALL_TIMEOUT, every=1)
     assert page.locator('.jp-Notebook .jp-Cell').count() == n_cells, 'every cell is in the page'
-    unrun = [p for p in prompts() if not re.fullmatch(r'\[\d+\]:', p.strip())]
+    unrun = [p for p in prompts(page) if not re.fullmatch(r'\[\d+\]:', p.strip())]
     errors = [t for t in page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').all_inner_texts()
-              if 'Traceback' in t or 'Error' in t.splitlines()[-1 if t.splitlines() else 0]]
+              if 'Traceback' in t]
     assert not unrun and not errors, f'{nb}: Run All stopped ({len(unrun)} cells not run):\n' + '\n'.join(e[-1500:] for e in errors)
 
 def drive(page, nb: str, cell: int, k: int, widget: Widget, texts: list[str], log: list):
@@ -231,6 +235,30 @@ def drive(page, nb: str, cell: int, k: int, widget: Widget, texts: list[str], lo
 # ---- the tests ----
 import pytest
 
+class Notebooks:
+    "Run All in up to two notebooks at once (one kernel per core); a test drives one while the next computes."
+    def __init__(self, lab: Lab, context, urls: list, parallel: int = 2):
+        self.lab, self.context, self.urls, self.parallel = lab, context, urls, parallel
+        self.pages, self.done, self.order = {}, set(), list(NOTEBOOKS)
+    def start(self, nb: str):
+        page = self.context.new_page()
+        page.on('websocket', lambda ws: self.urls.append(ws.url))
+        self.pages[nb] = page
+        start_run_all(page, self.lab, nb)
+    def ready(self, nb: str):
+        "Start `nb` (and the next notebooks, up to `parallel` running) and wait for all of its cells."
+        if nb not in self.pages: self.start(nb)
+        for other in self.order:
+            if len([n for n in self.pages if n not in self.done]) >= self.parallel: break
+            if other not in self.pages: self.start(other)
+        finish_run_all(self.pages[nb], nb, len(json.loads((ROOT / 'nbs' / nb).read_text())['cells']))
+        return self.pages[nb]
+    def close(self, nb: str):
+        self.done.add(nb)
+        self.pages[nb].close()
+        for s in self.lab.api('/api/sessions'):
+            if s['path'].endswith(nb): self.lab.api(f'/api/sessions/{s["id"]}', 'DELETE')  # its kernel too
+
 @pytest.fixture(scope='module')
 def session():
     reason = missing()
@@ -244,7 +272,7 @@ def session():
     env = dict(os.environ, **KERNEL_ENV, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
     expected = subprocess.Popen([sys.executable, __file__, 'expected', str(expected_file)], env=env, cwd=ROOT)  # meanwhile, in its own process
     lab = Lab(NOTEBOOKS)
-    urls, log = [], []
+    urls, log, start = [], [], time.time()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         context = browser.new_context(viewport={'width': 1400, 'height': 1000})
@@ -252,28 +280,29 @@ def session():
         def texts():
             if expected.returncode is None: assert expected.wait(900) == 0, 'computing the expected readouts failed'
             return json.loads(expected_file.read_text())
-        try: yield dict(lab=lab, context=context, texts=texts, urls=urls, log=log)
+        try: yield dict(lab=lab, notebooks=Notebooks(lab, context, urls), texts=texts, urls=urls, log=log)
         finally:
             browser.close(); lab.close()
             if expected.poll() is None: expected.kill()
             expected_file.unlink(missing_ok=True)
-            print('\n'.join(['', 'widget moves (key press to readout):'] + log))
+            print('\n'.join(['', f'widget moves (key press to readout); {time.time() - start:.0f}s in all, screenshots in {SCREENSHOTS}:'] + log))
 
 @pytest.mark.parametrize('nb', list(NOTEBOOKS))
 def test_widgets_in_jupyterlab(session, nb):
     cells = widget_cells(ROOT / 'nbs' / nb)
     assert len(cells) == len(NOTEBOOKS[nb]), f'{nb} has {len(cells)} widget cells; this test describes {len(NOTEBOOKS[nb])}'
-    page = session['context'].new_page()
-    page.on('websocket', lambda ws: session['urls'].append(ws.url))
+    notebooks = session['notebooks']
+    page = None
     try:
-        run_all(page, session['lab'], nb, len(json.loads((ROOT / 'nbs' / nb).read_text())['cells']))
+        page = notebooks.ready(nb)
         for k, (cell, widget) in enumerate(zip(cells, NOTEBOOKS[nb])):
             drive(page, nb, cell, k, widget, session['texts']()[nb][k], session['log'])
     except Exception:
-        page.screenshot(path=str(SCREENSHOTS / f'{nb.removesuffix(".ipynb")}-failure.png'), full_page=True)
+        page = page or notebooks.pages.get(nb)
+        if page: page.screenshot(path=str(SCREENSHOTS / f'{nb.removesuffix(".ipynb")}-failure.png'), full_page=True)
         raise
     finally:
-        page.close(); session['lab'].shutdown_kernels()
+        if nb in notebooks.pages: notebooks.close(nb)
     off = sorted({u for u in session['urls'] if urlparse(u).scheme not in ('data', 'blob', 'about') and urlparse(u).hostname != '127.0.0.1'})
     assert not off, f'the page asked for addresses off this machine: {off[:10]}'
     assert any(urlparse(u).scheme == 'ws' for u in session['urls']), 'the kernel talked over a 127.0.0.1 websocket'
