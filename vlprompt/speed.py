@@ -252,7 +252,7 @@ def slider_functions(small: bool = False) -> dict:
         '11 CoOp: M, shots': (partial(bench.base_to_new, 'coop', ctx_init=None, epochs=3 if small else 30), dict(n_ctx=4, shots=16), dict(n_ctx=8, shots=16)),
         '12 ProGrad: λ': (partial(bench.base_to_new, 'prograd', epochs=2 if small else 30), dict(lam=1.0), dict(lam=0.5)),
         "13 TaskRes: α'": (partial(w.taskres_setting, **(dict(epochs=5, views=2) if small else {})), dict(alpha=0.5), dict(alpha=0.55)),
-        '13 TaskRes: α in training': (partial(w.taskres_trained_setting, **(dict(epochs=5, views=2) if small else {})), dict(alpha=0.5), dict(alpha=1.0)),
+        '13 TaskRes: α in training': (partial(w.taskres_trained_setting, **(dict(epochs=5, views=2) if small else {})), dict(alpha=0.25), dict(alpha=1.0)),
         '14 MaPLe: J, n_ctx': (partial(w.maple_setting, **sizes), dict(depth=3, n_ctx=2), dict(depth=2, n_ctx=2)),
         '15 VPT/SPT: N, depth, init': (partial(w.spt_setting, target=36.0, **sizes), dict(n_prompts=4, depth='deep', init='xavier'),
                                        dict(n_prompts=8, depth='deep', init='xavier')),
