@@ -18,7 +18,8 @@ from . import bench
 # %% auto #0
 __all__ = ['WORLDS', 'bench_clip', 'bench_classnames', 'image_size', 'bench_method', 'trainable_methods', 'fast_gradients',
            'reference_gradients', 'peak_memory_mb', 'time_step', 'count_encoder_runs', 'bench_row', 'run_bench',
-           'format_bench', 'machine', 'add_bench_parser', 'bench_command']
+           'format_bench', 'machine', 'add_bench_parser', 'bench_command', 'slider_functions', 'slider_times',
+           'format_slider_times']
 
 # %% ../nbs/50_speed.ipynb #dd186523
 WORLDS = ('micro', 'vit-b16')
@@ -239,11 +240,18 @@ def add_bench_parser(sub) -> None:
     p.add_argument('--steps', type=int, default=3, help='timed steps per row (median; default 3)')
     p.add_argument('--no-reference', action='store_true', help="time the kit's path only")
     p.add_argument('--reference-classes', type=int, help='above this K, time the reference path at K/2 and K and extrapolate (it may not fit in memory)')
+    p.add_argument('--sliders', action='store_true', help="time each method notebook's slider instead: a first call, a new setting, "
+                   'a move answered from memory (about two minutes on a CPU)')
     p.add_argument('--out', default='bench.json', help='JSON file to write (default bench.json)')
 
 def bench_command(args) -> list[dict]:
     "Run `vlprompt bench` from parsed arguments."
     if args.steps < 1: raise VLPromptError(f'--steps must be at least 1, not {args.steps}.')
+    if args.sliders:
+        rows = slider_times()
+        print(f'\n{machine()}\n\n{format_slider_times(rows)}')
+        write_json(Path(args.out), dict(machine=machine(), sliders=rows)); print(f'\nwrote {args.out}')
+        return rows
     for m in args.methods or []:
         if m not in bench.METHODS: raise VLPromptError(f'Unknown method {m!r}.{suggest(m, bench.METHODS)} Methods: {", ".join(bench.METHODS)}.')
     rows = run_bench(args.world, args.classes, args.methods, args.device, args.batch, args.steps, 1, not args.no_reference,
@@ -253,3 +261,48 @@ def bench_command(args) -> list[dict]:
     write_json(Path(args.out), dict(machine=machine(), rows=rows))
     print(f'\nwrote {args.out}')
     return rows
+
+# %% ../nbs/50_speed.ipynb #0f6bafd7
+def slider_functions(small: bool = False) -> dict:
+    "Each notebook's slider: (function, a start setting, a moved setting). `small` shrinks the training as the notebooks' IN_TEST does."
+    from functools import partial
+    from vlprompt import widgets as w
+    sizes = dict(epochs=1, shots=2) if small else {}
+    return {
+        '11 CoOp: M, shots': (partial(bench.base_to_new, 'coop', ctx_init=None, epochs=3 if small else 30), dict(n_ctx=4, shots=16), dict(n_ctx=8, shots=16)),
+        '12 ProGrad: λ': (partial(bench.base_to_new, 'prograd', epochs=2 if small else 30), dict(lam=1.0), dict(lam=0.5)),
+        "13 TaskRes: α'": (partial(w.taskres_setting, **(dict(epochs=5, views=2) if small else {})), dict(alpha=0.5), dict(alpha=0.55)),
+        '13 TaskRes: α in training': (partial(w.taskres_trained_setting, **(dict(epochs=5, views=2) if small else {})), dict(alpha=0.25), dict(alpha=1.0)),
+        '14 MaPLe: J, n_ctx': (partial(w.maple_setting, **sizes), dict(depth=3, n_ctx=2), dict(depth=2, n_ctx=2)),
+        '15 VPT/SPT: N, depth, init': (partial(w.spt_setting, target=36.0, **sizes), dict(n_prompts=4, depth='deep', init='xavier'),
+                                       dict(n_prompts=8, depth='deep', init='xavier')),
+    }
+
+def slider_times(small: bool = False, names=None) -> list[dict]:
+    "Seconds of each slider's first call, a new setting, and an `explorer` move answered from memory (printout and figure included)."
+    import contextlib, io
+    from vlprompt import widgets as w
+    from vlprompt.methods.vpt import micro_spt_run
+    micro_spt_run.cache_clear(); w.micro_taskres.cache_clear()  # fresh, as in a new kernel
+    rows = []
+    for name, (run, start, moved) in slider_functions(small).items():
+        if names and name not in names: continue
+        t0 = time.perf_counter(); first = run(**start)
+        t1 = time.perf_counter(); new = run(**moved)
+        t2 = time.perf_counter()
+        keys = [k for k in ('base', 'new', 'hm', 'accuracy') if k in first]
+        sliders = {k: w.choices(*dict.fromkeys((start[k], moved[k])), value=start[k]) for k in start}
+        with contextlib.redirect_stdout(io.StringIO()):  # the explorer's printouts and figure
+            box = w.explorer(run, ' '.join(f'{{{k}}}' for k in keys), plot=w.bars(*keys), sweep=[first, new], **sliders)
+            changed = next(c for c, k in zip(box.children, start) if start[k] != moved[k])
+            t3 = time.perf_counter(); changed.value = moved[changed.description]; t4 = time.perf_counter()
+        rows.append(dict(slider=name, first_s=t1 - t0, new_s=t2 - t1, memory_s=t4 - t3))
+    return rows
+
+def format_slider_times(rows: list[dict], limit: float = 2.0) -> str:
+    "A markdown table of `slider_times`, saying where each move's answer comes from."
+    lines = ['| slider | first call (s) | new setting (s) | move from memory (s) | a move answers from |', '|---|---|---|---|---|']
+    for r in rows:
+        how = 'the function (fast enough)' if r['new_s'] <= limit else 'memory: the sweep and a one-time fill'
+        lines.append(f"| {r['slider']} | {r['first_s']:.2f} | {r['new_s']:.2f} | {r['memory_s']:.3f} | {how} |")
+    return '\n'.join(lines)
