@@ -523,7 +523,8 @@ def summarize(rows: list[dict]) -> list[dict]:
                  metrics={k: _mean_std([r[k] for r in rs if k in r]) for k in keys},
                  checkpoint=rs[0].get('checkpoint_rule', 'last epoch'), indices=_indices_words(rs))
         if s['protocol'] == 'base2new' and {'base', 'new'} <= set(keys):
-            g['hm_rule'] = f"HM per seed, then mean ± std (HM of the mean B and N: {harmonic_mean(g['metrics']['base'][0], g['metrics']['new'][0]):.1f})"
+            g['hm_rule'] = (f"HM per seed, then mean ± std (HM of the mean B and N: {harmonic_mean(g['metrics']['base'][0], g['metrics']['new'][0]):.1f})"
+                            if len(rs) > 1 else 'HM of the one seed\'s B and N')
             g['paper'] = PAPER_BASE2NEW.get(s['method'])
         out.append(g)
     return out
@@ -542,7 +543,8 @@ def results_table(rows: list[dict]) -> str:
         lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
         for g in gs:
             cells = [g['dataset'], g['method'] + (f" ({g['variant']})" if g['variant'] else ''), str(g['n_seeds'])]
-            cells += [f'{g["metrics"][k][0]:.1f} ± {g["metrics"][k][1]:.1f}' if k in g['metrics'] else '—' for k in keys]
+            spread = lambda m, sd: f'{m:.1f}' if g['n_seeds'] == 1 else f'{m:.1f} ± {sd:.1f}'  # one seed has no spread to show
+            cells += [spread(*g['metrics'][k]) if k in g['metrics'] else '—' for k in keys]
             cells += [g['backbone'] + (f" ({g['pretrained']})" if g['pretrained'] else ''), str(g['shots']), g['seeds'], g['checkpoint']]
             if protocol == 'base2new':
                 cells.append(g.get('hm_rule', '—'))
