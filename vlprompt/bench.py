@@ -210,7 +210,8 @@ def accuracy(clip: LoadedCLIP, method, dataset, split: str = 'test', cache: Feat
     return 100 * correct / max(1, len(labels))
 
 # %% ../nbs/20_benchmark.ipynb #da265ea4
-import re, socket, traceback
+import contextlib, re, socket, traceback
+from .train import run_lock
 from .data import apply_fewshot, fewshot_record, index_set_path, write_index_set
 
 def harmonic_mean(base: float, new: float) -> float:
@@ -316,24 +317,26 @@ def run(settings: dict, folder: str | Path | None = None, data_root=None, cache_
     dataset = load_dataset(settings['dataset'], data_root)
     index_dir = _index_dir(settings, split_indices)
     method, rule = build_run(settings, clip, subsample_classes(dataset, 'base') if settings['protocol'] == 'base2new' else dataset)  # bad options fail here, before anything is written
-    log = RunLog(folder/'log.txt' if folder is not None else None)
-    if folder is not None: write_json(folder/'config.json', settings)
-    done = checkpoint_epoch(folder) if folder is not None else None
-    log(f"start: {settings['method']} {settings['protocol']} {settings['dataset']} {settings['shots']} shots seed {settings['seed']} "
-        f"on {socket.gethostname()} (pid {os.getpid()})" + (f'; resuming after epoch {done} of {settings["train"]["epochs"]}' if done else ''))
-    try:
-        metrics = _run(settings, folder, clip, dataset, method, rule, cache_dir, index_dir, data_root, progress, start)
-    except KeyboardInterrupt:
-        log('interrupted: the next run of this folder resumes from its last checkpoint'); raise
-    except SystemExit as e:
-        log(f'stopped (exit {e.code}): the next run of this folder resumes from its last checkpoint'); raise
-    except BaseException as e:
-        log(''.join('  | ' + l for l in ''.join(traceback.format_exception(e)[-4:]).splitlines(keepends=True)))
-        log(f'FAILED: {type(e).__name__}: {e}'); raise
-    if folder is not None: write_json(folder/'metrics.json', metrics)
-    scores = ', '.join(f'{k} {v:.2f}' for k, v in metrics.items() if k in ('accuracy', 'base', 'new', 'hm'))
-    log(f"finished in {metrics['seconds']:.1f} s: {scores}")
-    return metrics
+    with run_lock(folder) if folder is not None else contextlib.nullcontext():  # one writer per folder (RunBusy names the other)
+        if folder is not None and (folder/'metrics.json').exists(): return json.loads((folder/'metrics.json').read_text())  # finished meanwhile
+        log = RunLog(folder/'log.txt' if folder is not None else None)
+        if folder is not None: write_json(folder/'config.json', settings)
+        done = checkpoint_epoch(folder) if folder is not None else None
+        log(f"start: {settings['method']} {settings['protocol']} {settings['dataset']} {settings['shots']} shots seed {settings['seed']} "
+            f"on {socket.gethostname()} (pid {os.getpid()})" + (f'; resuming after epoch {done} of {settings["train"]["epochs"]}' if done else ''))
+        try:
+            metrics = _run(settings, folder, clip, dataset, method, rule, cache_dir, index_dir, data_root, progress, start)
+        except KeyboardInterrupt:
+            log('interrupted: the next run of this folder resumes from its last checkpoint'); raise
+        except SystemExit as e:
+            log(f'stopped (exit {e.code}): the next run of this folder resumes from its last checkpoint'); raise
+        except BaseException as e:
+            log(''.join('  | ' + l for l in ''.join(traceback.format_exception(e)[-4:]).splitlines(keepends=True)))
+            log(f'FAILED: {type(e).__name__}: {e}'); raise
+        if folder is not None: write_json(folder/'metrics.json', metrics)
+        scores = ', '.join(f'{k} {v:.2f}' for k, v in metrics.items() if k in ('accuracy', 'base', 'new', 'hm'))
+        log(f"finished in {metrics['seconds']:.1f} s: {scores}")
+        return metrics
 
 def _indices_used(rec: dict | None) -> dict:
     if rec is None: return dict(source='all data')

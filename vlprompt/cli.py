@@ -11,7 +11,7 @@ import torch
 
 from .clip import VLPromptError, load_clip, suggest
 from . import micro, bench
-from .train import write_json, write_text
+from .train import run_lock, write_json, write_text
 
 # %% auto #0
 __all__ = ['DEMO_METHODS', 'demo', 'plot_demo', 'parse_sets', 'train', 'evaluate_run', 'reproduce', 'table', 'exercises',
@@ -104,7 +104,8 @@ def train(args) -> dict:
     if (out/'metrics.json').exists():
         if not args.overwrite:
             raise VLPromptError(f'{out} already holds a finished run (metrics.json). Pass --overwrite to train again there, or choose another --out.')
-        for name in ('metrics.json', 'checkpoint.pt', 'config.json'): (out/name).unlink(missing_ok=True)
+        with run_lock(out):  # never while another process writes there
+            for name in ('metrics.json', 'checkpoint.pt', 'config.json'): (out/name).unlink(missing_ok=True)
     metrics = bench.run(settings, out, args.data_root, args.cache or out/'cache', args.checkpoint, progress=True,
                         split_indices=getattr(args, 'split_indices', None))
     print(json.dumps({k: v for k, v in metrics.items() if k != 'settings'}, indent=1))

@@ -124,7 +124,8 @@ def run_local(runs: list[dict], out: str | Path = 'runs', workers: int | None = 
     if todo and len(failures) == len(todo) and len(set(failures.values())) == 1 and next(iter(failures.values()))[0] == 'VLPromptError':
         raise VLPromptError(next(iter(failures.values()))[1])  # every run failed the same way: a mistake in the command, not in a run
     for i, (kind, msg) in failures.items():
-        print(f"FAILED {states[i]['folder']}: {kind}: {msg} (see its log.txt)", flush=True)
+        if kind == 'RunBusy': print(f'SKIPPED {msg}', flush=True)  # another launcher is on it; this one leaves it alone
+        else: print(f"FAILED {states[i]['folder']}: {kind}: {msg} (see its log.txt)", flush=True)
     return results
 
 def _pool(states, todo, n, gpus, threads, common, results, failures, bar):

@@ -17,8 +17,9 @@ from .clip import LoadedCLIP, VLPromptError, image_features
 
 # %% auto #0
 __all__ = ['TrainConfig', 'epochs_for_shots', 'lr_at_epoch', 'make_optimizer', 'atomic_write', 'save_atomic', 'write_json',
-           'write_text', 'weights_fingerprint', 'backbone_id', 'FeatureCache', 'TrainSet', 'epoch_seed',
-           'cross_entropy_rule', 'learnable_state', 'fit', 'module_device', 'evaluate', 'train_method', 'augment_micro']
+           'write_text', 'RunBusy', 'run_lock', 'weights_fingerprint', 'backbone_id', 'FeatureCache', 'TrainSet',
+           'epoch_seed', 'cross_entropy_rule', 'learnable_state', 'fit', 'module_device', 'evaluate', 'train_method',
+           'augment_micro']
 
 # %% ../nbs/03_train.ipynb #002a04ca
 @dataclass
@@ -85,6 +86,45 @@ def write_text(path: Path, text: str):
     "Write text, atomically."
     return atomic_write(path, lambda f: f.write(text), 'w')
 
+
+# %% ../nbs/03_train.ipynb #b2d9cf96
+class RunBusy(VLPromptError):
+    "Another live process is writing this run folder."
+
+_HELD: dict[str, int] = {}  # run folders this process holds: path -> open descriptor
+
+class run_lock:
+    "Hold an exclusive lock on `folder/.lock` while writing a run folder; raise RunBusy if another process holds it."
+    def __init__(self, folder: str | Path): self.path = Path(folder).resolve()/'.lock'
+    def __enter__(self):
+        self.nested = str(self.path) in _HELD  # this process holds it already (a run inside a run)
+        if self.nested: return self
+        try: import fcntl
+        except ImportError:  # not POSIX (Windows): no lock, say so once
+            warnings.warn('run folders are not locked on this system: do not start two launchers on the same grid.'); self.fd = None; return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            try: holder = json.loads(self.path.read_text())
+            except (OSError, ValueError): holder = {}
+            job = f", Slurm job {holder['slurm_job']}" if holder.get('slurm_job') else ''
+            raise RunBusy(f"{self.path.parent} is being written by another process (pid {holder.get('pid', '?')} on "
+                          f"{holder.get('host', '?')}{job}, since {holder.get('since', '?')}). Wait for it to finish; a run "
+                          f"that has ended holds no lock.") from None
+        except OSError as e:  # the file system has no flock (some network mounts)
+            os.close(fd)
+            warnings.warn(f'cannot lock {self.path} ({e}): do not start two launchers on the same grid.'); self.fd = None; return self
+        import socket
+        me = dict(host=socket.gethostname(), pid=os.getpid(), slurm_job=os.environ.get('SLURM_JOB_ID'), since=time.strftime('%Y-%m-%d %H:%M:%S'))
+        os.ftruncate(fd, 0); os.write(fd, json.dumps(me).encode())
+        self.fd = _HELD[str(self.path)] = fd
+        return self
+    def __exit__(self, *exc):
+        if self.nested or self.fd is None: return
+        del _HELD[str(self.path)]
+        os.close(self.fd)  # closing drops the lock; the file stays (removing it would race with a waiting writer)
 
 # %% ../nbs/03_train.ipynb #998dea97
 def weights_fingerprint(model: nn.Module) -> str:
