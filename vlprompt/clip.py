@@ -184,10 +184,12 @@ def reference_path():
 
 def encode_text_prompted(model, token_embeds: torch.Tensor, eot: torch.Tensor,
                          layer_prompts: Sequence[torch.Tensor | None] | None = None,
-                         prompt_start: int = 1, normalize: bool = False, chunk_size: int | None = None) -> torch.Tensor:
+                         prompt_start: int = 1, normalize: bool = False, chunk_size: int | None = None,
+                         prefix_groups: int = 1) -> torch.Tensor:
     """Text features from token embeddings (N, L, d), pooled at `eot` (N,), with optional per-layer prompts.
     Runs only to the longest EOT; a prefix shared by all sequences runs once; with `chunk_size`, sequences run in
-    chunks (recomputed in backward, so K = 1000 classes fit in memory). All three are exact."""
+    chunks (recomputed in backward, so K = 1000 classes fit in memory). All three are exact. With `prefix_groups` G,
+    the sequences come as G equal consecutive groups (CoCoOp: one per image), and each group's shared prefix runs once."""
     if getattr(model, 'text_pool_type', 'argmax') != 'argmax':
         raise VLPromptError(f"Prompted text encoding needs CLIP's EOT pooling; this model pools with {model.text_pool_type!r}.")
     cast = model.transformer.get_cast_dtype()
@@ -198,10 +200,13 @@ def encode_text_prompted(model, token_embeds: torch.Tensor, eot: torch.Tensor,
     n_tokens = token_embeds.shape[1] if reference else int(eot.max()) + 1  # causal: positions after the last EOT change nothing
     x = token_embeds[:, :n_tokens].to(cast) + model.positional_embedding[:n_tokens].to(cast)
     deep = [(i, p) for i, p in enumerate(layer_prompts) if i > 0 and p is not None]
-    P = 0 if reference else _shared_prefix(model, x, eot, deep, prompt_start)
-    if P:  # the shared prefix once, its keys and values reused by every sequence's suffix
-        kv = _prefix_keys_values(model, x[:1, :P], dict(deep), prompt_start)
-        run = lambda xs, e, sl: _pool_text(model, _suffix_blocks(model, xs, kv), e - P)
+    if prefix_groups < 1 or len(x) % prefix_groups:
+        raise VLPromptError(f'prefix_groups must divide the {len(x)} sequences into equal groups, not {prefix_groups}.')
+    n = len(x) // prefix_groups  # sequences per group
+    P = 0 if reference else _shared_prefix(model, x, eot, deep, prompt_start, prefix_groups)
+    if P:  # each group's shared prefix once, its keys and values reused by the suffixes of that group's sequences
+        kv = _prefix_keys_values(model, x[::n, :P], dict(deep), prompt_start)
+        run = lambda xs, e, sl: _pool_text(model, _suffix_blocks(model, xs, kv, n, sl), e - P)
         x = x[:, P:]
     else:
         mask = model.attn_mask[:n_tokens, :n_tokens] if model.attn_mask is not None else None
@@ -235,10 +240,11 @@ def _plain_block(block) -> bool:
     return (type(block).__name__ == 'ResidualAttentionBlock' and isinstance(attn, nn.MultiheadAttention) and attn.batch_first
             and attn._qkv_same_embed_dim and not hasattr(block, 'ln_1_kv'))
 
-def _shared_prefix(model, x, eot, deep, prompt_start) -> int:
-    "How many leading positions are the same in every sequence (and so can run once), or 0 where that cannot help."
-    if len(x) < 2 or not all(_plain_block(b) for b in model.transformer.resblocks): return 0
-    same = (x == x[:1]).flatten(2).all(-1).all(0)  # (L,)
+def _shared_prefix(model, x, eot, deep, prompt_start, groups: int = 1) -> int:
+    "How many leading positions are the same in every sequence of each of `groups` groups (and so run once per group), or 0."
+    if len(x) < 2 * groups or not all(_plain_block(b) for b in model.transformer.resblocks): return 0
+    xs = x.unflatten(0, (groups, -1))  # (G, n, L, d)
+    same = (xs == xs[:, :1]).flatten(3).all(-1).all(1).all(0)  # (L,)
     P = int(same.int().cumprod(0).sum())
     P = min(P, int(eot.min()))  # every sequence keeps its EOT in its own part
     if any(p.dim() != 2 or prompt_start + p.shape[0] > P for _, p in deep): return 0  # deep prompts must lie in the prefix
@@ -247,7 +253,7 @@ def _shared_prefix(model, x, eot, deep, prompt_start) -> int:
 def _heads(t, n_head): return t.unflatten(-1, (n_head, -1)).transpose(1, 2)  # (B, L, d) -> (B, heads, L, d/heads)
 
 def _attention(block, h, k_prefix=None, v_prefix=None):
-    "The block's multi-head self-attention on normalised inputs h (B, S, d), causal, after an optional shared prefix."
+    "The block's multi-head self-attention on normalised inputs h (B, S, d), causal, after an optional prefix: shared (1, ...) or one per sequence (B, ...)."
     attn = block.attn
     q, k, v = (_heads(t, attn.num_heads) for t in F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
     S = h.shape[1]
@@ -272,8 +278,10 @@ def _prefix_keys_values(model, x, deep, prompt_start):
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return kv
 
-def _suffix_blocks(model, x, kv):
+def _suffix_blocks(model, x, kv, per_group: int = 1, sl: slice = slice(None)):
+    "Run suffixes x (N, S, d) after prefix keys and values kv (one per group of `per_group` sequences; `sl`: x's rows of them)."
     for block, (k, v) in zip(model.transformer.resblocks, kv):
+        if len(k) > 1: k, v = k.repeat_interleave(per_group, 0)[sl], v.repeat_interleave(per_group, 0)[sl]  # one layer at a time
         a, _ = _attention(block, block.ln_1(x), k, v)
         x = x + block.ls_1(a)
         x = x + block.ls_2(block.mlp(block.ln_2(x)))

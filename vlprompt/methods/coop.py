@@ -112,7 +112,8 @@ class CoCoOp(CoOp):
         prompts = torch.cat([self.token_prefix.unsqueeze(0).expand(B, -1, -1, -1),
                              ctx.unsqueeze(1).expand(-1, K, -1, -1),
                              self.token_suffix.unsqueeze(0).expand(B, -1, -1, -1)], dim=2)  # (B, K, L, d)
-        t = encode_text_prompted(self.clip.model, prompts.flatten(0, 1), self.eot.repeat(B), normalize=True).view(B, K, -1)
+        t = encode_text_prompted(self.clip.model, prompts.flatten(0, 1), self.eot.repeat(B), normalize=True,
+                                 prefix_groups=B).view(B, K, -1)  # each image's [SOS] + context runs once
         return self.clip.model.logit_scale.exp() * torch.einsum('bd,bkd->bk', f, t)
 
     def for_classes(self, classnames: list[str]) -> 'CoCoOp':
