@@ -173,31 +173,28 @@ def test_no_eval_or_exec_and_every_torch_load_is_weights_only():
                 assert isinstance(kw.get('weights_only'), ast.Constant) and kw['weights_only'].value is True, f'{path.name}:{node.lineno}'
     assert loads >= 4  # checkpoints, feature caches, the micro CLIP, bench's checkpoint check
 
-HOLD = "from vlprompt.train import run_lock; import sys, time\nwith run_lock(sys.argv[1]): print('held', flush=True); time.sleep(600)"
-
-def holding(folder: Path) -> subprocess.Popen:
-    "Another process writing `folder` (it holds the run lock until killed)."
-    proc = subprocess.Popen([sys.executable, '-c', HOLD, str(folder)], stdout=subprocess.PIPE, text=True, env=ENV)
-    assert proc.stdout.readline() == 'held\n'
-    return proc
-
-def test_a_second_writer_of_a_run_folder_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
+def test_a_second_writer_of_a_run_folder_is_refused_and_a_killed_one_leaves_no_lock(tmp_path, another_writer):
     out = tmp_path/'run'
     args = ['train', '--method', 'coop', *MICRO, '--set', 'epochs=2', '--out', out]
-    other = holding(out)
-    try:
-        before = tree(out)
-        message = refused(cli(*args), str(out), 'being written by another process', f'pid {other.pid}', 'Wait for it to finish')
-        assert tree(out) == before, 'the refused run wrote into the busy folder'
-    finally:
-        other.kill(); other.wait()  # as by kill -9: the operating system drops its lock
+    other = another_writer(out)
+    before = tree(out)
+    refused(cli(*args), str(out), 'being written by another process', f'pid {other.pid}', 'Wait for it to finish')
+    assert tree(out) == before, 'the refused run wrote into the busy folder'
+    other.kill(); other.wait()  # as by kill -9: the operating system drops its lock
     res = cli(*args)
     assert res.returncode == 0, res.stderr[-2000:]
     assert 80 < json.loads((out/'metrics.json').read_text())['base'] < 100
-    other = holding(out)  # a finished run that another process is writing again: --overwrite must not delete under it
-    try:
-        before = tree(out)
-        refused(cli(*args, '--overwrite'), 'being written by another process', f'pid {other.pid}')
-        assert tree(out) == before
-    finally:
-        other.kill(); other.wait()
+    other = another_writer(out)  # a finished run that another process is writing again: --overwrite must not delete under it
+    before = tree(out)
+    refused(cli(*args, '--overwrite'), 'being written by another process', f'pid {other.pid}')
+    assert tree(out) == before
+
+def test_a_folder_that_cannot_be_written_is_one_sentence(tmp_path, monkeypatch, capsys):
+    from vlprompt import cli as vcli, train
+    def denied(path, *a, **k): raise PermissionError(13, 'Permission denied', str(path))
+    monkeypatch.setattr(train.os, 'open', denied)  # as a read-only folder would (this test may run as root, who may write anywhere)
+    with pytest.raises(SystemExit) as stop:
+        vcli.main(['train', '--method', 'coop', *MICRO, '--set', 'epochs=1', '--out', str(tmp_path/'run')])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err and 'cannot write' in err and str(tmp_path/'run') in err and 'another --out' in err, err

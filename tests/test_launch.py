@@ -83,21 +83,16 @@ def test_killed_launcher_reruns_only_what_was_missing(tmp_path, one_by_one):
     assert res.stdout.strip().endswith(table)
     assert (tmp_path/'base2new-results.md').read_text().strip() == table
 
-HOLD = "from vlprompt.train import run_lock; import sys, time\nwith run_lock(sys.argv[1]): print('held', flush=True); time.sleep(600)"
-
-def test_a_second_launcher_skips_the_run_another_one_is_writing(tmp_path, one_by_one, capsys):
+def test_a_second_launcher_skips_the_run_another_one_is_writing(tmp_path, one_by_one, capsys, another_writer):
     runs = grid()
     busy = launch.survey(runs, tmp_path)[1]['folder']
-    other = subprocess.Popen([sys.executable, '-c', HOLD, str(busy)], stdout=subprocess.PIPE, text=True)  # the first launcher, on run 1
-    try:
-        assert other.stdout.readline() == 'held\n'
-        rows = launch.run_local(runs, tmp_path, progress=False)
-        out = capsys.readouterr().out
-        assert f'SKIPPED {busy} is being written by another process (pid {other.pid}' in out, out
-        assert rows[1] is None and all(r is not None for i, r in enumerate(rows) if i != 1)
-        assert sorted(p.name for p in busy.iterdir()) == ['.lock']  # the second launcher wrote nothing there
-    finally:
-        other.kill(); other.wait()
+    other = another_writer(busy)  # the first launcher, on run 1
+    rows = launch.run_local(runs, tmp_path, progress=False)
+    out = capsys.readouterr().out
+    assert f'SKIPPED {busy} is being written by another process (pid {other.pid}' in out, out
+    assert rows[1] is None and all(r is not None for i, r in enumerate(rows) if i != 1)
+    assert sorted(p.name for p in busy.iterdir()) == ['.lock']  # the second launcher wrote nothing there
+    other.kill(); other.wait()
     assert scores(launch.run_local(runs, tmp_path, progress=False)) == scores(one_by_one)  # the first one gone: it runs, and all agree
 
 def _stub(bin_dir: Path, name: str, body: str):

@@ -256,15 +256,17 @@ class CheckFailed(AssertionError):
 def _fail(check: str, message: str, case: str = ''):
     raise CheckFailed(f'{check}: {message}' + (f'\n  (hidden case: {case})' if case else ''))
 
-def _call(check: str, fn: Callable, case: str, *args, **kwargs):
-    "Run the student's function; NotImplementedError (not done yet) passes through, any other error fails the check with the case."
+def _call(check: str, fn: Callable, case: str, *args, explain: dict | None = None, **kwargs):
+    """Run the student's function; NotImplementedError (not done yet) passes through, any other error fails the check with the
+    case (and, for an error type in `explain`, that explanation instead of the bare error)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             return fn(*args, **kwargs)
     except NotImplementedError: raise
     except Exception as e:
-        raise CheckFailed(f'{check}: your function raised {type(e).__name__}: {e}\n  (hidden case: {case})') from e
+        why = next((text for kind, text in (explain or {}).items() if isinstance(e, kind)), None)
+        raise CheckFailed(f'{check}: ' + (why or f'your function raised {type(e).__name__}: {e}') + f'\n  (hidden case: {case})') from e
 
 def _passed(check: str, fn: Callable, n: int):
     print(f"✓ {check}: {getattr(fn, '__qualname__', 'your function')} passes all {n} hidden cases.")
@@ -561,13 +563,8 @@ def check_harmonic_mean(fn: Callable, seed: int = 0) -> None:
     cases += [(round(r.uniform(0, 100), 2), round(r.uniform(0, 100), 2)) for _ in range(10)]
     for b, n in cases:
         case = f'base = {b}, new = {n}'
-        try:
-            with warnings.catch_warnings(): warnings.simplefilter('ignore'); got = fn(b, n)
-        except NotImplementedError: raise
-        except ZeroDivisionError as e:
-            raise CheckFailed(f'{name}: HM({b}, {n}) divided by zero: when B + N = 0 the HM is 0.0 by convention (a method that gets '
-                              f'nothing right). Guard the division.\n  (hidden case: {case})') from e
-        except Exception as e: raise CheckFailed(f'{name}: your function raised {type(e).__name__}: {e}\n  (hidden case: {case})') from e
+        got = _call(name, fn, case, b, n, explain={ZeroDivisionError: f'HM({b}, {n}) divided by zero: when B + N = 0 the HM is 0.0 by '
+                                                                     'convention (a method that gets nothing right). Guard the division.'})
         try: got = float(got)
         except (TypeError, ValueError): _fail(name, f'the harmonic mean should be a number, not {_show(got)}.', case)
         want = solution(b, n)

@@ -269,6 +269,10 @@ def main(argv=None):
     except VLPromptError as e:
         print(f'vlprompt {args.command}: error: {e}', file=sys.stderr)
         sys.exit(2)
+    except PermissionError as e:  # a read-only folder: say which, not a traceback
+        print(f'vlprompt {args.command}: error: cannot write {e.filename or "a file"} ({e.strerror}). '
+              'Choose another --out (or --cache) folder that you can write to, or fix its permissions.', file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print(f'vlprompt {args.command}: stopped (Ctrl-C). Run the same command again to continue where it stopped.', file=sys.stderr)
         sys.exit(130)
