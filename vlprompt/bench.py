@@ -12,16 +12,18 @@ import torch
 
 from .clip import LoadedCLIP, VLPromptError, image_features, load_clip, suggest
 from .data import LazyImages, fewshot_splits, load_dataset, load_images, subsample_classes, DOMAIN_SHIFTS, CROSS_DATASET
+from .data import (FOLDER_PREFIX, check_shots, dataset_key, folder_dataset_name, is_folder_dataset, load_folder, require_data,
+                           save_split)
 from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone_id, cross_entropy_rule, epochs_for_shots,
                             evaluate, fit, module_device, train_method, write_json)
 
 # %% auto #0
 __all__ = ['METHODS', 'RULES', 'PROTOCOLS', 'CONFIGS', 'PAPER_BASE2NEW', 'PAPER_FEWSHOT_RN50', 'RULE_OPTIONS', 'run_settings',
            'get_clip', 'dassl_train_transform', 'dataset_features', 'train_inputs', 'split_inputs', 'accuracy',
-           'harmonic_mean', 'overrides', 'run_name', 'run_dir', 'config_differences', 'RunLog', 'checkpoint_epoch',
-           'use_split_indices', 'run', 'learnable', 'build_method', 'build_run', 'run_identity', 'train_run',
-           'evaluate_method', 'evaluate_run', 'plan', 'write_grid', 'reproduce', 'base_to_new', 'summarize',
-           'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables']
+           'harmonic_mean', 'overrides', 'run_name', 'run_dir', 'run_dataset', 'config_differences', 'RunLog',
+           'checkpoint_epoch', 'use_split_indices', 'run', 'learnable', 'build_method', 'build_run', 'run_identity',
+           'train_run', 'evaluate_method', 'evaluate_run', 'plan', 'grid_datasets', 'write_grid', 'reproduce',
+           'base_to_new', 'summarize', 'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables']
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
 def _zeroshot(clip, classnames, template, **options):
@@ -104,12 +106,17 @@ PAPER_FEWSHOT_RN50 = {  # RN50, 11-dataset average accuracy at 1 / 2 / 4 / 8 / 1
 RULE_OPTIONS = ('lam', 'temperature')  # settings of a gradient rule, not of the module
 
 def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int, backbone: str = 'micro',
-                 pretrained: str | None = None, train: dict | None = None, method_options: dict | None = None) -> dict:
-    "Every setting of one run: the method's config for this protocol and dataset, then your `train` / `method_options` overrides."
+                 pretrained: str | None = None, train: dict | None = None, method_options: dict | None = None,
+                 template: str | None = None) -> dict:
+    """Every setting of one run: the method's config for this protocol and dataset, then your `train` / `method_options` overrides.
+    `template` replaces the dataset's prompt template ('folder:PATH' datasets: 'a photo of a {}.' without it)."""
     if method not in METHODS: raise VLPromptError(f'Unknown method {method!r}.{suggest(method, METHODS)} Methods: {", ".join(METHODS)}.')
     if protocol not in PROTOCOLS: raise VLPromptError(f'Unknown protocol {protocol!r}.{suggest(protocol, PROTOCOLS)} Protocols: {", ".join(PROTOCOLS)}.')
     if (method, protocol) not in CONFIGS: raise VLPromptError(f'{method} has no configuration for the {protocol} protocol yet.')
     if shots < 1: raise VLPromptError(f'shots must be at least 1, not {shots}.')
+    if is_folder_dataset(dataset): dataset = folder_dataset_name(dataset)  # absolute: the same folder from any directory
+    if template is not None and '{}' not in str(template):
+        raise VLPromptError(f'--template {template!r} has no {{}} where the class name goes, e.g. "a photo of a {{}}, a type of pet.".')
     cfg = CONFIGS[(method, protocol)]
     resolved, options = dict(cfg.get('train', {})), dict(cfg.get('method', {}))
     if by_shots := cfg.get('epochs_by_shots'): resolved['epochs'] = by_shots(shots) if callable(by_shots) else epochs_for_shots(shots)
@@ -123,7 +130,8 @@ def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int
         raise VLPromptError(f'Unknown training setting {unknown[0]!r}.{suggest(unknown[0], known)} Training settings: {", ".join(sorted(known))}.')
     resolved['seed'] = seed
     return dict(method=method, protocol=protocol, dataset=dataset, shots=shots, seed=seed, backbone=backbone,
-                pretrained=pretrained, train=asdict(TrainConfig(**resolved)), method_options=options, source=cfg.get('source', ''))
+                pretrained=pretrained, train=asdict(TrainConfig(**resolved)), method_options=options, source=cfg.get('source', ''),
+                **({'template': template} if template is not None else {}))
 
 # %% ../nbs/20_benchmark.ipynb #0b9de131
 _CLIPS: dict = {}
@@ -247,8 +255,14 @@ def run_name(s: dict) -> str:
     return '-'.join([name, *tokens, hashlib.sha1(json.dumps(ov, sort_keys=True).encode()).hexdigest()[:8]])
 
 def run_dir(root: str | Path, s: dict) -> Path:
-    "A run's folder, named from all its settings: protocol/dataset/method/`run_name(s)`."
-    return Path(root)/s['protocol']/s['dataset']/s['method']/run_name(s)
+    "A run's folder, named from all its settings: protocol/dataset/method/`run_name(s)` (a 'folder:PATH' dataset by `dataset_key`)."
+    return Path(root)/s['protocol']/dataset_key(s['dataset'])/s['method']/run_name(s)
+
+def run_dataset(s: dict, data_root=None, write_split: bool = True):
+    "The dataset of run `s`, with the run's template if it sets one."
+    data = load_folder(s['dataset'][len(FOLDER_PREFIX):], write_split=write_split) if is_folder_dataset(s['dataset']) else \
+           load_dataset(s['dataset'], data_root)
+    return replace(data, template=s['template']) if s.get('template') is not None else data
 
 def config_differences(folder: str | Path, settings: dict) -> list[str]:
     "The settings in which `folder/config.json` differs from `settings`, as 'key: old there, new now' (empty if none or no config)."
@@ -314,13 +328,15 @@ def run(settings: dict, folder: str | Path | None = None, data_root=None, cache_
         if (folder/'metrics.json').exists(): return json.loads((folder/'metrics.json').read_text())
     start = time.time()
     clip = get_clip(settings['backbone'], settings['pretrained'], checkpoint)
-    dataset = load_dataset(settings['dataset'], data_root)
+    dataset = run_dataset(settings, data_root, write_split=False)  # your own folder: its split file is written below, not yet
+    if dataset.source == 'folder': check_shots(dataset, settings['shots'])  # too few images in a class: said before anything is written
     index_dir = _index_dir(settings, split_indices)
     method, rule = build_run(settings, clip, subsample_classes(dataset, 'base') if settings['protocol'] == 'base2new' else dataset)  # bad options fail here, before anything is written
     with run_lock(folder) if folder is not None else contextlib.nullcontext():  # one writer per folder (RunBusy names the other)
         if folder is not None and (folder/'metrics.json').exists(): return json.loads((folder/'metrics.json').read_text())  # finished meanwhile
         log = RunLog(folder/'log.txt' if folder is not None else None)
         if folder is not None: write_json(folder/'config.json', settings)
+        save_split(dataset)  # a folder's drawn split, once every setting was checked (a no-op for the CoOp datasets)
         done = checkpoint_epoch(folder) if folder is not None else None
         log(f"start: {settings['method']} {settings['protocol']} {settings['dataset']} {settings['shots']} shots seed {settings['seed']} "
             f"on {socket.gethostname()} (pid {os.getpid()})" + (f'; resuming after epoch {done} of {settings["train"]["epochs"]}' if done else ''))
@@ -421,7 +437,7 @@ def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = No
         raise VLPromptError(f'{folder} is not a run folder: it has no config.json (runs are written by `vlprompt train --out DIR`).')
     s = json.loads((folder/'config.json').read_text())
     clip = get_clip(s['backbone'], s['pretrained'], checkpoint)
-    data = fewshot_splits(load_dataset(s['dataset'], data_root), s['shots'], s['seed'], None, _index_dir(s, split_indices))
+    data = fewshot_splits(run_dataset(s, data_root), s['shots'], s['seed'], None, _index_dir(s, split_indices))
     train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
     method, rule = build_run(s, clip, train_data)
     if learnable(method):
@@ -440,10 +456,10 @@ import csv, io
 
 def plan(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 2, 3), shots=16, backbone: str = 'micro',
          pretrained: str | None = None, train: dict | None = None, method_options: dict | None = None,
-         split_indices: str | Path | None = None) -> list[dict]:
+         split_indices: str | Path | None = None, template: str | None = None) -> list[dict]:
     """The settings of every run of a grid: datasets × shots × methods × seeds, in that order. `shots` is a number or a list;
     `train` overrides go to every method; `method_options` to every method, or per method as {'prograd': {'lam': 0.5}};
-    with `split_indices`, every run reads its shots from that index set."""
+    with `split_indices`, every run reads its shots from that index set; `template` replaces the datasets' templates."""
     per_method = bool(method_options) and set(method_options) <= set(methods) and all(isinstance(v, dict) for v in method_options.values())
     out = []
     for d in datasets:
@@ -451,9 +467,15 @@ def plan(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 2, 3)
             for m in methods:
                 options = (method_options or {}).get(m, {}) if per_method else method_options
                 for seed in seeds:
-                    s = run_settings(m, protocol, d, k, seed, backbone, pretrained, train=train, method_options=options)
+                    s = run_settings(m, protocol, d, k, seed, backbone, pretrained, train=train, method_options=options, template=template)
                     out.append(use_split_indices(s, split_indices) if split_indices is not None else s)
     return out
+
+def grid_datasets(runs: list[dict]) -> list[str]:
+    "Every dataset a grid reads: its training datasets and their cross-dataset or domain-shift targets."
+    out = []
+    for s in runs: out += [s['dataset'], *{'xd': CROSS_DATASET, 'dg': DOMAIN_SHIFTS}.get(s['protocol'], {}).get(s['dataset'], [])]
+    return list(dict.fromkeys(out))
 
 def write_grid(out: str | Path, runs: list[dict]) -> Path:
     "Record a grid's runs in `out/grids/` so that `scan_runs` can list the ones that never started."
@@ -465,11 +487,13 @@ def write_grid(out: str | Path, runs: list[dict]) -> Path:
 def reproduce(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 2, 3), shots: int = 16, out='runs',
               backbone: str = 'micro', pretrained: str | None = None, checkpoint: str | None = None, data_root=None,
               progress: bool = True, train: dict | None = None, method_options: dict | None = None,
-              split_indices: str | Path | None = None) -> list[dict]:
-    "Run every (method, dataset, seed) of a protocol under `out`, one by one in this process; returns the metrics of each run."
+              split_indices: str | Path | None = None, check_data: bool = True) -> list[dict]:
+    """Run every (method, dataset, seed) of a protocol under `out`, one by one in this process; returns the metrics of each run.
+    First the data doctor checks every dataset the grid reads (`check_data=False` skips it)."""
     out = Path(out)
     runs = plan(protocol, methods, datasets, seeds, shots, backbone, pretrained, train, method_options, split_indices)
     for s in runs: _check_config(run_dir(out, s), s)  # refuse before anything runs
+    if check_data: require_data(grid_datasets(runs), data_root)
     write_grid(out, runs)
     rows = []
     for i, s in enumerate(runs):

@@ -15,7 +15,7 @@ from .train import run_lock, write_json, write_text
 
 # %% auto #0
 __all__ = ['DEMO_METHODS', 'demo', 'plot_demo', 'parse_sets', 'train', 'evaluate_run', 'reproduce', 'table', 'exercises',
-           'build_parser', 'main']
+           'add_data_parser', 'data_command', 'build_parser', 'main']
 
 # %% ../nbs/40_cli.ipynb #9cce3be5
 DEMO_METHODS = ('zeroshot', 'coop', 'cocoop', 'prograd',  # learned text context
@@ -98,7 +98,7 @@ def parse_sets(pairs, methods, protocol: str) -> tuple[dict, dict]:
 def train(args) -> dict:
     t, o = parse_sets(getattr(args, 'set', None), [args.method], args.protocol)
     settings = bench.run_settings(args.method, args.protocol, args.dataset, args.shots, args.seed, args.backbone, args.pretrained,
-                                  train=t, method_options=o.get(args.method))
+                                  train=t, method_options=o.get(args.method), template=getattr(args, 'template', None))
     if getattr(args, 'split_indices', None): settings = bench.use_split_indices(settings, args.split_indices)
     out = Path(args.out)
     if (out/'metrics.json').exists():
@@ -122,7 +122,10 @@ def reproduce(args) -> str:
     from vlprompt import launch
     t, o = parse_sets(args.set, args.methods, args.protocol)
     runs = bench.plan(args.protocol, args.methods, args.datasets, args.seeds, args.shots, args.backbone, args.pretrained,
-                      train=t, method_options=o, split_indices=args.split_indices)
+                      train=t, method_options=o, split_indices=args.split_indices, template=getattr(args, 'template', None))
+    if not getattr(args, 'no_data_check', False):  # before anything trains: every dataset of the grid is complete
+        from vlprompt.data import require_data
+        require_data(bench.grid_datasets(runs), args.data_root)
     common = dict(data_root=args.data_root, checkpoint=args.checkpoint, split_indices=args.split_indices)
     if args.launcher == 'slurm':
         options = {}
@@ -174,6 +177,33 @@ def exercises(args):
     print(f'Students: run each notebook top to bottom; it stops at the first exercise not done yet. Grade with: vlprompt exercises --grade {Path(args.out)}/*.ipynb')
     return paths
 
+# %% ../nbs/40_cli.ipynb #da7acd02
+def add_data_parser(sub):
+    "`vlprompt data check`: the data doctor."
+    p = sub.add_parser('data', help='check the dataset folders (missing, empty or unreadable images; counts; where to get them)',
+                       description='Tools for the datasets on disk.')
+    what = p.add_subparsers(dest='data_command', required=True, metavar='ACTION')
+    c = what.add_parser('check', help='check each CoOp dataset folder and split file; print one table',
+                        description="Check each dataset folder against the papers' counts, find missing, empty (0-byte) and "
+                                    'undecodable images (a sample is decoded), and say where its files come from today.')
+    c.add_argument('--data-root', help='folder holding the CoOp datasets (default $VLPROMPT_DATA)')
+    c.add_argument('--datasets', nargs='+', metavar='NAME', help='datasets to check (default: the fifteen CoOp datasets); folder:PATH too')
+    c.add_argument('--sample', type=int, default=64, help='images decoded per dataset (default 64); every file is checked for size')
+    return p
+
+def data_command(args) -> list[dict]:
+    "Print the data doctor's table; exit with status 1 when a dataset fails."
+    from vlprompt.data import data_check, format_check
+    if args.sample < 0: raise VLPromptError(f'--sample must be 0 or more images, not {args.sample}.')
+    rows = data_check(args.data_root, args.datasets, args.sample)
+    print(format_check(rows))
+    if failed := [r['dataset'] for r in rows if r['status'] != 'ok']:
+        print(f'\n{len(failed)} of {len(rows)} datasets need attention: {", ".join(failed)}.', file=sys.stderr)
+        sys.exit(1)
+    print(f'\nAll {len(rows)} datasets look complete.')
+    return rows
+
+
 # %% ../nbs/40_cli.ipynb #5a3f71c6
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='vlprompt', description='Prompt learning on CLIP: lessons, methods and reproductions.')
@@ -194,11 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
                        '(lam=0.5 for every method that has it, prograd.lam=0.5 for one); each distinct setting gets its own run folder')
         p.add_argument('--split-indices', metavar='DIR', help='read the few-shot indices from DIR/<dataset>/shot_<K>-seed_<S>.json '
                        "(e.g. cross_modal_adaptation's indices/, or OUT/cache/indices of an earlier grid) instead of drawing them")
+        p.add_argument('--template', help="the prompt template, with {} for the class name (default: the dataset's; "
+                       "'a photo of a {}.' for folder:PATH)")
 
     p = sub.add_parser('train', help='train one method on one dataset; writes OUT/metrics.json',
                        description='Train one (method, protocol, dataset, shots, seed) run in --out, resuming it if unfinished.')
     p.add_argument('--method', required=True, help=f"one of: {', '.join(bench.METHODS)}")
-    p.add_argument('--dataset', required=True, help='a CoOp dataset name (e.g. oxford_pets) or a micro task (e.g. micro-pairs)')
+    p.add_argument('--dataset', required=True, help='a CoOp dataset name (e.g. oxford_pets), a micro task (e.g. micro-pairs) or '
+                   'folder:PATH, your own images (PATH/<class>/<image>, or a path,label[,split] listing)')
     p.add_argument('--protocol', default='fewshot', choices=bench.PROTOCOLS, help='fewshot (default), base2new, xd or dg')
     p.add_argument('--shots', type=int, default=16, help='training images per class (default 16)')
     p.add_argument('--seed', type=int, default=1, help='seed of the few-shot draw and the training (default 1)')
@@ -220,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    'skipped, started ones resume, a folder with other settings is refused. Prints mean ± std over seeds.')
     p.add_argument('--protocol', required=True, choices=bench.PROTOCOLS)
     p.add_argument('--methods', nargs='+', required=True, help=f"from: {', '.join(bench.METHODS)}")
-    p.add_argument('--datasets', nargs='+', required=True)
+    p.add_argument('--datasets', nargs='+', required=True, help='CoOp datasets, micro tasks or folder:PATH (your own images)')
+    p.add_argument('--no-data-check', action='store_true', help='skip the data check of the datasets before the grid starts')
     p.add_argument('--seeds', nargs='+', type=int, default=[1, 2, 3])
     p.add_argument('--shots', nargs='+', type=int, default=[16], help='one or more shot counts (default 16)')
     p.add_argument('--out', default='runs', help='root folder of the runs (default runs/)')
@@ -247,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from vlprompt.speed import add_bench_parser
     add_bench_parser(sub)
+    add_data_parser(sub)
 
     from vlprompt.classroom import EXERCISES
     p = sub.add_parser('exercises', help='write student notebooks with exercises that check themselves, or grade finished ones',
@@ -265,6 +300,7 @@ def main(argv=None):
     try:
         {'demo': lambda: demo(args.out, args.device), 'train': lambda: train(args), 'eval': lambda: evaluate_run(args),
          'reproduce': lambda: reproduce(args), 'table': lambda: table(args), 'exercises': lambda: exercises(args),
+         'data': lambda: data_command(args),
          'bench': lambda: __import__('vlprompt.speed', fromlist=['bench_command']).bench_command(args)}[args.command]()
     except VLPromptError as e:
         print(f'vlprompt {args.command}: error: {e}', file=sys.stderr)

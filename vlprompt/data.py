@@ -16,12 +16,16 @@ from .clip import DATASET_TEMPLATES, VLPromptError, clean_classname, suggest
 from .micro import CROSS_DATASET as MICRO_CROSS_DATASET, DOMAIN_SHIFTS as MICRO_DOMAIN_SHIFTS, MICRO_TASKS, get_task
 
 # %% auto #0
-__all__ = ['COOP_DATASETS_MD', 'DATASETS', 'DOMAIN_SHIFTS', 'CROSS_DATASET', 'Split', 'Dataset', 'DatasetSpec', 'list_datasets',
-           'get_spec', 'read_split_file', 'read_aircraft', 'read_classnames_txt', 'read_imagenet',
-           'read_imagenet_folders', 'read_imagenetv2', 'data_root', 'load_dataset', 'make_fake_dataset',
-           'fewshot_indices', 'take', 'fewshot', 'relative_item', 'split_hash', 'index_set_path', 'fewshot_record',
-           'indices_digest', 'apply_fewshot', 'fewshot_splits', 'load_images', 'LazyImages', 'write_index_set',
-           'read_index_set', 'subsample_classes']
+__all__ = ['COOP_DATASETS_MD', 'DATASETS', 'DOMAIN_SHIFTS', 'CROSS_DATASET', 'FOLDER_PREFIX', 'DEFAULT_TEMPLATE',
+           'FOLDER_SPLIT_FILE', 'NAMES_FILE', 'LISTING_FILES', 'IMAGE_EXTENSIONS', 'SPLIT_SEED', 'P_TRAIN', 'P_VAL',
+           'EXPECTED_COUNTS', 'DATA_SOURCES', 'Split', 'Dataset', 'DatasetSpec', 'list_datasets', 'get_spec',
+           'read_split_file', 'read_aircraft', 'read_classnames_txt', 'read_imagenet', 'read_imagenet_folders',
+           'read_imagenetv2', 'data_root', 'load_dataset', 'make_fake_dataset', 'fewshot_indices', 'take', 'fewshot',
+           'relative_item', 'split_hash', 'index_set_path', 'fewshot_record', 'indices_digest', 'apply_fewshot',
+           'fewshot_splits', 'load_images', 'LazyImages', 'write_index_set', 'read_index_set', 'subsample_classes',
+           'is_folder_dataset', 'folder_dataset_name', 'dataset_key', 'read_names_file', 'stratified_split',
+           'load_folder', 'save_split', 'check_shots', 'data_source', 'check_dataset', 'data_check', 'format_check',
+           'require_data']
 
 # %% ../nbs/02_data.ipynb #3852e6a5
 @dataclass
@@ -42,8 +46,9 @@ class Dataset:
     train: Split | None
     val: Split | None
     test: Split
-    source: str  # 'files' or 'micro'
+    source: str  # 'files' (a CoOp dataset), 'folder' (your own images) or 'micro'
     folder: str = ''  # the dataset folder the item paths are under ('' for micro)
+    split_file: str = ''  # a folder dataset's drawn split (CoOp's format), read if there, else written once
 
     @property
     def num_classes(self) -> int: return len(self.classnames)
@@ -124,6 +129,7 @@ def list_datasets(source: str | None = None) -> list[str]:
 def get_spec(name: str) -> DatasetSpec:
     "The spec of dataset `name`, or an error that suggests the nearest names."
     if name in DATASETS: return DATASETS[name]
+    if str(name).startswith('folder:'): raise VLPromptError(f'{name!r} is your own folder: read it with load_dataset, not get_spec.')
     by_coop = {s.coop_name.lower(): n for n, s in DATASETS.items() if s.coop_name}
     hint = f" Did you mean {by_coop[name.lower()]!r}?" if name.lower() in by_coop else suggest(name, DATASETS)
     raise VLPromptError(f'Unknown dataset {name!r}.{hint} Datasets: {", ".join(DATASETS)}.')
@@ -286,27 +292,23 @@ def _load_micro(spec: DatasetSpec) -> Dataset:
         return Split(list(range(n * per)), [k for k in range(n) for _ in range(per)])
     return Dataset(spec.name, list(task.classnames), task.template, split('train'), split('val'), split('test'), 'micro')
 
-def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
-    "Dataset `name` (see `list_datasets()`): real ones from `root` in CoOp's layout, micro tasks generated."
-    spec = get_spec(name)
-    if spec.source == 'micro': return _load_micro(spec)
-    root = data_root(root)
+def _read_splits(spec: DatasetSpec, root: str) -> tuple[dict, list[str], str | None]:
+    "A CoOp dataset's splits and class names read from its layout under `root`, and the file that lists its images (if one does)."
     folder = os.path.join(root, spec.folder)
     if not os.path.isdir(folder):
         inside = f' (root should be the folder that contains {spec.folder}/, not {spec.folder}/ itself)' if os.path.basename(root) == spec.folder else ''
         raise VLPromptError(f'Dataset folder {folder!r} not found{inside}. {spec.name} ({spec.coop_name}) needs {spec.expected()} '
                             f'in {spec.folder}/: see {spec.help_url} for where to download each file.')
     image_dir = os.path.join(folder, spec.image_dir) if spec.image_dir else folder
+    listed_in = None
     if spec.layout == 'split':
         split_file = _need(os.path.join(folder, spec.split_file), spec, 'Split file')
         _need(image_dir, spec, 'Image folder')
-        splits, classnames = read_split_file(split_file, image_dir)
-        _check_files(spec, splits, spec.split_file)
+        (splits, classnames), listed_in = read_split_file(split_file, image_dir), spec.split_file
     elif spec.layout == 'aircraft':
         for f in ('variants.txt', 'images_variant_train.txt', 'images_variant_val.txt', 'images_variant_test.txt', 'images'):
             _need(os.path.join(folder, f), spec, 'File' if f.endswith('.txt') else 'Image folder')
-        splits, classnames = read_aircraft(folder)
-        _check_files(spec, splits, 'images_variant_*.txt')
+        (splits, classnames), listed_in = read_aircraft(folder), 'images_variant_*.txt'
     else:
         txt = _need(_classnames_txt(spec, root, folder), spec, 'Class-name file')
         if spec.layout == 'imagenet': splits, classnames = read_imagenet(folder, txt)
@@ -316,7 +318,20 @@ def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
             splits, classnames = reader(image_dir, txt)
     if not splits['test'].items:
         raise VLPromptError(f'{spec.name}: the test split is empty; check that the images were extracted into {image_dir}.')
-    return Dataset(spec.name, classnames, spec.template, splits.get('train'), splits.get('val'), splits['test'], 'files', folder)
+    return splits, classnames, listed_in
+
+def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
+    """Dataset `name` (see `list_datasets()`): real ones from `root` in CoOp's layout, micro tasks generated, and
+    'folder:PATH' your own images (section 10)."""
+    if is_folder_dataset(name): return load_folder(name[len(FOLDER_PREFIX):])
+    spec = get_spec(name)
+    if spec.source == 'micro': return _load_micro(spec)
+    root = data_root(root)
+    splits, classnames, listed_in = _read_splits(spec, root)
+    if listed_in: _check_files(spec, splits, listed_in)
+    return Dataset(spec.name, classnames, spec.template, splits.get('train'), splits.get('val'), splits['test'], 'files',
+                   os.path.join(root, spec.folder))
+
 
 # %% ../nbs/02_data.ipynb #ca5b59c9
 def make_fake_dataset(name: str, root: str | Path, n_classes: int = 3, per_class: tuple = (4, 2, 3), size: int = 16, seed: int = 0) -> Path:
@@ -433,6 +448,7 @@ def fewshot_record(dataset: Dataset, shots: int, seed: int, cache_dir: str | Pat
         raise VLPromptError(f'shots must be a positive integer (or 0 / -1 for all data), not {shots!r}.')
     if dataset.train is None:
         raise VLPromptError(f'{dataset.name} is test-only: there is no training split to draw {shots} shots from.')
+    if dataset.source == 'folder': check_shots(dataset, shots)  # your own images: say which classes are short
     if indices_dir is not None: return read_index_set(indices_dir, dataset, shots, seed)
     digest = split_hash(dataset)
     path = index_set_path(cache_dir, dataset.name, shots, seed) if cache_dir is not None else None
@@ -590,3 +606,370 @@ def subsample_classes(dataset: Dataset, subsample: str = 'all') -> Dataset:
         return Split([s.items[i] for i in pos], [relabel[s.labels[i]] for i in pos])
     return replace(dataset, classnames=[dataset.classnames[y] for y in selected],
                    train=keep(dataset.train), val=keep(dataset.val), test=keep(dataset.test))
+
+# %% ../nbs/02_data.ipynb #f01de5a2
+FOLDER_PREFIX = 'folder:'  # `load_dataset('folder:PATH')`, `--dataset folder:PATH`
+DEFAULT_TEMPLATE = 'a photo of a {}.'
+FOLDER_SPLIT_FILE = 'split_vlprompt.json'  # the drawn split, in CoOp's split-file format, next to the images
+NAMES_FILE = 'classnames.txt'
+LISTING_FILES = ('labels.csv', 'labels.json')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')  # torchvision's ImageFolder
+SPLIT_SEED, P_TRAIN, P_VAL = 1, 0.5, 0.2  # CoOp's read_and_split_data: 50% train, 20% val, the rest test
+
+def is_folder_dataset(name) -> bool: return str(name).startswith(FOLDER_PREFIX)
+
+def folder_dataset_name(name: str) -> str:
+    "'folder:PATH' with PATH absolute, so that a run started from another directory reads the same folder."
+    path = str(name)[len(FOLDER_PREFIX):]
+    if not path.strip():
+        raise VLPromptError('folder: needs a path after it, e.g. --dataset folder:~/photos (one sub-folder of images per class).')
+    return FOLDER_PREFIX + os.path.abspath(os.path.expanduser(path))
+
+def dataset_key(name: str) -> str:
+    "A name safe as one folder name: the dataset's own name, or 'folder-<basename>-<hash of the path>' for a folder."
+    if not is_folder_dataset(name): return name
+    path = folder_dataset_name(name)[len(FOLDER_PREFIX):]
+    slug = ''.join(c if c.isalnum() or c in '._-' else '_' for c in Path(path).stem)[:40] or 'data'
+    return f'folder-{slug}-{hashlib.sha1(path.encode()).hexdigest()[:8]}'
+
+def read_names_file(path: str | Path) -> dict[str, str]:
+    "`classnames.txt`: one class a line, `<folder or label> <class name>` (tab or first space), or the label alone."
+    names = {}
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip(): continue
+        key, _, name = line.strip().partition('\t' if '\t' in line else ' ')
+        if key in names: raise VLPromptError(f'{path} line {n}: {key!r} is named twice; give each class one line.')
+        names[key] = name.strip() or key
+    return names
+
+def _shown(xs, n: int = 3) -> str:
+    xs = list(xs)
+    return ', '.join(repr(str(x)) for x in xs[:n]) + (f' and {len(xs) - n} more' if len(xs) > n else '')
+
+def _check_image_files(paths: list[str], where: str, decode: bool) -> None:
+    "Refuse files that are not images: other suffixes, zero bytes, or (with `decode`) a header PIL cannot read."
+    from PIL import Image
+    bad = [p for p in paths if not p.lower().endswith(IMAGE_EXTENSIONS)]
+    if bad:
+        raise VLPromptError(f'{len(bad)} file(s) in {where} are not images (suffixes {", ".join(IMAGE_EXTENSIONS)}): {_shown(bad)}. '
+                            'Move them out of the class folders (or out of the listing); nothing was written.')
+    empty = [p for p in paths if os.path.getsize(p) == 0]
+    if empty: raise VLPromptError(f'{len(empty)} image(s) in {where} are empty (0 bytes): {_shown(empty)}. Copy them again, or remove them.')
+    if decode:
+        unreadable = []
+        for p in paths:
+            try:
+                with Image.open(p) as im: im.size
+            except Exception: unreadable.append(p)
+        if unreadable:
+            raise VLPromptError(f'{len(unreadable)} file(s) in {where} are not readable images: {_shown(unreadable)}. '
+                                'Replace or remove them; nothing was written.')
+
+def _scan_image_folder(folder: str) -> dict[str, list[str]]:
+    "ImageFolder: class folder name -> sorted image paths under it (sub-folders included)."
+    classes = {}
+    for c in _listdir(folder, dirs=True):
+        files = []
+        for d, subdirs, fs in os.walk(os.path.join(folder, c)):
+            subdirs[:] = sorted(s for s in subdirs if not s.startswith('.'))
+            files += [os.path.join(d, f) for f in sorted(fs) if not f.startswith('.')]
+        classes[c] = files
+    return classes
+
+def _read_listing(path: Path) -> list[tuple[str, str, str | None]]:
+    "A CSV (`path,label[,split]`, header optional) or JSON (a list of {path, label, split} or of lists) listing as rows."
+    import csv
+    if path.suffix.lower() == '.json':
+        try: raw = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e: raise VLPromptError(f'{path} is not valid JSON ({e}).') from e
+        if not isinstance(raw, list): raise VLPromptError(f'{path} should hold a list of {{"path", "label", "split"}} entries.')
+        rows = [[r.get('path'), r.get('label'), r.get('split')] if isinstance(r, dict) else r for r in raw]
+    else:
+        rows = [r for r in csv.reader(path.read_text().splitlines()) if any(x.strip() for x in r)]
+        if rows and [x.strip().lower() for x in rows[0][:2]] == ['path', 'label']: rows = rows[1:]
+    out = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, (list, tuple)) or len(r) not in (2, 3) or not all(isinstance(x, (str, int)) for x in r[:2]):
+            raise VLPromptError(f'{path} entry {i + 1} should be path,label or path,label,split; got {str(r)[:100]}.')
+        split = r[2] if len(r) == 3 and r[2] not in (None, '') else None
+        if split is not None and split not in ('train', 'val', 'test'):
+            raise VLPromptError(f'{path} entry {i + 1} has split {split!r}; a split is train, val or test (or left out).')
+        out.append((str(r[0]).strip(), str(r[1]).strip(), split))
+    if not out: raise VLPromptError(f'{path} lists no images.')
+    return out
+
+def _class_names(labels: list[str], names_file: str | None, where: str) -> tuple[list[str], list[str]]:
+    "The labels in label order (the names file's order, else sorted) and their cleaned class names; every check on names."
+    if names_file:
+        names = read_names_file(names_file)
+        if unknown := [y for y in dict.fromkeys(labels) if y not in names]:
+            raise VLPromptError(f'{len(unknown)} label(s) of {where} are not in {names_file}: {_shown(unknown)}.'
+                                f'{suggest(unknown[0], list(names))} Add a line for each to {NAMES_FILE}, or fix the labels.')
+        if unused := [y for y in names if y not in set(labels)]:
+            raise VLPromptError(f'{names_file} names {len(unused)} class(es) that have no images in {where}: {_shown(unused)}. '
+                                'Add their images, or delete their lines.')
+        order = list(names)
+    else:
+        order = sorted(set(labels), key=lambda y: (not y.isdigit(), int(y) if y.isdigit() else 0, y))
+        if all(y.isdigit() for y in order):
+            raise VLPromptError(f'The labels of {where} are numbers ({_shown(order)}); CLIP needs words. Name each class in '
+                                f'{NAMES_FILE} next to it, one line per label: "<label> <class name>".')
+        names = {y: y for y in order}
+    cleaned = [clean_classname(names[y]) for y in order]
+    if len(order) < 2:
+        raise VLPromptError(f'{where} has only one class ({_shown(order)}); classifying needs at least two. Put each class in its own '
+                            'folder (PATH/<class>/<image>), or list at least two labels.')
+    seen = {}
+    for y, c in zip(order, cleaned):
+        if c.lower() in seen:
+            raise VLPromptError(f'Classes {seen[c.lower()]!r} and {y!r} of {where} both become {c!r} once underscores are spaces: their '
+                                f'prompts would be the same. Rename one (or give them distinct names in {NAMES_FILE}).')
+        seen[c.lower()] = y
+    return order, cleaned
+
+def stratified_split(items_by_class: list[list[str]], seed: int = SPLIT_SEED, p_train: float = P_TRAIN, p_val: float = P_VAL,
+                     names: list[str] | None = None) -> dict:
+    """CoOp's `read_and_split_data`: one `random.Random(seed)`; per class (in label order) shuffle its sorted items, then the first
+    round(n * p_train) are train, the next round(n * p_val) val, the rest test. Every class needs at least one of each."""
+    rng, splits = random.Random(seed), {s: Split([], []) for s in ('train', 'val', 'test')}
+    short = []
+    for y, items in enumerate(items_by_class):
+        items = list(items); rng.shuffle(items)
+        n_train, n_val = round(len(items) * p_train), round(len(items) * p_val)
+        if min(n_train, n_val, len(items) - n_train - n_val) < 1: short.append(f'{(names or {})[y] if names else y} ({len(items)})')
+        for s, part in (('train', items[:n_train]), ('val', items[n_train:n_train + n_val]), ('test', items[n_train + n_val:])):
+            splits[s].items.extend(part); splits[s].labels.extend([y] * len(part))
+    if short:
+        raise VLPromptError(f'{len(short)} class(es) have too few images to split {p_train:.0%} / {p_val:.0%} / {1 - p_train - p_val:.0%} '
+                            f'into train / val / test with at least one each: {", ".join(short[:5])}{" ..." if len(short) > 5 else ""} '
+                            '(class (images)). Add images (4 or more per class), or give a listing with a split column.')
+    return splits
+
+def _split_rows(splits: dict, folder: str, classnames: list[str]) -> dict:
+    return {s: [[os.path.relpath(x, folder).replace(os.sep, '/'), y, classnames[y]] for x, y in zip(sp.items, sp.labels)]
+            for s, sp in splits.items()}
+
+def _compare_split_file(path: Path, folder: str, by_class: list[list[str]], classnames: list[str], where: str) -> dict:
+    "The splits of an existing split file, refused (and left as it is) if it lists other images or classes than the folder has now."
+    file_splits, file_names = read_split_file(path, folder)
+    rel = lambda x: os.path.relpath(x, folder).replace(os.sep, '/')
+    theirs = {rel(x): file_names[y] for s in file_splits.values() for x, y in zip(s.items, s.labels)}
+    now = {rel(x): classnames[y] for y, xs in enumerate(by_class) for x in xs}
+    gone, new = [x for x in theirs if x not in now], [x for x in now if x not in theirs]
+    moved = [x for x in theirs if x in now and theirs[x] != now[x]]
+    if gone or new or moved or file_names != classnames:
+        what = '; '.join(w for w in (f'{len(gone)} image(s) it lists are not in the folder ({_shown(gone, 2)})' if gone else '',
+                                     f'{len(new)} image(s) in the folder are not in it ({_shown(new, 2)})' if new else '',
+                                     f'{len(moved)} image(s) have another class there ({_shown(moved, 2)})' if moved else '',
+                                     f"its classes are {_shown(file_names)}, the folder's {_shown(classnames)}"
+                                     if file_names != classnames else '') if w)
+        raise VLPromptError(f'The split file {str(path)!r} disagrees with {where}: {what}. It was made from other images, and results '
+                            'made with it are only comparable on those: restore the images it lists, or move the split file away to '
+                            'draw a new split (the kit never overwrites it).')
+    return file_splits
+
+def load_folder(path: str | Path, template: str | None = None, write_split: bool = True, decode: bool | None = None) -> Dataset:
+    """Your own images as a dataset: an ImageFolder (`PATH/<class>/<image>`) or a listing (`labels.csv` / `labels.json`, or PATH
+    itself: `path,label[,split]`). Class names: folder names or labels (underscores to spaces), or `classnames.txt`. Splits:
+    the listing's split column, else `split_vlprompt.json` next to the data (CoOp's format), drawn once and reused."""
+    path = Path(folder_dataset_name(FOLDER_PREFIX + str(path))[len(FOLDER_PREFIX):])
+    template = DEFAULT_TEMPLATE if template is None else template
+    if '{}' not in template: raise VLPromptError(f'The template {template!r} has no {{}} for the class name, e.g. "a photo of a {{}}.".')
+    if path.is_file(): listing, folder = path, path.parent
+    elif path.is_dir():
+        folder = path
+        listing = next((path/f for f in LISTING_FILES if (path/f).is_file()), None)
+    else:
+        raise VLPromptError(f'{str(path)!r} not found: folder:PATH takes a folder of class folders (PATH/<class>/<image>), a folder '
+                            f'with {" or ".join(LISTING_FILES)}, or such a listing file.')
+    folder = str(folder)
+    names_file = os.path.join(folder, NAMES_FILE) if os.path.isfile(os.path.join(folder, NAMES_FILE)) else None
+    split_col = None
+    if listing is not None:
+        rows = _read_listing(listing)
+        where = str(listing)
+        items = [p if os.path.isabs(p) else os.path.join(folder, p) for p, _, _ in rows]
+        if missing := [p for p in items if not os.path.isfile(p)]:
+            raise VLPromptError(f'{len(missing)} of the {len(items)} images listed in {listing} do not exist: {_shown(missing)}. '
+                                f'Paths are relative to {folder}; fix the listing or copy the images.')
+        order, classnames = _class_names([y for _, y, _ in rows], names_file, where)
+        label = {y: i for i, y in enumerate(order)}
+        by_class = [[] for _ in order]
+        for x, (_, y, _) in zip(items, rows): by_class[label[y]].append(x)
+        if any(s is not None for _, _, s in rows):
+            if unsplit := [p for p, _, s in rows if s is None]:
+                raise VLPromptError(f'{listing}: {len(unsplit)} entries have no split ({_shown(unsplit)}) while others do; give every '
+                                    'entry train, val or test, or leave the split column out to have one drawn.')
+            split_col = {s: Split([x for x, (_, _, t) in zip(items, rows) if t == s], [label[y] for x, (_, y, t) in zip(items, rows) if t == s])
+                         for s in ('train', 'val', 'test')}
+            for s in ('train', 'test'):
+                if not split_col[s].items: raise VLPromptError(f'{listing} has no {s} entries; a dataset needs train and test images.')
+    else:
+        classes = _scan_image_folder(folder)
+        where = folder
+        if not classes:
+            raise VLPromptError(f'{folder} has no class folders. Put each class\'s images in its own folder, PATH/<class>/<image>, or '
+                                f'describe them in {LISTING_FILES[0]} (path,label[,split]).')
+        order, classnames = _class_names(list(classes), names_file, where)
+        by_class = [classes[c] for c in order]
+        if empty := [c for c in order if not classes[c]]:
+            raise VLPromptError(f'Class folder(s) {_shown(empty)} in {folder} hold no images; add images or remove the folders.')
+    split_file = Path(folder)/FOLDER_SPLIT_FILE
+    every = [x for xs in by_class for x in xs]
+    if split_col is not None:
+        _check_image_files(every, where, decode=bool(decode))
+        splits, split_file = split_col, None
+    else:
+        drawn = not split_file.exists()
+        _check_image_files(every, where, decode=drawn if decode is None else decode)  # headers read once, when the split is drawn
+        splits = stratified_split(by_class, names=classnames) if drawn else _compare_split_file(split_file, folder, by_class, classnames, where)
+    name = dataset_key(FOLDER_PREFIX + str(path))
+    dataset = Dataset(name, classnames, template, splits['train'], splits['val'] if splits['val'].items else None, splits['test'],
+                      'folder', folder, str(split_file) if split_file is not None else '')
+    if write_split: save_split(dataset)
+    return dataset
+
+def save_split(dataset: Dataset) -> Path | None:
+    "Write a folder dataset's drawn split to its split file in CoOp's format, if it is not there yet (never over an existing one)."
+    if dataset.source != 'folder' or not dataset.split_file or os.path.exists(dataset.split_file): return None
+    rows = _split_rows({s: dataset.split(s) if getattr(dataset, s) is not None else Split([], []) for s in ('train', 'val', 'test')},
+                       dataset.folder, dataset.classnames)
+    rows['made_by'] = (f"vlprompt: CoOp's read_and_split_data rule, random.Random({SPLIT_SEED}), per class shuffled, "
+                       f'{P_TRAIN:.0%} train / {P_VAL:.0%} val / the rest test')
+    _write_json_atomic(Path(dataset.split_file), rows)
+    return Path(dataset.split_file)
+
+def check_shots(dataset: Dataset, shots: int) -> None:
+    "For your own folder: refuse K shots when a class has fewer than K training images, naming them and the K that would work."
+    if dataset.train is None or shots in (0, -1): return
+    counts = defaultdict(int)
+    for y in dataset.train.labels: counts[y] += 1
+    short = [(dataset.classnames[y], n) for y, n in sorted(counts.items()) if n < shots]
+    if short:
+        fits = min(counts.values())
+        raise VLPromptError(f'--shots {shots} asks for {shots} training images per class, but {len(short)} of {dataset.num_classes} classes '
+                            f'of {dataset.folder} have fewer: {", ".join(f"{c!r} ({n})" for c, n in short[:6])}'
+                            f'{" ..." if len(short) > 6 else ""}. Use --shots {fits} or fewer, or add training images to those classes '
+                            '(half of a class\'s images are drawn for training).')
+
+
+# %% ../nbs/02_data.ipynb #f01de5a9
+# Classes and train / val / test images of each dataset as the papers used it: CoOp's split_zhou_*.json files, FGVCAircraft's
+# official lists, ImageNet's train and val folders (val is the test set; the kit draws no val split) and the four shifted test sets.
+EXPECTED_COUNTS = {
+    'imagenet': (1000, 1281167, 0, 50000), 'caltech101': (100, 4128, 1649, 2465), 'oxford_pets': (37, 2944, 736, 3669),
+    'stanford_cars': (196, 6509, 1635, 8041), 'oxford_flowers': (102, 4093, 1633, 2463), 'food101': (101, 50500, 20200, 30300),
+    'fgvc_aircraft': (100, 3334, 3333, 3333), 'sun397': (397, 15880, 3970, 19850), 'dtd': (47, 2820, 1128, 1692),
+    'eurosat': (10, 13500, 5400, 8100), 'ucf101': (101, 7639, 1898, 3783), 'imagenetv2': (1000, 0, 0, 10000),
+    'imagenet_sketch': (1000, 0, 0, 50889), 'imagenet_a': (200, 0, 0, 7500), 'imagenet_r': (200, 0, 0, 30000)}
+
+_SPLIT_FILE_DRIVE = {  # the Google Drive files CoOp's DATASETS.md links for its split files
+    'Caltech101': '1hyarUivQE36mY6jSomru6Fjd-JzwcCzN', 'OxfordPets': '1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs',
+    'StanfordCars': '1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT', 'OxfordFlowers': '1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT',
+    'Food101': '1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl', 'SUN397': '1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq',
+    'DescribableTextures': '1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x', 'EuroSAT': '1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o',
+    'UCF101': '1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y'}
+
+DATA_SOURCES = {  # where the images come from today (2026); CoOp's DATASETS.md has the rest of each recipe
+    'imagenet': "image-net.org (train and val, one folder per WordNet id); classnames.txt: CoOp's Drive file "
+                "1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF",
+    'caltech101': 'data.caltech.edu/records/mzrjq-6wc02 (101_ObjectCategories.tar.gz)',
+    'oxford_pets': 'robots.ox.ac.uk/~vgg/data/pets (images.tar.gz, annotations.tar.gz)',
+    'stanford_cars': 'the ai.stanford.edu host is gone (CoOp #61, torchvision #7545): images from kaggle.com/datasets/jessicali9530/'
+                     'stanford-cars-dataset (un-nest cars_train/cars_train and cars_test/cars_test), devkit from '
+                     'github.com/pytorch/vision/files/11644847/car_devkit.tgz, test labels as in torchvision #7545 (comment 1631441616)',
+    'oxford_flowers': 'robots.ox.ac.uk/~vgg/data/flowers/102 (102flowers.tgz, imagelabels.mat)',
+    'food101': 'data.vision.ee.ethz.ch/cvl/datasets_extra/food-101 (food-101.tar.gz)',
+    'fgvc_aircraft': 'robots.ox.ac.uk/~vgg/data/fgvc-aircraft (fgvc-aircraft-2013b.tar.gz; keep data/ as fgvc_aircraft/)',
+    'sun397': 'vision.princeton.edu and the MIT CSAIL copy answer 404 (CoOp #90, torchvision #9348): the raw SUN397 archive from '
+              'opendatalab.com/OpenDataLab/SUN397 (not a re-split train/test copy: its paths are not those of the split file)',
+    'dtd': 'robots.ox.ac.uk/~vgg/data/dtd (dtd-r1.0.1.tar.gz)',
+    'eurosat': 'madm.dfki.de/files/sentinel/EuroSAT.zip (the RGB 2750/ folder)',
+    'ucf101': "UCF-101-midframes.zip: CoOp's Drive file 10Jqome3vtUA2keJkNanAiFpgbyC9Hc2O",
+    'imagenetv2': 'github.com/modestyachts/ImageNetV2 (imagenetv2-matched-frequency.tar.gz); classnames.txt from imagenet/',
+    'imagenet_sketch': 'github.com/HaohanWang/ImageNet-Sketch; classnames.txt from imagenet/',
+    'imagenet_a': 'github.com/hendrycks/natural-adv-examples (imagenet-a.tar); classnames.txt from imagenet/',
+    'imagenet_r': 'github.com/hendrycks/imagenet-r (imagenet-r.tar); classnames.txt from imagenet/'}
+
+def data_source(name: str) -> str:
+    "Where dataset `name`'s files come from today, with its split file's Drive link."
+    if is_folder_dataset(name): return 'your own folder'
+    spec = get_spec(name)
+    split = f'; {spec.split_file}: drive.google.com/file/d/{_SPLIT_FILE_DRIVE[spec.coop_name]}' if spec.coop_name in _SPLIT_FILE_DRIVE else ''
+    return DATA_SOURCES.get(name, spec.help_url) + split
+
+def _decodes(path: str) -> bool:
+    from PIL import Image
+    try:
+        with Image.open(path) as im: im.convert('RGB')
+        return True
+    except Exception: return False
+
+def check_dataset(name: str, root: str | Path | None = None, sample: int = 64, seed: int = 0, expected: tuple | None = None) -> dict:
+    """The data doctor for one dataset: its folder and split file, the counts against `EXPECTED_COUNTS`, missing and empty
+    images (every one) and images that do not decode (a seeded sample); `expected` = (classes, train, val, test) replaces the
+    papers' counts. Returns dataset, status ('ok', 'FAIL', 'missing'), problems (a list of sentences) and source."""
+    row = dict(dataset=name, status='ok', problems=[], source=data_source(name))
+    if is_folder_dataset(name):
+        try: load_folder(name[len(FOLDER_PREFIX):], write_split=False, decode=True)
+        except VLPromptError as e: row.update(status='FAIL', problems=[str(e)])
+        return row
+    spec = get_spec(name)
+    if spec.source == 'micro': return {**row, 'source': 'generated (micro world)'}
+    root = data_root(root)
+    folder = os.path.join(root, spec.folder)
+    if not os.path.isdir(folder):
+        return {**row, 'status': 'missing', 'problems': [f'{spec.folder}/ not found under {root}']}
+    image_dir = spec.image_dir or '.'
+    needs = {'split': [spec.split_file, image_dir], 'imagenet': ['images/train', 'images/val'],
+             'aircraft': ['variants.txt', *(f'images_variant_{s}.txt' for s in ('train', 'val', 'test')), 'images']}.get(spec.layout, [image_dir])
+    if absent := [f for f in needs if not os.path.exists(os.path.join(folder, f))]:
+        return {**row, 'status': 'FAIL', 'problems': [f'{spec.folder}/{f} missing' for f in absent]}
+    try: splits, _, _ = _read_splits(spec, root)
+    except VLPromptError as e:
+        return {**row, 'status': 'FAIL', 'problems': [str(e)]}
+    problems, counts = [], expected or EXPECTED_COUNTS.get(name)
+    n_classes = len({y for s in splits.values() for y in s.labels})
+    if counts is not None:
+        if n_classes != counts[0]: problems.append(f'{n_classes} classes, expected {counts[0]}')
+        for s, want in zip(('train', 'val', 'test'), counts[1:]):
+            have = len(splits[s]) if s in splits else 0
+            if have != want: problems.append(f'{have} {s} images, expected {want}')
+    rel = lambda p: os.path.relpath(p, folder)
+    present = []
+    for s, split in splits.items():
+        missing = [p for p in split.items if not os.path.isfile(p)]
+        if missing: problems.append(f'{len(missing)} of {len(split)} {s} images missing, e.g. {rel(missing[0])}')
+        empty = [p for p in split.items if os.path.isfile(p) and os.path.getsize(p) == 0]
+        if empty: problems.append(f'{len(empty)} {s} images are empty (0 bytes), e.g. {rel(empty[0])}')
+        present += [p for p in split.items if os.path.isfile(p) and os.path.getsize(p) > 0]
+    picked = random.Random(seed).sample(present, min(sample, len(present)))
+    if bad := sorted(p for p in picked if not _decodes(p)):
+        problems.append(f'{len(bad)} of {len(picked)} sampled images do not decode, e.g. {rel(bad[0])}')
+    return {**row, 'status': 'FAIL' if problems else 'ok', 'problems': problems}
+
+def data_check(root: str | Path | None = None, datasets: list[str] | None = None, sample: int = 64) -> list[dict]:
+    "`check_dataset` for each of `datasets` (default: the fifteen CoOp datasets)."
+    return [check_dataset(n, root, sample) for n in (datasets or list_datasets('files'))]
+
+def format_check(rows: list[dict]) -> str:
+    "The data doctor's table (markdown): dataset, status, what is wrong, where the files come from."
+    lines = ['| dataset | status | what is wrong | where the files come from |', '|---|---|---|---|']
+    for r in rows:
+        wrong = '; '.join(p.replace('|', '/') for p in r['problems']) or '—'
+        lines.append(f"| {r['dataset']} | {r['status']} | {wrong} | {r['source']} |")
+    return '\n'.join(lines)
+
+def require_data(datasets: list[str], root: str | Path | None = None, sample: int = 64) -> list[dict]:
+    "The data check before a grid trains: silent when every dataset is fine, else the table on stderr and an error."
+    import sys
+    names = [n for n in dict.fromkeys(datasets) if is_folder_dataset(n) or get_spec(n).source == 'files']
+    if not names: return []
+    rows = data_check(root, names, sample)
+    if failed := [r['dataset'] for r in rows if r['status'] != 'ok']:
+        print(format_check(rows), file=sys.stderr)
+        raise VLPromptError(f'The data check failed for {", ".join(failed)} (the table above says what is wrong and where the files '
+                            'come from); nothing was trained or written. Fix the data and run again, or pass --no-data-check '
+                            'to skip the check (e.g. for split files of your own).')
+    return rows
+
