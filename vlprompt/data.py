@@ -323,7 +323,7 @@ def _read_splits(spec: DatasetSpec, root: str) -> tuple[dict, list[str], str | N
 def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
     """Dataset `name` (see `list_datasets()`): real ones from `root` in CoOp's layout, micro tasks generated, and
     'folder:PATH' your own images (section 10)."""
-    if is_folder_dataset(name): return load_folder(name[len(FOLDER_PREFIX):])
+    if str(name).startswith('folder:'): return load_folder(name[len('folder:'):])  # defined in section 10
     spec = get_spec(name)
     if spec.source == 'micro': return _load_micro(spec)
     root = data_root(root)
