@@ -162,3 +162,7 @@ def test_reproduce_stops_on_the_data_check_before_anything_trains(tmp_path):
     refused(res, 'The data check failed for dtd', 'nothing was trained', '--no-data-check')
     assert '| dtd | FAIL | 3 classes, expected 47' in res.stderr
     assert not out.exists()
+
+def test_data_check_without_a_data_root_is_refused(tmp_path):
+    refused(cli('data', 'check'), 'No data root given')
+    refused(cli('data', 'check', '--data-root', tmp_path/'nowhere'), 'is not a folder', 'nowhere')

@@ -950,7 +950,11 @@ def check_dataset(name: str, root: str | Path | None = None, sample: int = 64, s
 
 def data_check(root: str | Path | None = None, datasets: list[str] | None = None, sample: int = 64) -> list[dict]:
     "`check_dataset` for each of `datasets` (default: the fifteen CoOp datasets)."
-    return [check_dataset(n, root, sample) for n in (datasets or list_datasets('files'))]
+    datasets = datasets or list_datasets('files')
+    if any(not is_folder_dataset(n) and get_spec(n).source == 'files' for n in datasets) and not os.path.isdir(data_root(root)):
+        raise VLPromptError(f'The data root {data_root(root)!r} is not a folder: pass --data-root DIR (or set VLPROMPT_DATA), '
+                            'the folder that holds oxford_pets/, imagenet/, ...')
+    return [check_dataset(n, root, sample) for n in datasets]
 
 def format_check(rows: list[dict]) -> str:
     "The data doctor's table (markdown): dataset, status, what is wrong, where the files come from."
