@@ -166,3 +166,18 @@ def test_reproduce_stops_on_the_data_check_before_anything_trains(tmp_path):
 def test_data_check_without_a_data_root_is_refused(tmp_path):
     refused(cli('data', 'check'), 'No data root given')
     refused(cli('data', 'check', '--data-root', tmp_path/'nowhere'), 'is not a folder', 'nowhere')
+
+@pytest.mark.parametrize('method,protocol', [('maple', 'base2new'), ('linprobe', 'fewshot'), ('cocoop', 'xd')])
+def test_prompted_encoders_probes_and_other_protocols_run_on_a_folder(tmp_path, method, protocol):
+    "A folder on the micro CLIP takes the micro schedule (MaPLe's paper depth 9 does not fit 4 layers); `eval` gives the run's numbers."
+    import warnings
+    from vlprompt import bench
+    folder = micro_photos(tmp_path/'imgs', classes=(0, 9, 18, 27), per_class=12)
+    s = bench.run_settings(method, protocol, f'folder:{folder}', 4, 1, train=dict(epochs=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # val: 2 images a class, fewer than min(K, 4) = 4
+        m = bench.run(s, tmp_path/'run', cache_dir=tmp_path/'cache', progress=False)
+        again = bench.evaluate_run(tmp_path/'run')
+    keys = ('base', 'new') if protocol == 'base2new' else ('accuracy',)
+    assert all(m[k] > 40 for k in keys), m  # 2 or 4 classes of the micro world: well above chance
+    assert {k: again[k] for k in keys} == {k: m[k] for k in keys}

@@ -109,7 +109,8 @@ def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int
                  pretrained: str | None = None, train: dict | None = None, method_options: dict | None = None,
                  template: str | None = None) -> dict:
     """Every setting of one run: the method's config for this protocol and dataset, then your `train` / `method_options` overrides.
-    `template` replaces the dataset's prompt template ('folder:PATH' datasets: 'a photo of a {}.' without it)."""
+    `template` replaces the dataset's prompt template ('folder:PATH' datasets: 'a photo of a {}.' without it). The `micro` entry
+    applies to the micro tasks and to a folder on the micro CLIP (whose 4 layers cannot take the papers' prompt depths)."""
     if method not in METHODS: raise VLPromptError(f'Unknown method {method!r}.{suggest(method, METHODS)} Methods: {", ".join(METHODS)}.')
     if protocol not in PROTOCOLS: raise VLPromptError(f'Unknown protocol {protocol!r}.{suggest(protocol, PROTOCOLS)} Protocols: {", ".join(PROTOCOLS)}.')
     if (method, protocol) not in CONFIGS: raise VLPromptError(f'{method} has no configuration for the {protocol} protocol yet.')
@@ -120,7 +121,8 @@ def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int
     cfg = CONFIGS[(method, protocol)]
     resolved, options = dict(cfg.get('train', {})), dict(cfg.get('method', {}))
     if by_shots := cfg.get('epochs_by_shots'): resolved['epochs'] = by_shots(shots) if callable(by_shots) else epochs_for_shots(shots)
-    layers = [cfg.get('micro', {})] if dataset.startswith('micro') else []
+    on_micro = dataset.startswith('micro') or (is_folder_dataset(dataset) and backbone == 'micro')  # your folder on the micro CLIP too
+    layers = [cfg.get('micro', {})] if on_micro else []
     override = cfg.get('datasets', {}).get(dataset, {})
     if shots >= override.get('min_shots', 0): layers.append(override)
     for layer in layers + [dict(train=train or {}, method=method_options or {})]:
