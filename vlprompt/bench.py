@@ -16,12 +16,12 @@ from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone
                             evaluate, fit, module_device, train_method, write_json)
 
 # %% auto #0
-__all__ = ['METHODS', 'RULES', 'PROTOCOLS', 'CONFIGS', 'PAPER_BASE2NEW', 'PAPER_FEWSHOT_RN50', 'RULE_OPTIONS', 'run_settings',
-           'get_clip', 'dassl_train_transform', 'dataset_features', 'train_inputs', 'split_inputs', 'accuracy',
-           'harmonic_mean', 'overrides', 'run_name', 'run_dir', 'config_differences', 'RunLog', 'checkpoint_epoch',
-           'use_split_indices', 'run', 'learnable', 'build_method', 'build_run', 'run_identity', 'train_run',
-           'evaluate_method', 'evaluate_run', 'plan', 'write_grid', 'reproduce', 'base_to_new', 'summarize',
-           'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables']
+__all__ = ['METHODS', 'RULES', 'PROTOCOLS', 'CONFIGS', 'PAPER_BASE2NEW', 'PAPER_FEWSHOT_RN50', 'RULE_OPTIONS', 'run_template',
+           'run_settings', 'get_clip', 'dassl_train_transform', 'dataset_features', 'train_inputs', 'split_inputs',
+           'accuracy', 'harmonic_mean', 'overrides', 'run_name', 'run_dir', 'config_differences', 'RunLog',
+           'checkpoint_epoch', 'use_split_indices', 'run', 'learnable', 'build_method', 'build_run', 'run_identity',
+           'train_run', 'evaluate_method', 'evaluate_run', 'plan', 'write_grid', 'reproduce', 'base_to_new',
+           'summarize', 'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables']
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
 def _zeroshot(clip, classnames, template, **options):
@@ -32,20 +32,25 @@ def _coop(clip, classnames, template, seed=0, **options):
     from vlprompt.methods.coop import CoOp
     return CoOp(clip, classnames, seed=seed, **options)
 
-def _prograd(clip, classnames, template, seed=0, lam=1.0, temperature=1.0, **options):
-    from vlprompt.methods.coop import CoOp
-    from vlprompt.methods.prograd import prograd_init
-    coop = CoOp(clip, classnames, seed=seed, **options)
-    prograd_init(coop, template)
-    return coop
+def _prograd(clip, classnames, template, seed=0, **options):
+    from vlprompt.methods.prograd import prograd_coop
+    return prograd_coop(clip, classnames, template, seed=seed, **options)
 
 def _prograd_rule(s, clip, data, method):
     from vlprompt.clip import image_features, zeroshot_weights
     from vlprompt.methods.prograd import ProGradRule
     o = s['method_options']
     encoder = (lambda images: image_features(clip, images, normalize=True)) if getattr(method, 'needs_images', False) else None
-    return ProGradRule(zeroshot_weights(clip, data.classnames, data.template), clip.model.logit_scale.exp().item(),
+    teacher = zeroshot_weights(clip, data.classnames, run_template(s, data))  # ProGrad's own template
+    return ProGradRule(teacher, clip.model.logit_scale.exp().item(),
                        lam=o.get('lam', 1.0), temperature=o.get('temperature', 1.0), image_encoder=encoder)
+
+def run_template(s: dict, data) -> str:
+    "The run's hand-made template: the method's own for this dataset where its code keeps one, else the dataset's."
+    from vlprompt.data import DATASETS
+    own = CONFIGS[(s['method'], s['protocol'])].get('templates', {})
+    spec = DATASETS.get(data.name)
+    return own.get(spec.coop_name if spec else '', data.template)
 
 def _cocoop(clip, classnames, template, seed=0, **options):
     from vlprompt.methods.coop import CoCoOp
@@ -75,9 +80,11 @@ for protocol in PROTOCOLS:  # CoCoOp's paper setting for every protocol; the mic
                                          train=dict(batch_size=1, lr=0.002, optimizer='sgd', epochs=10),
                                          method=dict(n_ctx=4, ctx_init='a photo of a'),
                                          micro=dict(train=dict(batch_size=32, epochs=10, lr=0.01)))
+from .methods import prograd as _prograd_module
 _prograd_lam = {d: dict(method=dict(lam=0.8), min_shots=8) for d in ('oxford_flowers', 'dtd', 'eurosat')}
 for protocol in ('fewshot', 'base2new'):
-    CONFIGS[('prograd', protocol)] = dict(source='ProGrad (ICCV 2023): CoOp student, M=16 with the template in the last slots, lambda=1, T=1',
+    CONFIGS[('prograd', protocol)] = dict(source=_prograd_module.PROGRAD_SOURCE + ': CoOp student, M=16 from its own template, lambda=1, T=1',
+                                          templates=_prograd_module.PROGRAD_TEMPLATES,
                                           train=dict(batch_size=32, lr=0.002, optimizer='sgd'), epochs_by_shots=True,
                                           method=dict(n_ctx=16, lam=1.0, temperature=1.0), datasets=_prograd_lam,
                                           micro=dict(train=dict(epochs=30, lr=0.01)))
@@ -359,7 +366,7 @@ def build_method(s: dict, clip: LoadedCLIP, data):
     "The run's method over `data`'s classes and template."
     seed = dict(seed=s['seed']) if s['method'] != 'zeroshot' else {}
     options = {k: v for k, v in s['method_options'].items() if s['method'] not in RULES or k not in RULE_OPTIONS}
-    try: return METHODS[s['method']](clip, data.classnames, data.template, **seed, **options)
+    try: return METHODS[s['method']](clip, data.classnames, run_template(s, data), **seed, **options)
     except TypeError as e:
         if 'unexpected keyword' not in str(e): raise
         bad = str(e).split('argument')[-1].strip().strip("'")
