@@ -98,3 +98,22 @@ def test_eval_rebuilds_prepared_and_image_methods(tmp_path, method, protocol):
     again = bench.evaluate_run(tmp_path/'run')
     assert set(again) == {k for k, v in metrics.items() if isinstance(v, float)} - {'seconds', 'conflict_fraction'}
     for k, v in again.items(): assert v == pytest.approx(metrics[k], abs=1e-9), k
+
+@pytest.mark.parametrize('dataset,template,fixed', [('oxford_pets', 'a type of pet, a photo of a {}.', 1),
+                                                     ('dtd', 'a texture of {}.', 0), ('food101', 'a type of food, a photo of {}.', 1)])
+def test_prograd_runs_use_its_own_template_for_init_and_teacher(tmp_path, monkeypatch, dataset, template, fixed):
+    "A real-dataset ProGrad run (fake folder): the student starts from ProGrad's template, official layout; the teacher is its classifier."
+    from vlprompt.clip import LoadedCLIP, micro_tokenizer, tiny_clip, zeroshot_weights
+    from vlprompt.data import load_dataset, make_fake_dataset, subsample_classes
+    make_fake_dataset(dataset, tmp_path/'data', n_classes=4, per_class=(2, 1, 1), size=16)
+    clip = LoadedCLIP(tiny_clip(), micro_tokenizer(), None, 'tiny-real')
+    s = bench.run_settings('prograd', 'base2new', dataset, 1, 1, backbone='tiny-real')
+    data = subsample_classes(load_dataset(dataset, tmp_path/'data'), 'base')
+    assert data.template != template  # CoOp's template differs from ProGrad's for these datasets
+    method, rule = bench.build_run(s, clip, data)
+    phrase = template.replace(' {}.', '')
+    w = len(phrase.split(' '))
+    assert method.n_ctx == 16 and method.n_fixed == fixed and method.ctx[:16 - w].abs().sum() == 0
+    ids = micro_tokenizer()([' '.join(['X'] * (16 - w) + [phrase, n]) + '.' for n in data.classnames])
+    assert torch.equal(method.eot, ids.argmax(-1))  # the official prompt's EOT
+    torch.testing.assert_close(rule.teacher_weights, zeroshot_weights(clip, data.classnames, template))

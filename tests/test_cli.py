@@ -72,3 +72,29 @@ def test_wheel_works_without_the_dev_tools(tmp_path):
     res = subprocess.run([sys.executable, '-c', code, str(site)], capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, 'PYTHONPATH': str(site)})
     assert res.returncode == 0 and 'ok micro' in res.stdout, res.stderr
+
+def test_import_checkpoint_evaluates_an_official_checkpoint(tmp_path):
+    "An official CoOp checkpoint (Dassl's layout, a scheduler object pickled beside it) holding 'a photo of a' scores as zero-shot."
+    import torch
+    from vlprompt.clip import load_clip
+    clip = load_clip('micro', device='cpu')
+    words = clip.model.token_embedding(clip.tokenizer(['a photo of a'])[0, 1:5]).detach()
+    ckpt = tmp_path/'prompt_learner'/'model.pth.tar-200'
+    ckpt.parent.mkdir()
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.), 10)
+    torch.save({'state_dict': {'ctx': words, 'token_prefix': torch.zeros(3)}, 'epoch': 200, 'scheduler': {'successor': sched}}, ckpt)
+    args = ['import-checkpoint', '--official', str(ckpt), '--method', 'coop', '--dataset', 'micro-pairs']
+    res = run(*args, '--out', str(tmp_path/'out'))
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads((tmp_path/'out'/'metrics.json').read_text())
+    from vlprompt import bench
+    zs = bench.run(bench.run_settings('zeroshot', 'base2new', 'micro-pairs', 16, 1), progress=False)
+    assert abs(got['base'] - zs['base']) < 1e-6 and abs(got['new'] - zs['new']) < 1e-6
+    assert got['official_checkpoint']['file'] == str(ckpt)
+    again = run(*args, '--out', str(tmp_path/'out'))  # never overwrites
+    assert again.returncode == 2 and 'already holds' in again.stderr
+    (tmp_path/'bad.pt').write_bytes(b'not a checkpoint')
+    bad = run('import-checkpoint', '--official', str(tmp_path/'bad.pt'), '--method', 'coop', '--dataset', 'micro-pairs')
+    assert bad.returncode == 2 and 'not a readable checkpoint' in bad.stderr and 'Traceback' not in bad.stderr
+    wrong = run('import-checkpoint', '--official', str(ckpt), '--method', 'cocoop', '--dataset', 'micro-pairs')
+    assert wrong.returncode == 2 and 'No value for' in wrong.stderr, wrong.stderr

@@ -63,3 +63,39 @@ def test_offline_download_says_how_to_get_weights():
     assert res.returncode != 0 and 'VLPromptError' in res.stderr
     assert 'offline' in res.stderr and 'checkpoint=PATH' in res.stderr
     assert time.time() - start < 60
+
+ACTIVATIONS = lambda m: {type(b.mlp.gelu).__name__ for t in (m.visual.transformer, m.transformer) for b in t.resblocks}
+
+def test_openai_tag_builds_quickgelu_through_the_real_route(monkeypatch):
+    "`load_clip('ViT-B-16', pretrained='openai')`, offline: the download and the weight load are stood in for, the build is real."
+    import open_clip.factory as factory
+    asked = []
+    monkeypatch.setattr(factory, 'download_pretrained', lambda cfg, cache_dir=None: asked.append(cfg) or 'weights.pt')
+    monkeypatch.setattr(factory, 'load_checkpoint', lambda model, path, **k: None)
+    for tag, activation in (('openai', 'QuickGELU'), ('laion2b_s34b_b88k', 'GELU')):
+        clip = load_clip('ViT-B-16', pretrained=tag, device='cpu')
+        assert ACTIVATIONS(clip.model) == {activation}, (tag, ACTIVATIONS(clip.model))
+    assert len(asked) == 2
+    for name, tag in open_clip.list_pretrained():  # every tag whose weights were trained with QuickGELU gets it
+        from vlprompt.clip import open_clip_build
+        cfg = open_clip.get_pretrained_cfg(name, tag)
+        assert open_clip_build(name, tag)['force_quick_gelu'] == bool(cfg.get('quick_gelu')), (name, tag)
+
+@torch.no_grad()
+def test_openai_state_dict_equals_open_clips_quickgelu_model(tmp_path):
+    "ViT-B/16 weights in OpenAI's layout (extra entries, fp16) load as QuickGELU and equal open_clip's ViT-B-16-quickgelu to 1e-6."
+    torch.manual_seed(1)
+    reference = open_clip.create_model('ViT-B-16-quickgelu').eval().requires_grad_(False)
+    sd = {k: v.half() if v.is_floating_point() and v.dim() > 1 else v for k, v in reference.state_dict().items()}
+    reference.load_state_dict(sd)  # the reference holds the same (fp16-rounded) numbers
+    sd.update(input_resolution=torch.tensor(224), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    images, ids = torch.randn(2, 3, 224, 224), open_clip.get_tokenizer('ViT-B-16')(['a photo of a dog.', 'a cat.'])
+    loaded = load_clip('ViT-B-16', state_dict=sd, device='cpu')
+    assert ACTIVATIONS(loaded.model) == {'QuickGELU'}
+    for encode, x in (('encode_image', images), ('encode_text', ids)):
+        a, b = getattr(loaded.model, encode)(x), getattr(reference, encode)(x)
+        assert float((a - b).norm() / b.norm()) < 1e-6, encode
+    cfg = {**open_clip.get_model_config('ViT-B-16'), 'quick_gelu': False}  # a config dict; the layout still says QuickGELU
+    from_config = load_clip('my-vit', state_dict=sd, config=cfg, device='cpu').model
+    assert ACTIVATIONS(from_config) == {'QuickGELU'}
+    torch.testing.assert_close(from_config.encode_image(images), reference.encode_image(images), atol=1e-5, rtol=1e-6)

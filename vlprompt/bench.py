@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from .clip import LoadedCLIP, VLPromptError, image_features, load_clip, suggest
 from .data import LazyImages, fewshot_splits, load_dataset, load_images, subsample_classes, DOMAIN_SHIFTS, CROSS_DATASET
@@ -18,12 +19,14 @@ from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone
                             evaluate, fit, module_device, train_method, write_json)
 
 # %% auto #0
-__all__ = ['METHODS', 'RULES', 'PROTOCOLS', 'CONFIGS', 'PAPER_BASE2NEW', 'PAPER_FEWSHOT_RN50', 'RULE_OPTIONS', 'run_settings',
-           'get_clip', 'dassl_train_transform', 'dataset_features', 'train_inputs', 'split_inputs', 'accuracy',
-           'harmonic_mean', 'overrides', 'run_name', 'run_dir', 'run_dataset', 'config_differences', 'RunLog',
-           'checkpoint_epoch', 'use_split_indices', 'run', 'learnable', 'build_method', 'build_run', 'run_identity',
-           'train_run', 'evaluate_method', 'evaluate_run', 'plan', 'grid_datasets', 'write_grid', 'reproduce',
-           'base_to_new', 'summarize', 'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables']
+__all__ = ['METHODS', 'RULES', 'PROTOCOLS', 'CONFIGS', 'PAPER_BASE2NEW', 'PAPER_FEWSHOT_RN50', 'RULE_OPTIONS', 'OFFICIAL_RENAMES',
+           'OFFICIAL_FIXED', 'run_template', 'run_settings', 'read_official_checkpoint', 'official_to_kit',
+           'init_learnable', 'load_official', 'get_clip', 'dassl_train_transform', 'dataset_features', 'train_inputs',
+           'split_inputs', 'accuracy', 'harmonic_mean', 'overrides', 'run_name', 'run_dir', 'run_dataset',
+           'config_differences', 'RunLog', 'checkpoint_epoch', 'use_split_indices', 'run', 'learnable', 'build_method',
+           'build_run', 'run_identity', 'train_run', 'evaluate_method', 'evaluate_run', 'evaluate_official', 'plan',
+           'grid_datasets', 'write_grid', 'reproduce', 'base_to_new', 'summarize', 'results_table', 'results_csv',
+           'scan_runs', 'unfinished_report', 'write_tables']
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
 def _zeroshot(clip, classnames, template, **options):
@@ -34,20 +37,25 @@ def _coop(clip, classnames, template, seed=0, **options):
     from vlprompt.methods.coop import CoOp
     return CoOp(clip, classnames, seed=seed, **options)
 
-def _prograd(clip, classnames, template, seed=0, lam=1.0, temperature=1.0, **options):
-    from vlprompt.methods.coop import CoOp
-    from vlprompt.methods.prograd import prograd_init
-    coop = CoOp(clip, classnames, seed=seed, **options)
-    prograd_init(coop, template)
-    return coop
+def _prograd(clip, classnames, template, seed=0, **options):
+    from vlprompt.methods.prograd import prograd_coop
+    return prograd_coop(clip, classnames, template, seed=seed, **options)
 
 def _prograd_rule(s, clip, data, method):
     from vlprompt.clip import image_features, zeroshot_weights
     from vlprompt.methods.prograd import ProGradRule
     o = s['method_options']
     encoder = (lambda images: image_features(clip, images, normalize=True)) if getattr(method, 'needs_images', False) else None
-    return ProGradRule(zeroshot_weights(clip, data.classnames, data.template), clip.model.logit_scale.exp().item(),
+    teacher = zeroshot_weights(clip, data.classnames, run_template(s, data))  # ProGrad's own template
+    return ProGradRule(teacher, clip.model.logit_scale.exp().item(),
                        lam=o.get('lam', 1.0), temperature=o.get('temperature', 1.0), image_encoder=encoder)
+
+def run_template(s: dict, data) -> str:
+    "The run's hand-made template: the method's own for this dataset where its code keeps one, else the dataset's."
+    from vlprompt.data import DATASETS
+    own = CONFIGS[(s['method'], s['protocol'])].get('templates', {})
+    spec = DATASETS.get(data.name)
+    return own.get(spec.coop_name if spec else '', data.template)
 
 def _cocoop(clip, classnames, template, seed=0, **options):
     from vlprompt.methods.coop import CoCoOp
@@ -77,9 +85,11 @@ for protocol in PROTOCOLS:  # CoCoOp's paper setting for every protocol; the mic
                                          train=dict(batch_size=1, lr=0.002, optimizer='sgd', epochs=10),
                                          method=dict(n_ctx=4, ctx_init='a photo of a'),
                                          micro=dict(train=dict(batch_size=32, epochs=10, lr=0.01)))
+from .methods import prograd as _prograd_module
 _prograd_lam = {d: dict(method=dict(lam=0.8), min_shots=8) for d in ('oxford_flowers', 'dtd', 'eurosat')}
 for protocol in ('fewshot', 'base2new'):
-    CONFIGS[('prograd', protocol)] = dict(source='ProGrad (ICCV 2023): CoOp student, M=16 with the template in the last slots, lambda=1, T=1',
+    CONFIGS[('prograd', protocol)] = dict(source=_prograd_module.PROGRAD_SOURCE + ': CoOp student, M=16 from its own template, lambda=1, T=1',
+                                          templates=_prograd_module.PROGRAD_TEMPLATES,
                                           train=dict(batch_size=32, lr=0.002, optimizer='sgd'), epochs_by_shots=True,
                                           method=dict(n_ctx=16, lam=1.0, temperature=1.0), datasets=_prograd_lam,
                                           micro=dict(train=dict(epochs=30, lr=0.01)))
@@ -134,6 +144,76 @@ def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int
     return dict(method=method, protocol=protocol, dataset=dataset, shots=shots, seed=seed, backbone=backbone,
                 pretrained=pretrained, train=asdict(TrainConfig(**resolved)), method_options=options, source=cfg.get('source', ''),
                 **({'template': template} if template is not None else {}))
+
+# %% ../nbs/20_benchmark.ipynb #ddbc927f
+OFFICIAL_RENAMES = [  # official prompt-learner keys -> the kit's (prefix, replacement), in order
+    ('prompt_learner.', ''),  # a whole model's state dict
+    ('meta_net.linear1.', 'meta_net.0.'), ('meta_net.linear2.', 'meta_net.2.'),  # CoCoOp
+    ('text_feature_residuals', 'task_residual'), ('base_text_features', 'base'),  # TaskRes
+    ('compound_prompts_text.', 'text_prompts.'), ('proj.', 'couplings.0.'),  # MaPLe
+]
+OFFICIAL_FIXED = ('token_prefix', 'token_suffix')  # rebuilt from the class names, as the official load
+
+def read_official_checkpoint(path: str | Path) -> dict:
+    """The state dict in a checkpoint the official (Dassl) trainers save (`model.pth.tar-N`), read with
+    weights_only=True; objects it also pickled (schedulers) become inert stand-ins, never run."""
+    path = Path(path)
+    if not path.is_file(): raise VLPromptError(f'Official checkpoint {str(path)!r} not found.')
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        stubs = [_inert(n) for n in names]
+        with torch.serialization.safe_globals(stubs):
+            payload = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise VLPromptError(f'{str(path)!r} is not a readable checkpoint ({type(e).__name__}: '
+                            f'{str(e).splitlines()[0][:200]}).') from e
+    state = payload.get('state_dict', payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise VLPromptError(f'{str(path)!r} holds no state dict of tensors (a Dassl checkpoint has '
+                            "one under 'state_dict').")
+    return dict(state)
+
+def _inert(qualified: str) -> type:
+    module, _, name = qualified.rpartition('.')
+    stub = type(name, (), {'__init__': lambda self, *a, **k: None,
+                           '__setstate__': lambda self, state: None})
+    stub.__module__ = module
+    return stub
+
+def official_to_kit(state: dict) -> dict:
+    "Rename an official prompt learner's tensors to the kit's; drop the fixed token buffers."
+    out = {}
+    for key, value in state.items():
+        for old, new in OFFICIAL_RENAMES:
+            if key.startswith(old): key = new + key[len(old):]
+        if key.startswith('compound_prompt_projections.'):  # MaPLe's F_1 .. F_{J-1}
+            i, rest = key.split('.', 2)[1:]
+            key = f'couplings.{int(i) + 1}.{rest}'
+        if key not in OFFICIAL_FIXED: out[key] = value
+    return out
+
+def init_learnable(method: nn.Module, tensors: dict) -> nn.Module:
+    "Set a method's learnable tensors (and buffers named in `tensors`) from a dict, checking names and shapes."
+    own = {**dict(method.named_parameters()), **dict(method.named_buffers())}
+    learn = {n for n, p in method.named_parameters() if p.requires_grad}
+    if unknown := sorted(set(tensors) - set(own)):
+        raise VLPromptError(f'{type(method).__name__} has no tensor {unknown[0]!r}; its learnable '
+                            f'tensors are {", ".join(sorted(learn))}.')
+    if missing := sorted(learn - set(tensors)):
+        raise VLPromptError(f'No value for {type(method).__name__}\'s learnable {missing[0]!r} '
+                            f'({len(missing)} missing); give every one of {", ".join(sorted(learn))}.')
+    for name, value in tensors.items():
+        if tuple(value.shape) != tuple(own[name].shape):
+            raise VLPromptError(f'{name!r} has shape {tuple(value.shape)}, the module expects '
+                                f'{tuple(own[name].shape)}: same backbone, classes and options?')
+    with torch.no_grad():
+        for name, value in tensors.items(): own[name].copy_(value.to(own[name]))
+    return method
+
+def load_official(method: nn.Module, checkpoint: str | Path | dict) -> nn.Module:
+    "Put the tensors of an official CoOp/CoCoOp/ProGrad/TaskRes/MaPLe checkpoint into the kit's module."
+    state = checkpoint if isinstance(checkpoint, dict) else read_official_checkpoint(checkpoint)
+    return init_learnable(method, official_to_kit(state))
 
 # %% ../nbs/20_benchmark.ipynb #0b9de131
 _CLIPS: dict = {}
@@ -377,7 +457,7 @@ def build_method(s: dict, clip: LoadedCLIP, data):
     "The run's method over `data`'s classes and template."
     seed = dict(seed=s['seed']) if s['method'] != 'zeroshot' else {}
     options = {k: v for k, v in s['method_options'].items() if s['method'] not in RULES or k not in RULE_OPTIONS}
-    try: return METHODS[s['method']](clip, data.classnames, data.template, **seed, **options)
+    try: return METHODS[s['method']](clip, data.classnames, run_template(s, data), **seed, **options)
     except TypeError as e:
         if 'unexpected keyword' not in str(e): raise
         bad = str(e).split('argument')[-1].strip().strip("'")
@@ -452,6 +532,17 @@ def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = No
                                 'run `vlprompt train` with the same settings to finish it first.')
     train_run(method, rule, s, clip, train_data, folder=folder)  # prepare again, reload the learned tensors, calibrate
     return evaluate_method(method, s, clip, data, data_root)
+
+# %% ../nbs/20_benchmark.ipynb #bc28ee78
+def evaluate_official(s: dict, official: str | Path, data_root=None, checkpoint: str | None = None) -> dict:
+    "Test metrics of an official trainer's checkpoint loaded into the kit's method for settings `s`."
+    clip = get_clip(s['backbone'], s['pretrained'], checkpoint)
+    data = load_dataset(s['dataset'], data_root)
+    train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
+    method = load_official(build_method(s, clip, train_data), official)
+    digest = hashlib.sha256(Path(official).read_bytes()).hexdigest()
+    return dict(settings=s, **evaluate_method(method, s, clip, data, data_root),
+                official_checkpoint=dict(file=str(official), sha256=digest))
 
 # %% ../nbs/20_benchmark.ipynb #7a96257c
 import csv, io

@@ -14,8 +14,8 @@ from . import micro, bench
 from .train import run_lock, write_json, write_text
 
 # %% auto #0
-__all__ = ['DEMO_METHODS', 'demo', 'plot_demo', 'parse_sets', 'train', 'evaluate_run', 'reproduce', 'table', 'exercises',
-           'add_data_parser', 'data_command', 'build_parser', 'main']
+__all__ = ['DEMO_METHODS', 'demo', 'plot_demo', 'parse_sets', 'train', 'evaluate_run', 'import_checkpoint', 'reproduce', 'table',
+           'exercises', 'add_data_parser', 'data_command', 'build_parser', 'main']
 
 # %% ../nbs/40_cli.ipynb #9cce3be5
 DEMO_METHODS = ('zeroshot', 'coop', 'cocoop', 'prograd',  # learned text context
@@ -116,6 +116,20 @@ def evaluate_run(args) -> dict:
     result = bench.evaluate_run(args.run, args.data_root, args.checkpoint, getattr(args, 'split_indices', None))
     print(json.dumps(result, indent=1))
     return result
+
+def import_checkpoint(args) -> dict:
+    "Evaluate an official trainer's checkpoint with the kit; with --out, also write OUT/metrics.json."
+    s = bench.run_settings(args.method, args.protocol, args.dataset, args.shots, args.seed,
+                           args.backbone, args.pretrained)
+    out = Path(args.out) if args.out else None
+    if out is not None and (out/'metrics.json').exists():
+        raise VLPromptError(f'{out} already holds a metrics.json; choose another --out.')
+    metrics = bench.evaluate_official(s, args.official, args.data_root, args.checkpoint)
+    print(json.dumps({k: v for k, v in metrics.items() if k != 'settings'}, indent=1))
+    if out is not None:
+        write_json(out/'metrics.json', metrics)
+        print(f'wrote {out/"metrics.json"}')
+    return metrics
 
 def reproduce(args) -> str:
     "Expand the grid into runs and launch them (here, in a local pool, or as a Slurm array); print and write the table."
@@ -248,6 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--data-root', help='folder holding the CoOp datasets')
     p.add_argument('--split-indices', metavar='DIR', help='the index set the run was trained with, if it used one')
 
+    p = sub.add_parser('import-checkpoint', help="evaluate an official trainer's checkpoint with the kit",
+                       description='Load the prompt learner that the official CoOp, CoCoOp, ProGrad, TaskRes or '
+                                   'MaPLe code saved (Dassl: prompt_learner/model.pth.tar-N) into the kit\'s '
+                                   'method for these settings and evaluate it under the protocol; nothing trains.')
+    p.add_argument('--official', required=True, help='the official checkpoint file')
+    p.add_argument('--method', required=True, choices=('coop', 'cocoop', 'prograd', 'taskres', 'maple'))
+    p.add_argument('--dataset', required=True, help='the dataset it was trained on')
+    p.add_argument('--protocol', default='base2new', choices=bench.PROTOCOLS)
+    p.add_argument('--shots', type=int, default=16, help='shots of its training (default 16)')
+    p.add_argument('--seed', type=int, default=1, help='its seed (default 1)')
+    p.add_argument('--out', help='also write OUT/metrics.json')
+    backbone_options(p)
+
     p = sub.add_parser('reproduce', help='run a grid of methods x datasets x seeds (here, on local GPUs, or on Slurm) and print the table',
                        description='Run every (method, dataset, shots, seed) of a protocol, one run per folder under --out: finished runs are '
                                    'skipped, started ones resume, a folder with other settings is refused. Prints mean ± std over seeds.')
@@ -298,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        {'demo': lambda: demo(args.out, args.device), 'train': lambda: train(args), 'eval': lambda: evaluate_run(args),
+        {'demo': lambda: demo(args.out, args.device), 'train': lambda: train(args), 'eval': lambda: evaluate_run(args), 'import-checkpoint': lambda: import_checkpoint(args),
          'reproduce': lambda: reproduce(args), 'table': lambda: table(args), 'exercises': lambda: exercises(args),
          'data': lambda: data_command(args),
          'bench': lambda: __import__('vlprompt.speed', fromlist=['bench_command']).bench_command(args)}[args.command]()

@@ -18,9 +18,11 @@ import open_clip
 
 # %% auto #0
 __all__ = ['MICRO_CLIP_CONFIG', 'DATASET_TEMPLATES', 'IMAGENET_TEMPLATES_SELECT', 'IMAGENET_TEMPLATES', 'clip_logits',
-           'tiny_clip', 'VLPromptError', 'LoadedCLIP', 'suggest', 'micro_tokenizer', 'load_clip', 'replace_tokens',
-           'eot_positions', 'project_text', 'reference_path', 'encode_text_prompted', 'encode_text_ids',
-           'encode_image_prompted', 'clean_classname', 'text_features', 'image_features', 'zeroshot_weights']
+           'tiny_clip', 'VLPromptError', 'LoadedCLIP', 'suggest', 'micro_tokenizer', 'load_clip', 'tag_quick_gelu',
+           'is_openai_state_dict', 'open_clip_build', 'read_state_dict', 'model_config', 'build_from_config',
+           'load_weights', 'replace_tokens', 'eot_positions', 'project_text', 'reference_path', 'encode_text_prompted',
+           'encode_text_ids', 'encode_image_prompted', 'clean_classname', 'text_features', 'image_features',
+           'zeroshot_weights']
 
 # %% ../nbs/00_clip.ipynb #0df6b2f3
 def clip_logits(image_features: torch.Tensor, class_weights: torch.Tensor, logit_scale) -> torch.Tensor:
@@ -51,7 +53,7 @@ class LoadedCLIP:
     "A CLIP model with what is needed to use it."
     model: nn.Module
     tokenizer: Callable  # list of str -> (N, context_length) token ids
-    preprocess: Callable  # test-time transform of image files: PIL image -> tensor (the micro world's own images use micro_preprocess)
+    preprocess: Callable  # PIL image -> tensor (the micro world's own images use micro_preprocess)
     name: str
     pretrained: str | None = None
 
@@ -65,50 +67,154 @@ def suggest(name: str, choices: Sequence[str]) -> str:
 
 def micro_tokenizer():
     "CLIP's BPE tokenizer with the micro CLIP's 32-token context."
-    return open_clip.tokenizer.SimpleTokenizer(context_length=MICRO_CLIP_CONFIG['text_cfg']['context_length'])
+    context = MICRO_CLIP_CONFIG['text_cfg']['context_length']
+    return open_clip.tokenizer.SimpleTokenizer(context_length=context)
 
-def load_clip(name: str = 'micro', pretrained: str | None = None, checkpoint: str | Path | None = None,
-              device: str | torch.device | None = None) -> LoadedCLIP:
-    "Load a frozen CLIP: `'micro'` (the kit's own), or an open_clip architecture with a `pretrained` tag or a `checkpoint` file."
+def load_clip(name: str = 'micro', pretrained: str | None = None,
+              checkpoint: str | Path | None = None, device: str | torch.device | None = None, *,
+              state_dict: dict | None = None, config: dict | str | Path | None = None,
+              quick_gelu: bool | None = None) -> LoadedCLIP:
+    """Load a frozen CLIP: `'micro'` (the kit's own), or an open_clip architecture (or your own
+    `config`) with a `pretrained` tag, a `checkpoint` file or an in-memory `state_dict`."""
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    if name == 'micro':
-        from vlprompt.micro import load_micro_weights, micro_image_transform  # the micro world owns its checkpoint
+    if name == 'micro' and config is None and state_dict is None:
+        from vlprompt.micro import load_micro_weights, micro_image_transform  # the world's own file
         model = tiny_clip()
         load_micro_weights(model, checkpoint)
         bundle = LoadedCLIP(model, micro_tokenizer(), micro_image_transform(), 'micro', 'vlprompt')
     else:
-        bundle = _load_open_clip(name, pretrained, checkpoint)
+        bundle = _load_open_clip(name, pretrained, checkpoint, state_dict, config, quick_gelu)
     bundle.model.to(device).eval().requires_grad_(False)
     return bundle
 
-def _load_open_clip(name, pretrained, checkpoint) -> LoadedCLIP:
-    if name not in open_clip.list_models():
-        raise VLPromptError(f"Unknown backbone {name!r}: open_clip has no such architecture.{suggest(name, open_clip.list_models() + ['micro'])} "
-                            "`open_clip.list_models()` lists them all; 'micro' is the kit's own CPU model.")
-    if pretrained and checkpoint:
-        raise VLPromptError('Give either a pretrained tag or a checkpoint file, not both.')
+# %% ../nbs/00_clip.ipynb #e406363b
+def tag_quick_gelu(name: str, pretrained: str) -> bool:
+    "Whether the weights of an open_clip pretrained tag were trained with QuickGELU (its config says)."
+    return bool((open_clip.get_pretrained_cfg(name, pretrained) or {}).get('quick_gelu', False))
+
+def is_openai_state_dict(state_dict: dict) -> bool:
+    "OpenAI's released files carry `input_resolution`, `context_length` and `vocab_size` entries."
+    return {'input_resolution', 'context_length', 'vocab_size'} <= set(state_dict)
+
+def open_clip_build(name: str, pretrained: str | None = None, quick_gelu: bool | None = None,
+                    state_dict: dict | None = None) -> dict:
+    "The `create_model` arguments that build the architecture these weights were trained with."
+    if quick_gelu is None and pretrained: quick_gelu = tag_quick_gelu(name, pretrained)
+    if quick_gelu is None and state_dict is not None: quick_gelu = is_openai_state_dict(state_dict)
+    return dict(model_name=name, force_quick_gelu=bool(quick_gelu))
+
+# %% ../nbs/00_clip.ipynb #ce53006c
+def read_state_dict(path: str | Path) -> dict:
+    "The weights in a CLIP file: a state dict (.pt/.bin/.pth/.safetensors) or OpenAI's TorchScript .pt."
+    path = Path(path)
+    if path.suffix == '.safetensors':
+        from safetensors.torch import load_file
+        return load_file(str(path), device='cpu')
+    if _is_torchscript(path):  # OpenAI's released files: TorchScript runs no pickled Python
+        return dict(torch.jit.load(str(path), map_location='cpu').state_dict())
+    payload = torch.load(path, map_location='cpu', weights_only=True)
+    if isinstance(payload, dict) and isinstance(payload.get('state_dict'), dict):
+        payload = payload['state_dict']
+    if not isinstance(payload, dict):
+        raise VLPromptError(f'{str(path)!r} holds a {type(payload).__name__}, not a state dict.')
+    return payload
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+    if not zipfile.is_zipfile(path): return False
+    with zipfile.ZipFile(path) as z: return any(n.endswith('/constants.pkl') for n in z.namelist())
+
+def model_config(name: str, config: dict | str | Path | None = None) -> dict | None:
+    "An open_clip model config: `config` itself (a dict or a JSON file), else the one named `name`."
+    if config is None: return open_clip.get_model_config(name)
+    if isinstance(config, (str, Path)):
+        import json
+        try: config = json.loads(Path(config).read_text())
+        except (OSError, ValueError) as e:
+            raise VLPromptError(f'Cannot read the model config {str(config)!r} ({e}). Pass a dict '
+                                'or a JSON file with embed_dim, vision_cfg and text_cfg.') from e
+    config = dict(config.get('model_cfg', config))  # open_clip_config.json nests it
+    if not {'embed_dim', 'vision_cfg', 'text_cfg'} <= set(config):
+        raise VLPromptError('A model config needs embed_dim, vision_cfg and text_cfg (as open_clip\'s '
+                            f'model_configs/*.json); got keys {sorted(config)}.')
+    return config
+
+def build_from_config(config: dict, quick_gelu: bool) -> nn.Module:
+    "An open_clip CLIP (or CustomTextCLIP) with random weights from a model config."
+    cfg = {**config, 'quick_gelu': quick_gelu}
+    custom = cfg.pop('custom_text', False) or 'hf_model_name' in cfg['text_cfg']
+    return (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(**cfg)
+
+def load_weights(model: nn.Module, state_dict: dict) -> None:
+    "Load a CLIP state dict (OpenAI's or open_clip's key names) into `model`, strictly."
+    from open_clip.factory import (convert_state_dict, convert_to_custom_text_state_dict,
+                                   resize_pos_embed, resize_text_pos_embed)
+    sd = {k.removeprefix('module.'): v for k, v in state_dict.items()}
+    for key in ('input_resolution', 'context_length', 'vocab_size'): sd.pop(key, None)
+    sd = convert_state_dict(model, sd)
+    if 'positional_embedding' in sd and not hasattr(model, 'positional_embedding'):
+        sd = convert_to_custom_text_state_dict(sd)
+    if 'logit_scale' in sd: sd['logit_scale'] = sd['logit_scale'].reshape(model.logit_scale.shape)
+    resize_pos_embed(sd, model)
+    resize_text_pos_embed(sd, model)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+
+# %% ../nbs/00_clip.ipynb #aa1ba3e8
+def _load_open_clip(name, pretrained, checkpoint, state_dict, config, quick_gelu) -> LoadedCLIP:
+    given = [s for s, v in (('pretrained', pretrained), ('checkpoint', checkpoint),
+                            ('state_dict', state_dict)) if v is not None]
+    if len(given) > 1:
+        raise VLPromptError(f'Give one source of weights, not {" and ".join(given)}.')
+    if config is None and name not in open_clip.list_models():
+        models = open_clip.list_models() + ['micro']
+        raise VLPromptError(f"Unknown backbone {name!r}: open_clip has no such architecture."
+                            f"{suggest(name, models)} `open_clip.list_models()` lists them all; "
+                            "'micro' is the kit's own CPU model; config= builds your own.")
+    if pretrained: return _load_tag(name, pretrained, quick_gelu)
     if checkpoint is not None:
-        checkpoint = Path(checkpoint).expanduser()
-        if not checkpoint.is_file():
-            raise VLPromptError(f"Checkpoint file {str(checkpoint)!r} not found. Pass the path of a .pt/.bin/.safetensors state dict for {name}.")
-        source = str(checkpoint)
-    elif pretrained:
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        if pretrained not in tags:
-            raise VLPromptError(f"{name!r} has no pretrained tag {pretrained!r}.{suggest(pretrained, tags)} Known tags: {', '.join(tags) or 'none'}.")
-        source = pretrained
-    else: source = None
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise VLPromptError(f"Checkpoint file {str(path)!r} not found. Pass the path of a "
+                                f".pt/.bin/.safetensors state dict for {name}.")
+        try: state_dict = read_state_dict(path)
+        except VLPromptError: raise
+        except Exception as e:
+            raise VLPromptError(f'Could not load {str(path)!r}: it is not a readable weights file '
+                                f'({type(e).__name__}). Pass a state dict saved with torch.save, a '
+                                '.safetensors file, or OpenAI\'s released .pt.') from e
+    build = open_clip_build(name, quick_gelu=quick_gelu, state_dict=state_dict)
+    if config is None: model = open_clip.create_model(**build)
+    else: model = build_from_config(model_config(name, config), build['force_quick_gelu'])
+    if state_dict is not None:
+        try: load_weights(model, state_dict)
+        except Exception as e:
+            raise VLPromptError(f'The weights do not fit {name}: {str(e).splitlines()[0][:300]} '
+                                'Name the architecture they were saved for (or pass its config=).') from e
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    cfg = {**getattr(model.visual, 'preprocess_cfg', {}), 'size': model.visual.image_size}
+    preprocess = image_transform_v2(PreprocessCfg(**cfg), is_train=False)  # as open_clip's own
+    context = model.context_length
+    tokenizer = (open_clip.get_tokenizer(name) if config is None
+                 else open_clip.tokenizer.SimpleTokenizer(context_length=context))
+    source = str(checkpoint) if checkpoint is not None else 'state_dict' if state_dict else None
+    return LoadedCLIP(model, tokenizer, preprocess, name, source)
+
+def _load_tag(name, pretrained, quick_gelu) -> LoadedCLIP:
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        raise VLPromptError(f"{name!r} has no pretrained tag {pretrained!r}.{suggest(pretrained, tags)} "
+                            f"Known tags: {', '.join(tags) or 'none'}.")
+    build = open_clip_build(name, pretrained, quick_gelu)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=source)
+        model, _, preprocess = open_clip.create_model_and_transforms(**build, pretrained=pretrained)
     except Exception as e:
-        if checkpoint is not None:
-            raise VLPromptError(f"Could not load {str(checkpoint)!r} into {name}: {str(e).splitlines()[0][:300]} "
-                                "Check that the file is a state dict saved for this architecture (OpenAI weights need a '-quickgelu' name).") from e
+        fill = f"open_clip.create_model_and_transforms('{name}', pretrained='{pretrained}')"
         raise VLPromptError(
-            f"Could not get the {name}/{pretrained} weights ({type(e).__name__}); this machine may be offline. "
-            f"On a machine with internet access run `python -c \"import open_clip; open_clip.create_model_and_transforms('{name}', pretrained='{pretrained}')\"` "
-            "to fill the Hugging Face cache (then copy ~/.cache/huggingface here), or download the weights file and pass checkpoint=PATH.") from e
-    return LoadedCLIP(model, open_clip.get_tokenizer(name), preprocess, name, pretrained or (str(checkpoint) if checkpoint else None))
+            f"Could not get the {name}/{pretrained} weights ({type(e).__name__}); this machine may "
+            f"be offline. On a machine with internet access run `python -c \"import open_clip; "
+            f"{fill}\"` to fill the Hugging Face cache (then copy ~/.cache/huggingface here), or "
+            "download the weights file and pass checkpoint=PATH.") from e
+    return LoadedCLIP(model, open_clip.get_tokenizer(name), preprocess, name, pretrained)
 
 # %% ../nbs/00_clip.ipynb #caf320ee
 DATASET_TEMPLATES = {  # CoOp's hand-made prompt per benchmark dataset

@@ -9,7 +9,7 @@ import torch.nn as nn
 from ..clip import LoadedCLIP, VLPromptError, clean_classname, clip_logits, encode_text_prompted, eot_positions
 
 # %% auto #0
-__all__ = ['CoOp', 'CoCoOp']
+__all__ = ['CoOp', 'phrase_context', 'CoCoOp']
 
 # %% ../../nbs/11_coop.ipynb #bf720cef
 class CoOp(nn.Module):
@@ -17,40 +17,45 @@ class CoOp(nn.Module):
     needs_images = False  # trains on cached image features: the image encoder is frozen
     positions = ('end', 'middle', 'front')
 
-    def __init__(self, clip: LoadedCLIP, classnames: list[str], n_ctx: int | None = None, ctx_init: str | None = None,
-                 csc: bool = False, class_token_position: str = 'end', seed: int = 0):
+    def __init__(self, clip: LoadedCLIP, classnames: list[str], n_ctx: int | None = None,
+                 ctx_init: str | None = None, csc: bool = False, class_token_position: str = 'end',
+                 seed: int = 0, ctx_pad: bool = False):
         super().__init__()
         if class_token_position not in self.positions:
-            raise VLPromptError(f"class_token_position must be one of {', '.join(self.positions)}, not {class_token_position!r}.")
+            raise VLPromptError(f"class_token_position must be one of {', '.join(self.positions)}, "
+                                f"not {class_token_position!r}.")
         model, tokenizer = clip.model, clip.tokenizer
         self.clip, self.classnames = clip, [clean_classname(c) for c in classnames]
         self.csc, self.class_token_position, self.ctx_init = csc, class_token_position, ctx_init
+        self.ctx_pad = ctx_pad
         embed = model.token_embedding
         with torch.no_grad():
-            if ctx_init:  # context from the words of a phrase: M = its token count
-                ids = tokenizer([ctx_init]).to(embed.weight.device)
-                words = int(eot_positions(ids)[0]) - 1
-                if n_ctx is not None and n_ctx != words:
-                    raise VLPromptError(f'n_ctx={n_ctx} but ctx_init {ctx_init!r} is {words} tokens: the words set the prompt length. '
-                                        f'Drop n_ctx, or pass ctx_init=None for {n_ctx} random context vectors.')
-                n_ctx = words
-                ctx = embed(ids)[0, 1:1 + n_ctx].float()
+            if ctx_init:  # the official init from a phrase (below)
+                ctx, n_ctx, prefix = phrase_context(tokenizer, embed, ctx_init, n_ctx, ctx_pad)
                 if csc: ctx = ctx.expand(len(classnames), -1, -1).clone()
             else:
                 n_ctx = 16 if n_ctx is None else n_ctx  # CoOp's default prompt length with random init
-                if n_ctx < 1: raise VLPromptError(f'n_ctx (the prompt length M) must be at least 1, not {n_ctx}.')
-                shape = (len(classnames), n_ctx, embed.embedding_dim) if csc else (n_ctx, embed.embedding_dim)
+                if n_ctx < 1:
+                    raise VLPromptError(f'n_ctx (the prompt length M) must be at least 1, not {n_ctx}.')
+                K, d = len(classnames), embed.embedding_dim
+                shape = (K, n_ctx, d) if csc else (n_ctx, d)
                 ctx = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 0.02
+                prefix = ' '.join(['X'] * n_ctx)
         self.n_ctx = n_ctx
         self.ctx = nn.Parameter(ctx.to(embed.weight.device))
-        prompts = [' '.join(['X'] * n_ctx) + ' ' + name + '.' for name in self.classnames]
+        prompts = [prefix + ' ' + name + '.' for name in self.classnames]
         _check_length(tokenizer, prompts, clip.context_length, n_ctx)
         ids = tokenizer(prompts).to(embed.weight.device)
         with torch.no_grad(): token_embeds = embed(ids)
         self.register_buffer('token_prefix', token_embeds[:, :1].clone())  # [SOS]
-        self.register_buffer('token_suffix', token_embeds[:, 1 + n_ctx:].clone())  # name . [EOS] padding
+        # the phrase's fixed words (if any), name . [EOS] padding
+        self.register_buffer('token_suffix', token_embeds[:, 1 + n_ctx:].clone())
         self.register_buffer('eot', eot_positions(ids))
-        self.name_lens = (self.eot - n_ctx - 2).tolist()  # tokens of each class name (between context and '.')
+        self.n_fixed = int(eot_positions(tokenizer([prefix]))[0]) - 1 - n_ctx  # fixed phrase tokens
+        if self.n_fixed and class_token_position != 'end':
+            raise VLPromptError(f'ctx_init {ctx_init!r} leaves {self.n_fixed} fixed token(s) before the '
+                                "class name; that layout has the class name at the end only.")
+        self.name_lens = (self.eot - n_ctx - 2).tolist()  # tokens between the context and '.'
 
     def prompts(self) -> torch.Tensor:
         "Token embeddings (K, L, d) of every class's prompt with the current context."
@@ -81,9 +86,29 @@ class CoOp(nn.Module):
     def for_classes(self, classnames: list[str]) -> 'CoOp':
         "A CoOp over other class names with a copy of this unified context (base -> new evaluation)."
         if self.csc: raise VLPromptError('Class-specific context (csc) is tied to the training classes; it cannot be moved to new classes.')
-        other = CoOp(self.clip, classnames, n_ctx=self.n_ctx, class_token_position=self.class_token_position)
+        other = CoOp(self.clip, classnames, n_ctx=self.n_ctx, ctx_init=self.ctx_init,
+                     class_token_position=self.class_token_position, ctx_pad=self.ctx_pad)
         with torch.no_grad(): other.ctx.copy_(self.ctx)
         return other
+
+def phrase_context(tokenizer, embed: nn.Embedding, phrase: str, n_ctx: int | None = None,
+                   pad: bool = False) -> tuple[torch.Tensor, int, str]:
+    """The official context from a phrase: (ctx (n_ctx, d), n_ctx, the prompt's text before the name).
+    w = the phrase's space-separated words; the last w slots get its first w token embeddings
+    (zeros before them, with `pad`); tokens past the w-th stay fixed words before the class name."""
+    phrase = phrase.replace('_', ' ')
+    w = len(phrase.split(' '))
+    if n_ctx is None: n_ctx = w
+    if n_ctx != w and not pad:
+        raise VLPromptError(f'n_ctx={n_ctx} but ctx_init {phrase!r} is {w} words: the words set the '
+                            f'prompt length. Drop n_ctx, or pass ctx_init=None for {n_ctx} random '
+                            'context vectors.')
+    if n_ctx < w:
+        raise VLPromptError(f'n_ctx={n_ctx} context vectors cannot hold the {w} words of {phrase!r}.')
+    ids = tokenizer([phrase]).to(embed.weight.device)
+    ctx = torch.zeros(n_ctx, embed.embedding_dim)
+    ctx[n_ctx - w:] = embed(ids)[0, 1:1 + w].float().cpu()
+    return ctx, n_ctx, ' '.join(['X'] * (n_ctx - w) + [phrase])
 
 def _check_length(tokenizer, prompts, context_length, n_ctx):
     encode = getattr(tokenizer, 'encode', None)
@@ -118,6 +143,6 @@ class CoCoOp(CoOp):
 
     def for_classes(self, classnames: list[str]) -> 'CoCoOp':
         "A CoCoOp over other class names with copies of this context and Meta-Net."
-        other = CoCoOp(self.clip, classnames, n_ctx=self.n_ctx, ctx_init=None)
+        other = CoCoOp(self.clip, classnames, n_ctx=self.n_ctx, ctx_init=self.ctx_init)
         other.load_state_dict({k: v for k, v in self.state_dict().items() if k in ('ctx',) or k.startswith('meta_net.')}, strict=False)
         return other

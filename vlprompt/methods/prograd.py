@@ -9,9 +9,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..clip import VLPromptError, clip_logits
+from .coop import CoOp
 
 # %% auto #0
-__all__ = ['prograd_project', 'ProGradRule', 'prograd_init']
+__all__ = ['PROGRAD_SOURCE', 'PROGRAD_TEMPLATES', 'prograd_project', 'ProGradRule', 'prograd_phrase', 'prograd_coop']
 
 # %% ../../nbs/12_prograd.ipynb #16fc6ad3
 def prograd_project(g_domain: torch.Tensor, g_general: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
@@ -62,13 +63,36 @@ class ProGradRule:
         return sum(self.conflicts) / max(1, len(self.conflicts))
 
 # %% ../../nbs/12_prograd.ipynb #d0304081
-def prograd_init(coop, template: str) -> None:
-    "Set a unified CoOp context as ProGrad's code does: the template's words (before '{}') in the last slots, zeros before."
-    words = template.split('{}')[0].strip()
-    ids = coop.clip.tokenizer([words]).to(coop.ctx.device)
-    n = int(ids.argmax(-1)[0]) - 1
-    if coop.csc or n > coop.n_ctx:
-        raise VLPromptError(f'ProGrad init needs a unified context of at least {n} vectors for {words!r} (have {coop.n_ctx}).')
-    with torch.no_grad():
-        coop.ctx.zero_()
-        if n: coop.ctx[-n:] = coop.clip.model.token_embedding(ids)[0, 1:1 + n]
+PROGRAD_SOURCE = ('ProGrad (ICCV 2023), BeierZhu/Prompt-align @ 1b762036, '
+                  'ProGrad.public/trainers/prograd.py: CUSTOM_TEMPLATES, PromptLearner, CLIP')
+PROGRAD_TEMPLATES = {  # ProGrad's own template per CoOp dataset: initial context and zero-shot teacher
+    'OxfordPets': 'a type of pet, a photo of a {}.',
+    'OxfordFlowers': 'a type of flower, a photo of a {}.',
+    'FGVCAircraft': 'a type of aircraft, a photo of a {}.',
+    'DescribableTextures': 'a texture of {}.',
+    'EuroSAT': 'a centered satellite photo of {}.',
+    'StanfordCars': 'a photo of a {}.',
+    'Food101': 'a type of food, a photo of {}.',
+    'SUN397': 'a photo of a {}.',
+    'Caltech101': 'a photo of a {}.',
+    'UCF101': 'a photo of a person doing {}.',
+    'ImageNet': 'a photo of a {}.',
+    'ImageNetSketch': 'a photo of a {}.',
+    'ImageNetV2': 'a photo of a {}.',
+    'ImageNetA': 'a photo of a {}.',
+    'ImageNetR': 'a photo of a {}.',
+}
+
+def prograd_phrase(template: str) -> str:
+    "The words before the class name, as ProGrad's code takes them: the template less ' {}.'."
+    if template.endswith(' {}.'): return template[:-len(' {}.')]
+    return template.split('{}')[0].strip()  # a template that goes on after the name (micro-shapes)
+
+def prograd_coop(clip, classnames: list[str], template: str, n_ctx: int = 16, seed: int = 0,
+                 **options) -> CoOp:
+    "ProGrad's student: CoOp's unified context of n_ctx slots started from the template's words."
+    phrase = prograd_phrase(template)
+    if phrase: return CoOp(clip, classnames, n_ctx, phrase, seed=seed, ctx_pad=True, **options)
+    coop = CoOp(clip, classnames, n_ctx, seed=seed, **options)  # no words before the name: all zeros
+    with torch.no_grad(): coop.ctx.zero_()
+    return coop

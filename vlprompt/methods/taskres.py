@@ -40,13 +40,14 @@ class TaskRes(nn.Module):
     needs_images = False  # trains on cached image features
 
     def __init__(self, clip: LoadedCLIP, classnames: list[str], templates: str | list[str] = 'a photo of a {}.',
-                 alpha: float = 0.5, base: torch.Tensor | None = None, logit_scale: float | None = 100.0, seed: int = 0):
+                 alpha: float = 0.5, base: torch.Tensor | None = None, logit_scale: float | None = None, seed: int = 0):
         super().__init__()  # `seed` is accepted for the common signature: the residual starts at zero
         if not (isinstance(alpha, (int, float)) and 0 <= alpha < float('inf')):
             raise VLPromptError(f'TaskRes alpha (the residual scale) must be a number >= 0 (0.5 is the paper\'s, 1.0 for Flowers102), not {alpha!r}.')
         self.clip, self.classnames, self.templates, self.alpha = clip, list(classnames), templates, float(alpha)
         self.custom_base, self.logit_scale_option = base is not None, logit_scale
-        self.logit_scale = float(clip.model.logit_scale.exp()) if logit_scale is None else float(logit_scale)
+        backbone = float(clip.model.logit_scale.exp())  # the official trainer's scale
+        self.logit_scale = backbone if logit_scale is None else float(logit_scale)
         if base is None: base = taskres_base(clip, self.classnames, templates)  # the only text-encoder call
         dim = clip.model.visual.output_dim  # the image features' size
         if base.dim() != 2 or tuple(base.shape) != (len(self.classnames), dim):
@@ -228,7 +229,7 @@ for _protocol in ('fewshot', 'base2new'):
     BENCH_CONFIGS[('taskres', _protocol)] = dict(
         source='TaskRes (CVPR 2023), configs/trainers/TaskRes/adam_lr2e-3_B256_ep{100,200}.yaml, train_regular.sh' + _note,
         train=dict(optimizer='adam', lr=2e-3, batch_size=256, weight_decay=5e-4, warmup_epochs=1, warmup_lr=1e-5, views=1),
-        epochs_by_shots=taskres_epochs, method=dict(alpha=0.5, logit_scale=100.0),
+        epochs_by_shots=taskres_epochs, method=dict(alpha=0.5),  # logit scale: the backbone's
         datasets={'imagenet': dict(train=dict(lr=2e-4), method=dict(templates=list(IMAGENET_TEMPLATES_SELECT) + ['a photo of a {}.'])),
                   'oxford_flowers': dict(method=dict(alpha=1.0))},
         micro=dict(train=dict(views=10), method={}))
