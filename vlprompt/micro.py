@@ -20,11 +20,12 @@ from .clip import (MICRO_CLIP_CONFIG, LoadedCLIP, VLPromptError, clip_logits, en
 # %% auto #0
 __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'TEXTURES', 'ATTRIBUTES', 'IMAGE_SIZE', 'SUPERSAMPLE', 'STYLES', 'CAPTION_TEMPLATES',
            'CAPTION_FIELDS', 'PAIR_TEMPLATES', 'MICRO_TASKS', 'DOMAIN_SHIFTS', 'CROSS_DATASET', 'MICRO_CHECKPOINT',
-           'REGENERATE', 'shape_mask', 'pixel_grid', 'texture_mask', 'render', 'random_attributes', 'captions',
-           'caption_truth', 'MicroTask', 'get_task', 'world_token_ids', 'pretrain_micro_clip', 'twin_batch',
-           'soft_infonce', 'micro_preprocess', 'micro_image_transform', 'save_micro_checkpoint', 'load_micro_weights',
-           'split_features', 'zeroshot_predictions', 'zeroshot_accuracy', 'zeroshot_table', 'format_table',
-           'regenerate', 'main']
+           'REGENERATE', 'CAPTION_SETS', 'DESIGN_STYLES', 'DESIGN_TASKS', 'shape_mask', 'pixel_grid', 'texture_mask',
+           'render', 'random_attributes', 'captions', 'caption_truth', 'MicroTask', 'get_task', 'world_token_ids',
+           'pretrain_micro_clip', 'twin_batch', 'soft_infonce', 'micro_preprocess', 'micro_image_transform',
+           'save_micro_checkpoint', 'load_micro_weights', 'split_features', 'zeroshot_predictions', 'zeroshot_accuracy',
+           'zeroshot_table', 'format_table', 'regenerate', 'main', 'world_captions', 'pretrain_world_clip',
+           'OrderedTask']
 
 # %% ../nbs/01_micro.ipynb #9f3493a7
 SHAPES = ['circle', 'square', 'triangle', 'star', 'cross', 'diamond', 'ring', 'crescent']
@@ -410,3 +411,80 @@ def main(argv=None):
 # %% ../nbs/01_micro.ipynb #f58efcd0
 #| eval: false
 if __name__ == '__main__': main()
+
+# %% ../nbs/01_micro.ipynb #6fa5ae18
+from contextlib import contextmanager
+
+CAPTION_SETS = {
+    'default': list(CAPTION_TEMPLATES),
+    'sparse-colour': [  # colour named in one template of ten: under-described in pretraining
+        'a photo of a {size} {shape} on a {texture} background.', 'a photo of a {shape}.',
+        'a {shape}.', 'a {size} {shape}.', 'a {shape} on a {texture} background.',
+        'a picture of a {shape}.', '{texture} texture.', 'a photo of a {size} {shape}.',
+        'a {colour} {shape}.', 'a {shape}, a type of shape.'],
+}
+
+@contextmanager
+def world_captions(name: str = 'default', web_noise: float = 0.0):
+    "Pretrain under caption set `name` (noise `web_noise` on web images); restores the default."
+    global CAPTION_TEMPLATES, CAPTION_FIELDS
+    if name not in CAPTION_SETS:
+        raise VLPromptError(f'Unknown caption set {name!r}.{suggest(name, CAPTION_SETS)} '
+                            f'Caption sets: {", ".join(CAPTION_SETS)}.')
+    saved, web = (CAPTION_TEMPLATES, CAPTION_FIELDS), dict(STYLES['web'])
+    CAPTION_TEMPLATES = list(CAPTION_SETS[name])
+    CAPTION_FIELDS = [[f for _, f, _, _ in string.Formatter().parse(t) if f]
+                      for t in CAPTION_TEMPLATES]
+    STYLES['web']['noise'] = float(web_noise)
+    try: yield
+    finally:
+        CAPTION_TEMPLATES, CAPTION_FIELDS = saved
+        STYLES['web'].clear(); STYLES['web'].update(web)
+
+def pretrain_world_clip(out: str | Path, captions: str = 'sparse-colour', web_noise: float = 0.0,
+                        steps: int = 500, seed: int = 0, overwrite: bool = False,
+                        tasks=('micro-pairs',)) -> dict:
+    "Pretrain a candidate micro CLIP under another caption set, to `out` (not the shipped file)."
+    out = Path(out)
+    if out.resolve() == MICRO_CHECKPOINT.resolve():
+        raise VLPromptError(f'{str(out)!r} is the shipped micro CLIP; write a candidate '
+                            'world\'s CLIP to another file.')
+    if out.exists() and not overwrite:
+        raise VLPromptError(f'{str(out)!r} exists; pass overwrite=True to replace it.')
+    start = time.time()
+    with world_captions(captions, web_noise):
+        model, losses = pretrain_micro_clip(steps=steps, seed=seed, progress=False)
+    seconds = time.time() - start
+    with torch.no_grad():
+        for p in model.parameters(): p.copy_(p.half().float())
+    clip = LoadedCLIP(model, micro_tokenizer(), micro_preprocess, 'micro', 'vlprompt')
+    info = dict(steps=steps, seed=seed, seconds=seconds, threads=torch.get_num_threads(),
+                captions=captions, web_noise=web_noise, torch=str(torch.__version__),
+                losses=[round(l, 4) for l in losses], zeroshot=zeroshot_table(clip, list(tasks)))
+    save_micro_checkpoint(model, out, info)
+    return info
+
+DESIGN_STYLES = {  # a downstream domain further from the web images than 'photo'
+    'photo-noisy': dict(jitter=0.22, cast=0.06, noise=0.20, size=1.00),
+}
+STYLES.update({k: v for k, v in DESIGN_STYLES.items() if k not in STYLES})  # new names only
+
+@dataclass
+class OrderedTask(MicroTask):
+    "Classes ordered by `factors` (base / new split by factors[0]), named in `words` order."
+    words: tuple = ('colour', 'shape')
+
+    @property
+    def classnames(self) -> list[str]:
+        combos = product(*(ATTRIBUTES[f] for f in self.factors))
+        return [' '.join(dict(zip(self.factors, c))[w] for w in self.words) for c in combos]
+
+_SHAPE_SPLIT = dict(factors=('shape', 'colour'), template='a photo of a {}.',
+                    templates=PAIR_TEMPLATES)
+DESIGN_TASKS = {t.name: t for t in [
+    OrderedTask('micro-shapesplit', **_SHAPE_SPLIT),
+    OrderedTask('micro-shapesplit-noisy', **_SHAPE_SPLIT, style='photo-noisy'),
+    OrderedTask('micro-shapesplit-noise', **_SHAPE_SPLIT, style='noise'),
+    MicroTask('micro-pairs-noisy', ('colour', 'shape'), 'a photo of a {}.', PAIR_TEMPLATES,
+              style='photo-noisy'),
+]}
