@@ -73,10 +73,11 @@ def test_missing_and_damaged_data_files(tmp_path, pets):
     refused(cli(*args), 'label 7', 'out of range')
     assert not (tmp_path/'run').exists()
 
-def test_more_shots_than_a_class_has_warns_and_says_how_many(tmp_path, pets):
+def test_more_shots_than_any_class_has_is_refused_and_says_how_many(tmp_path, pets):
+    "16 shots where every class has 6 would be the whole train split under a folder named shots16: refused (issue 24)."
     res = cli('train', '--method', 'zeroshot', '--dataset', 'oxford_pets', '--data-root', pets, '--shots', 16, '--out', tmp_path/'run')
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert 'fewer than 16 items, so all of theirs are used' in res.stderr and '(6)' in res.stderr
+    refused(res, '--shots 16', 'the largest has 6', '--shots 6 or fewer')
+    assert not (tmp_path/'run').exists()
 
 def test_a_finished_run_is_not_overwritten_and_a_foreign_checkpoint_is_refused(tmp_path):
     a = tmp_path/'coop'

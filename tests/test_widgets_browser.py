@@ -20,7 +20,10 @@ CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-back
                   '--disable-sync', '--no-first-run', '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1',
                   '--disable-background-timer-throttling', '--disable-renderer-backgrounding']  # two notebooks' pages at once
 KERNEL_ENV = dict(IN_TEST='1', OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')  # the notebooks shrink their work, as under nbdev_test
-RUN_ALL_TIMEOUT, MOVE_TIMEOUT = 600, 120  # seconds
+# seconds; a move can train a setting on the spot (14_maple's n_ctx = 1: 162 s alone on an idle 2-core machine), and
+# a machine busy with other work takes several times that: the waits are for a stuck page, not for a slow one
+RUN_ALL_TIMEOUT = float(os.environ.get('VLPROMPT_RUN_ALL_TIMEOUT', 1800))
+MOVE_TIMEOUT = float(os.environ.get('VLPROMPT_MOVE_TIMEOUT', 900))
 
 def markdown_images(nb: Path) -> set[str]:
     "The addresses of the images that a notebook's markdown cells show, such as its Colab badge."
@@ -231,7 +234,7 @@ def drive(page, nb: str, cell: int, k: int, widget: Widget, texts: list[str], lo
         else:
             handle = control.locator('.noUi-handle, .ui-slider-handle').first
             handle.focus(); page.keyboard.press(move.key)
-        wait_for(f'{nb} {move.control} to show {move.shows}', lambda: control_shows(control) == move.shows, 30)
+        wait_for(f'{nb} {move.control} to show {move.shows}', lambda: control_shows(control) == move.shows, 120)
         got = wait_for(f'{nb} widget {k} to show the result for {move.control} = {move.value}',
                        lambda: output_text(box) == text and (not widget.plot or output_image(box) not in (None, image)) and output_text(box), MOVE_TIMEOUT)
         log.append(f'{stem} {move.control} -> {move.shows}: {time.time() - start:.2f}s  {got.splitlines()[0]}')
@@ -288,7 +291,7 @@ def session():
         context.on('request', lambda r: urls.append(r.url))
         context.route(off_machine, lambda route: route.abort())  # never fetched, only recorded
         def texts():
-            if expected.returncode is None: assert expected.wait(900) == 0, 'computing the expected readouts failed'
+            if expected.returncode is None: assert expected.wait(RUN_ALL_TIMEOUT) == 0, 'computing the expected readouts failed'
             return json.loads(expected_file.read_text())
         try: yield dict(lab=lab, notebooks=Notebooks(lab, context, urls), texts=texts, urls=urls, log=log)
         finally:

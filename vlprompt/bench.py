@@ -24,9 +24,9 @@ __all__ = ['METHODS', 'RULES', 'PROTOCOLS', 'CONFIGS', 'PAPER_BASE2NEW', 'PAPER_
            'init_learnable', 'load_official', 'get_clip', 'dassl_train_transform', 'dataset_features', 'train_inputs',
            'split_inputs', 'accuracy', 'harmonic_mean', 'overrides', 'run_name', 'run_dir', 'run_dataset',
            'config_differences', 'RunLog', 'checkpoint_epoch', 'use_split_indices', 'run', 'learnable', 'build_method',
-           'build_run', 'run_identity', 'train_run', 'evaluate_method', 'evaluate_run', 'evaluate_official', 'plan',
-           'grid_datasets', 'write_grid', 'reproduce', 'base_to_new', 'summarize', 'results_table', 'results_csv',
-           'scan_runs', 'unfinished_report', 'write_tables']
+           'build_run', 'run_identity', 'train_run', 'evaluate_method', 'evaluate_run', 'use_checkpoint', 'read_config',
+           'evaluate_official', 'plan', 'grid_datasets', 'write_grid', 'reproduce', 'base_to_new', 'summarize',
+           'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables', 'merge_duplicates']
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
 def _zeroshot(clip, classnames, template, **options):
@@ -323,6 +323,7 @@ def overrides(s: dict) -> dict:
 
 def _token(key: str, value) -> str:
     if key.startswith('split_indices'): return 'indices'
+    if key.startswith('checkpoint.'): return 'weights'  # a weights file: named by the hash at the end of the folder name
     leaf, v = key.split('.')[-1], str(value)
     return f'{leaf}{v}' if re.fullmatch(r'[A-Za-z0-9.+-]{1,12}', v) else leaf
 
@@ -350,7 +351,7 @@ def config_differences(folder: str | Path, settings: dict) -> list[str]:
     "The settings in which `folder/config.json` differs from `settings`, as 'key: old there, new now' (empty if none or no config)."
     path = Path(folder)/'config.json'
     if not path.exists(): return []
-    a, b = _flat(json.loads(path.read_text())), _flat(json.loads(json.dumps(settings)))
+    a, b = _flat(read_config(folder)), _flat(json.loads(json.dumps(settings)))  # a damaged config.json: one sentence
     return [f'{k}: {a.get(k)} there, {b.get(k)} now' for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
 
 def _check_config(folder: Path, settings: dict):
@@ -405,6 +406,7 @@ def run(settings: dict, folder: str | Path | None = None, data_root=None, cache_
     With a `folder`: skip if finished, resume if started, write config.json first, log.txt as it goes and metrics.json last.
     Without: all in memory. `split_indices`: the index set the settings name (see `use_split_indices`)."""
     folder = Path(folder) if folder is not None else None
+    settings = use_checkpoint(settings, checkpoint)  # the weights file the settings name (checked), or recorded now
     if folder is not None:
         _check_config(folder, settings)
         if (folder/'metrics.json').exists(): return json.loads((folder/'metrics.json').read_text())
@@ -448,7 +450,9 @@ def _run(s, folder, clip, dataset, method, rule, cache_dir, index_dir, data_root
     data = apply_fewshot(dataset, rec)
     train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
     extra = train_run(method, rule, s, clip, train_data, cache, folder, progress)
+    from vlprompt.data import split_hash
     return dict(settings=s, **evaluate_method(method, s, clip, data, data_root, cache), **extra, indices=_indices_used(rec),
+                data=dict(folder=dataset.folder, splits_sha256=split_hash(dataset)),  # which files the numbers come from
                 checkpoint_rule='last epoch' if learnable(method) else 'none (nothing trained)', seconds=time.time() - start)
 
 def learnable(method) -> bool: return any(p.requires_grad for p in method.parameters())
@@ -473,8 +477,10 @@ def build_run(s: dict, clip: LoadedCLIP, train_data):
 
 def run_identity(s: dict, clip: LoadedCLIP, train_data) -> dict:
     "What a checkpoint must match to be resumed: the backbone's weights, the dataset, the classes."
+    from vlprompt.data import split_hash
     return dict(backbone=backbone_id(clip), dataset=s['dataset'], protocol=s['protocol'],
-                classes=hashlib.sha1(json.dumps(list(train_data.classnames)).encode()).hexdigest()[:12])
+                classes=hashlib.sha1(json.dumps(list(train_data.classnames)).encode()).hexdigest()[:12],
+                splits=split_hash(train_data)[:16])  # the data root's train / val lists: other files, another run
 
 def train_run(method, rule, s: dict, clip: LoadedCLIP, train_data, cache: FeatureCache | None = None, folder: Path | None = None,
               progress: bool = False) -> dict:
@@ -517,7 +523,11 @@ def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = No
     folder = Path(folder)
     if not (folder/'config.json').exists():
         raise VLPromptError(f'{folder} is not a run folder: it has no config.json (runs are written by `vlprompt train --out DIR`).')
-    s = json.loads((folder/'config.json').read_text())
+    s = read_config(folder)
+    if (s.get('checkpoint') is None) != (checkpoint is None):
+        raise VLPromptError(f"{folder} was trained on {'the weights file ' + s['checkpoint']['file'] if s.get('checkpoint') else 'the ' + s['backbone'] + ' weights of its tag, not a file'}: "
+                            f"{'pass that file (--checkpoint FILE)' if s.get('checkpoint') else 'leave out --checkpoint'} to evaluate it on the same weights.")
+    s = use_checkpoint(s, checkpoint)
     clip = get_clip(s['backbone'], s['pretrained'], checkpoint)
     data = fewshot_splits(run_dataset(s, data_root), s['shots'], s['seed'], None, _index_dir(s, split_indices))
     train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
@@ -532,6 +542,41 @@ def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = No
                                 'run `vlprompt train` with the same settings to finish it first.')
     train_run(method, rule, s, clip, train_data, folder=folder)  # prepare again, reload the learned tensors, calibrate
     return evaluate_method(method, s, clip, data, data_root)
+
+# %% ../nbs/20_benchmark.ipynb #a24b0001
+from .train import file_sha256
+
+def use_checkpoint(s: dict, checkpoint: str | Path | None) -> dict:
+    """Settings `s` on the backbone weights file `checkpoint`: its path and SHA-256 (of all its bytes) become settings of
+    the run, so other weights get another folder, another row of the table and another cache key. Settings that name
+    a file already are checked against `checkpoint` (the file at hand); without either, `s` is returned unchanged."""
+    want = s.get('checkpoint')
+    if want is None and checkpoint is None: return s
+    if checkpoint is None:
+        raise VLPromptError(f"This run's backbone weights are the file {want['file']}: pass it (--checkpoint FILE, checkpoint=FILE).")
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise VLPromptError(f"Checkpoint file {str(path)!r} not found. Pass the path of a weights file for {s['backbone']}.")
+    if want is None: return {**s, 'checkpoint': dict(file=str(path.resolve()), sha256=file_sha256(path))}
+    if file_sha256(path) != want['sha256']:
+        raise VLPromptError(f"{checkpoint} is not the weights file this run was made with ({want['file']}, SHA-256 "
+                            f"{want['sha256'][:12]}...): its bytes differ. Pass that file, or start a new run for these weights.")
+    return s
+
+def read_config(folder: str | Path) -> dict:
+    "A run folder's settings (config.json), or a VLPromptError saying what is wrong with the file."
+    path = Path(folder)/'config.json'
+    if not path.is_file():
+        raise VLPromptError(f'{folder} is not a run folder: it has no config.json (runs are written by `vlprompt train --out DIR`).')
+    try: s = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise VLPromptError(f'{path} is not valid JSON ({e}); it may have been edited by hand. Restore it or train the run again.') from e
+    need = {'method', 'protocol', 'dataset', 'shots', 'seed', 'backbone', 'pretrained', 'train', 'method_options'}
+    if not isinstance(s, dict) or not need <= s.keys() or not isinstance(s['train'], dict) or not isinstance(s['method_options'], dict):
+        raise VLPromptError(f'{path} is not the settings of a run (a JSON object with {", ".join(sorted(need))}); restore it or '
+                            'train the run again.')
+    return s
+
 
 # %% ../nbs/20_benchmark.ipynb #bc28ee78
 def evaluate_official(s: dict, official: str | Path, data_root=None, checkpoint: str | None = None) -> dict:
@@ -584,7 +629,8 @@ def reproduce(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 
     """Run every (method, dataset, seed) of a protocol under `out`, one by one in this process; returns the metrics of each run.
     First the data doctor checks every dataset the grid reads (`check_data=False` skips it)."""
     out = Path(out)
-    runs = plan(protocol, methods, datasets, seeds, shots, backbone, pretrained, train, method_options, split_indices)
+    runs = [use_checkpoint(s, checkpoint) for s in plan(protocol, methods, datasets, seeds, shots, backbone, pretrained, train,
+                                                        method_options, split_indices)]
     for s in runs: _check_config(run_dir(out, s), s)  # refuse before anything runs
     if check_data: require_data(grid_datasets(runs), data_root)
     write_grid(out, runs)
@@ -612,7 +658,8 @@ def _is_metric(k, v): return k not in ('seconds', 'conflict_fraction') and isins
 def _variant(s: dict, trained: bool = True) -> str:
     """The settings a run changed from its method's configuration, in words (index files are named in the shots column;
     training settings are left out for a method that trained nothing)."""
-    ov = {k: v for k, v in overrides(s).items() if not k.startswith('split_indices') and (trained or not k.startswith('train.'))}
+    ov = {k: v for k, v in overrides(s).items()
+          if not k.startswith(('split_indices', 'checkpoint.')) and (trained or not k.startswith('train.'))}
     return ', '.join(f"{k.split('.')[-1]}={v}" for k, v in ov.items())
 
 def _indices_words(rows) -> str:
@@ -639,7 +686,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         keys = list(dict.fromkeys(k for r in rs for k, v in r.items() if _is_metric(k, v)))
         trained = rs[0].get('checkpoint_rule', 'last epoch') != 'none (nothing trained)'
         g = dict(protocol=s['protocol'], dataset=s['dataset'], method=s['method'], variant=_variant(s, trained), backbone=s['backbone'],
-                 pretrained=s.get('pretrained') or '', shots=s['shots'], n_seeds=len(rs), seeds=' '.join(str(r['settings']['seed']) for r in rs),
+                 pretrained=', '.join(filter(None, [s.get('pretrained'), s.get('checkpoint') and f"weights {s['checkpoint']['sha256'][:12]}"])), shots=s['shots'], n_seeds=len(rs), seeds=' '.join(str(r['settings']['seed']) for r in rs),
                  metrics={k: _mean_std([r[k] for r in rs if k in r]) for k in keys},
                  checkpoint=rs[0].get('checkpoint_rule', 'last epoch'), indices=_indices_words(rs))
         if s['protocol'] == 'base2new' and {'base', 'new'} <= set(keys):
@@ -700,9 +747,16 @@ def scan_runs(root: str | Path) -> tuple[list[dict], list[dict]]:
     rows, others, seen = [], [], set()
     for cfg in sorted(root.rglob('config.json')):
         folder = cfg.parent; seen.add(folder.resolve())
-        if (folder/'metrics.json').exists():
-            rows.append({**json.loads((folder/'metrics.json').read_text()), 'folder': str(folder.relative_to(root))}); continue
-        s, log = json.loads(cfg.read_text()), _tail(folder/'log.txt')
+        try:
+            s = read_config(folder)
+            if (folder/'metrics.json').exists():
+                m = json.loads((folder/'metrics.json').read_text())
+                if not isinstance(m, dict) or not isinstance(m.get('settings'), dict): raise VLPromptError('metrics.json is not a run\'s metrics')
+                rows.append({**m, 'folder': str(folder.relative_to(root))}); continue
+        except (VLPromptError, ValueError, UnicodeDecodeError) as e:  # listed as damaged, not a traceback
+            others.append(dict(folder=str(folder.relative_to(root)), settings={}, status=f'damaged ({str(e)[:120]})', epochs_done=None,
+                               log=_tail(folder/'log.txt'))); continue
+        log = _tail(folder/'log.txt')
         last = next((m.group(1) for l in reversed(log) if (m := re.match(r'\S+ \S+ (start|FAILED|interrupted|stopped|pre-empted)', l))), '')
         status = {'FAILED': 'failed', 'interrupted': 'stopped', 'stopped': 'stopped', 'pre-empted': 'requeued'}.get(last, 'unfinished')
         others.append(dict(folder=str(folder.relative_to(root)), settings=s, status=status, epochs_done=checkpoint_epoch(folder), log=log))
@@ -727,9 +781,28 @@ def unfinished_report(others: list[dict]) -> str:
 def write_tables(root: str | Path, out: str | Path | None = None) -> str:
     "Scan the runs under `root`, write `out`.md and `out`.csv (default root/results), return the markdown."
     rows, others = scan_runs(root)
+    rows, copies = merge_duplicates(rows)
     out = Path(out) if out is not None else Path(root)/'results'
     md = (results_table(rows) if rows else 'No finished runs.') + ('\n\n' + unfinished_report(others) if others else '')
+    if copies: md += '\n\n**Copies of one run, counted once:**\n\n' + '\n'.join(f'- {n}' for n in copies)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix('.md').write_text(md + '\n')
     out.with_suffix('.csv').write_text(results_csv(rows) if rows else '')
     return md
+
+# %% ../nbs/20_benchmark.ipynb #a24b0003
+def merge_duplicates(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """Finished runs with the same settings and seed are one run found twice (a copied folder): identical copies count
+    once, and are named; copies whose results differ are refused, since no table can say which one is right."""
+    seen, out, notes = {}, [], []
+    for r in rows:
+        key = json.dumps(r['settings'], sort_keys=True, default=str)
+        if key not in seen: seen[key] = r; out.append(r); continue
+        first, score = seen[key], lambda x: {k: v for k, v in x.items() if _is_metric(k, v)}
+        if score(first) != score(r):
+            raise VLPromptError(f"{first.get('folder')} and {r.get('folder')} hold the same run (same settings, seed "
+                                f"{r['settings']['seed']}) with different results: delete or move the one you do not trust, "
+                                'then make the table again.')
+        notes.append(f"`{r.get('folder')}` is a copy of `{first.get('folder')}` (same settings, seed and results): counted once.")
+    return out, notes
+

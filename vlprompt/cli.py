@@ -4,37 +4,169 @@
 
 # %% ../nbs/40_cli.ipynb #fce07b59
 from __future__ import annotations
-import argparse, json, os, sys, time
+import argparse, importlib, json, os, shutil, sys, tempfile, time
 from pathlib import Path
 
-import torch
+class _Later:
+    "A module imported on first use: `vlprompt --help` answers at once, without loading torch and open_clip."
+    def __init__(self, name: str): self._name = name
+    def __getattr__(self, attr): return getattr(importlib.import_module(self._name), attr)
 
-from .clip import VLPromptError, load_clip, suggest
-from . import micro, bench
-from .train import run_lock, write_json, write_text
+bench, micro = _Later('vlprompt.bench'), _Later('vlprompt.micro')
+_kit = _Later('vlprompt.clip')  # VLPromptError, load_clip, suggest
+_train = _Later('vlprompt.train')  # run_lock, write_json, write_text, typed_setting
+
 
 # %% auto #0
-__all__ = ['DEMO_METHODS', 'demo', 'plot_demo', 'parse_sets', 'train', 'evaluate_run', 'import_checkpoint', 'reproduce', 'table',
-           'exercises', 'add_data_parser', 'data_command', 'build_parser', 'main']
+__all__ = ['bench', 'micro', 'REPLACED', 'RUN_FILES', 'DEMO_TIME', 'DEMO_METHODS', 'COMMANDS', 'check_out', 'check_device',
+           'check_backbone', 'fail_fast_offline', 'check_shots', 'preflight', 'replace_run', 'set_options_help', 'demo',
+           'plot_demo', 'setting_kinds', 'parse_value', 'parse_sets', 'train', 'evaluate_run', 'import_checkpoint',
+           'reproduce', 'table', 'exercises', 'add_data_parser', 'data_command', 'build_parser', 'main']
+
+# %% ../nbs/40_cli.ipynb #a24c0001
+def check_out(path, what: str = '--out') -> Path:
+    """Refuse an output folder that is a file, lies under a file, or cannot be created or written in, before anything is
+    written (a folder is made and removed in its first existing ancestor to find out)."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise _kit.VLPromptError(f'{what} {path} is a file, not a folder: give a folder (it is created if it does not exist).')
+    base = path
+    while not base.exists() and base != base.parent: base = base.parent
+    if not base.is_dir():
+        raise _kit.VLPromptError(f'{what} {path} lies under {base}, which is a file, not a folder: choose another {what}.')
+    try: os.rmdir(tempfile.mkdtemp(dir=base, prefix='.vlprompt-probe-'))
+    except OSError as e:
+        raise _kit.VLPromptError(f'{what} {path}: cannot create or write files in {base} ({e.strerror}). Choose a folder you can '
+                                 'write to, or fix its permissions.') from None
+    return path
+
+def check_device(device: str):
+    "Refuse a torch device this machine does not have (`cuda:7` on a one-GPU or CPU-only machine)."
+    import torch
+    try: d = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise _kit.VLPromptError(f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N.") from None
+    have = torch.cuda.device_count() if d.type == 'cuda' and torch.cuda.is_available() else 0
+    if d.type == 'cuda' and (d.index or 0) >= have:
+        where = f'it has {have} GPU(s), cuda:0 to cuda:{have - 1}' if have else 'torch sees no CUDA device here'
+        raise _kit.VLPromptError(f'--device {device}: this machine has no such GPU ({where}). Use --device cpu, or check nvidia-smi.')
+    if d.type not in ('cpu', 'cuda'): raise _kit.VLPromptError(f"--device {device!r}: the kit runs on cpu or cuda devices.")
+
+def check_backbone(backbone: str, pretrained: str | None, checkpoint: str | None):
+    "An open_clip architecture without weights (no tag, no file) would train on random weights: refused, with the fix."
+    if backbone == 'micro' or pretrained or checkpoint: return
+    import open_clip
+    if backbone not in open_clip.list_models(): return  # load_clip names the close matches
+    tags = open_clip.list_pretrained_tags_by_model(backbone)
+    raise _kit.VLPromptError(f"--backbone {backbone} has no weights: pass --pretrained TAG ({', '.join(tags[:6]) or 'none known'}) "
+                             'or --checkpoint FILE; without either it would be randomly initialised and every number meaningless.')
+
+def fail_fast_offline(timeout: float = 3.0):
+    "When huggingface.co cannot be reached, tell huggingface_hub to stay offline: a missing download fails in seconds, not after a minute of retries."
+    import socket
+    if os.environ.get('HF_HUB_OFFLINE') not in (None, '', '0'): return
+    try: socket.create_connection(('huggingface.co', 443), timeout=timeout).close(); return
+    except OSError: pass
+    os.environ['HF_HUB_OFFLINE'] = '1'
+    try:
+        import huggingface_hub.constants as hf
+        hf.HF_HUB_OFFLINE = True
+    except ImportError: pass
+
+def check_shots(dataset, shots: int):
+    "More shots than the largest class has would train on all the data under a folder named for the shots: refused."
+    from collections import Counter
+    if dataset.train is None or not dataset.train.labels: return
+    most = max(Counter(dataset.train.labels).values())
+    if shots > most:
+        raise _kit.VLPromptError(f'--shots {shots}: no class of {dataset.name} has that many training images (the largest has '
+                                 f'{most}), so the run would use all of them under the name shots{shots}. Use --shots {most} or fewer.')
+
+def preflight(runs: list[dict], data_root=None, checkpoint=None, split_indices=None, device=None):
+    """Everything a list of runs needs, checked before the first one starts or anything is written or removed: the
+    backbone and its weights, every dataset and the shots each run asks for, the index files, every method's options."""
+    from vlprompt.data import load_dataset, subsample_classes
+    s = runs[0]
+    check_backbone(s['backbone'], s['pretrained'], checkpoint)
+    if s['pretrained'] and s['backbone'] != 'micro': fail_fast_offline()
+    clip = bench.get_clip(s['backbone'], s['pretrained'], checkpoint) if device is None else \
+           _kit.load_clip(s['backbone'], s['pretrained'], checkpoint, device=device)
+    datasets, built = {}, set()
+    for s in runs:
+        if s['dataset'] not in datasets: datasets[s['dataset']] = load_dataset(s['dataset'], data_root)
+        data = datasets[s['dataset']]
+        check_shots(data, s['shots'])
+        bench._index_dir(s, split_indices)
+        what = json.dumps({k: v for k, v in s.items() if k not in ('seed', 'train')}, sort_keys=True, default=str)
+        if what not in built:
+            built.add(what)
+            bench.build_run(s, clip, subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data)
+
+REPLACED = '.replaced'  # where --overwrite keeps the finished run it replaces until the new one has finished
+RUN_FILES = ('metrics.json', 'checkpoint.pt', 'config.json', 'log.txt')
+
+def replace_run(out: Path, run):
+    """`run()` in place of the finished run in `out`: its files are moved to out/.replaced first, deleted once the new run
+    has finished, and put back if it fails or is stopped (so --overwrite never loses a run for nothing)."""
+    aside = out/REPLACED
+    with _train.run_lock(out):  # never while another process writes there
+        if aside.exists(): shutil.rmtree(aside)
+        aside.mkdir()
+        for name in RUN_FILES:
+            if (out/name).exists(): os.replace(out/name, aside/name)
+        try: metrics = run()
+        except BaseException:
+            for name in RUN_FILES:
+                if (aside/name).exists(): os.replace(aside/name, out/name)
+                else: (out/name).unlink(missing_ok=True)
+            shutil.rmtree(aside, ignore_errors=True)
+            print(f'The finished run in {out} was put back as it was.', file=sys.stderr)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+    return metrics
+
+_KIND_WORDS = dict(int='whole number', float='number', bool='true/false', str='text', none='text or null', list='JSON list')
+
+def set_options_help() -> str:
+    "The `--set` keys every method takes and those of each method (from its configurations), with their types: `train --help`."
+    import textwrap
+    said = lambda kinds: ', '.join(f'{k} ({_KIND_WORDS.get(v, v)})' for k, v in kinds.items()) or 'none'
+    lines = ['--set KEY=VALUE options and the type each value must have:']
+    lines += textwrap.wrap(f'every method: {said(setting_kinds([], "fewshot")[0])}', 100, initial_indent='  ', subsequent_indent='    ')
+    for m in bench.METHODS:
+        kinds = {}
+        for protocol in bench.PROTOCOLS: kinds.update(setting_kinds([m], protocol)[1].get(m, {}))
+        lines += textwrap.wrap(f'{m}: {said(kinds)}', 100, initial_indent='  ', subsequent_indent='    ')
+    return '\n'.join(lines + ['The seed is --seed. Options a configuration does not name take the method first: coop.csc=true.'])
+
 
 # %% ../nbs/40_cli.ipynb #9cce3be5
+DEMO_TIME = 'about 5 min of CPU time (303 s measured); 10-11 min on a busy 2-core machine'
+
 DEMO_METHODS = ('zeroshot', 'coop', 'cocoop', 'prograd',  # learned text context
                 'clip_adapter', 'tip_adapter', 'tip_adapter_f', 'taskres',  # on the features or the classifier
                 'maple', 'ivlp', 'vpt_deep', 'spt_deep')  # prompts in both encoders, or in the vision encoder only
 
 def demo(out: str | None = None, device: str = 'cpu', methods=DEMO_METHODS) -> dict:
     "The micro-world demo: zero-shot table of every task, then base-to-new for `methods`; optionally writes DIR/demo.json and DIR/demo.png."
-    import tempfile
+    check_device(device)
+    if out: check_out(out)
     start = time.time()
-    clip = load_clip('micro', device=device)
+    clip = _kit.load_clip('micro', device=device)
     rows = micro.zeroshot_table(clip)
     print('Zero-shot micro CLIP on the micro world (top-1 accuracy, %, test splits):\n')
     print(micro.format_table(rows))
     print(f'\n{len(rows)} tasks in {time.time() - start:.1f} s on {device}.\n')
-    print(f'Base-to-new on micro-pairs (16 shots, seed 1): training {", ".join(m for m in methods if m != "zeroshot")} ...', flush=True)
+    print('Base-to-new on micro-pairs (16 shots, seed 1), one method after another:', flush=True)
+    b2n = []
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(out)/'runs' if out else Path(tmp)
-        b2n = bench.reproduce('base2new', list(methods), ['micro-pairs'], seeds=(1,), out=runs, progress=False)
+        for m in methods:  # a line per method as it finishes: progress, not minutes of silence
+            t = time.time()
+            b2n += bench.reproduce('base2new', [m], ['micro-pairs'], seeds=(1,), out=runs, progress=False)
+            r = b2n[-1]
+            print(f"  [{len(b2n)}/{len(methods)}] {m:14s} base {r['base']:5.1f}  new {r['new']:5.1f}  HM {r['hm']:5.1f}"
+                  f'  ({time.time() - t:.0f} s)', flush=True)
     table = bench.results_table(b2n)
     print('\n' + table)
     result = dict(zeroshot=rows, base2new=[{k: r[k] for k in ('base', 'new', 'hm')} | {'method': r['settings']['method']} for r in b2n],
@@ -42,14 +174,14 @@ def demo(out: str | None = None, device: str = 'cpu', methods=DEMO_METHODS) -> d
     print(f'\ndemo finished in {result["seconds"]:.0f} s on {device}.')
     if out:
         out = Path(out); out.mkdir(parents=True, exist_ok=True)
-        write_json(out/'demo.json', result)
+        _train.write_json(out/'demo.json', result)
         plot_demo(rows, result['base2new'], out/'demo.png')
         print(f'wrote {out/"demo.json"} and {out/"demo.png"}')
     return result
 
 def plot_demo(rows, b2n, path):
-    from vlprompt.train import atomic_write
     "Zero-shot accuracy per task beside base / new accuracy per method, saved as a PNG."
+    from vlprompt.train import atomic_write
     import matplotlib; matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4), gridspec_kw=dict(width_ratios=[3, 2]))
@@ -66,33 +198,56 @@ def plot_demo(rows, b2n, path):
     atomic_write(path, lambda f: fig.savefig(f, dpi=100, format='png')); plt.close(fig)
 
 # %% ../nbs/40_cli.ipynb #fbf977ea
+def setting_kinds(methods, protocol: str) -> tuple[dict, dict]:
+    """The type of every `--set` key: TrainConfig's fields (declared), and each method's options (the type of the value its
+    configuration gives; None: text or null). The seed is `--seed`, not a setting."""
+    from dataclasses import fields
+    train = {f.name: f.type for f in fields(_train.TrainConfig) if f.name != 'seed'}
+    options = {}
+    for m in methods:
+        cfg = bench.CONFIGS.get((m, protocol), {})
+        for d in [cfg.get('method', {})] + [x.get('method', {}) for x in cfg.get('datasets', {}).values()]:
+            for k, v in d.items(): options.setdefault(m, {})[k] = 'none' if v is None else type(v).__name__
+    return train, options
+
+def parse_value(pair: str, name: str, text: str, kind: str | None):
+    "The text of `--set name=text` as a value of `kind` ('int', 'float', 'bool', 'list', 'str' or 'none': text, null for None; None: JSON, else text)."
+    if kind in ('str', 'none'): return None if text in ('null', 'None') else text  # ctx_init=null: no initial words
+    try: value = json.loads(text)
+    except ValueError:
+        if kind is None: return text
+        value = text
+    if kind is None: return value
+    if kind in ('list', 'tuple'):
+        if isinstance(value, list): return value
+        raise _kit.VLPromptError(f'--set {pair}: {name} must be a JSON list (e.g. [0.5, 1]), not {text!r}.')
+    try: return _train.typed_setting(name, value, kind)
+    except _kit.VLPromptError as e: raise _kit.VLPromptError(f'--set {pair}: {e}') from None
+
 def parse_sets(pairs, methods, protocol: str) -> tuple[dict, dict]:
     """`--set KEY=VALUE ...` as training overrides (TrainConfig fields, for every method) and method options: `lam=0.5` goes
-    to the methods whose configuration has that option, `prograd.lam=0.5` to one method. Values are JSON (5, 0.5, true,
-    null), else text."""
-    from dataclasses import fields
-    from vlprompt.train import TrainConfig
-    train_keys = {f.name for f in fields(TrainConfig)}
+    to the methods whose configuration has that option, `prograd.lam=0.5` to one method. Each value is read as its
+    setting's type (a whole number, a number, true/false, text) or refused; an option a configuration does not name
+    (`coop.foo=1`) is JSON (5, 0.5, true, null), else text."""
+    train_kinds, option_kinds = setting_kinds(methods, protocol)
     train, options = {}, {}
     for pair in pairs or []:
         key, eq, text = pair.partition('=')
-        if not eq or not key: raise VLPromptError(f'--set takes KEY=VALUE pairs (epochs=5, lam=0.5, prograd.lam=0.5), not {pair!r}.')
-        try: value = json.loads(text)
-        except json.JSONDecodeError: value = text
+        if not eq or not key: raise _kit.VLPromptError(f'--set takes KEY=VALUE pairs (epochs=5, lam=0.5, prograd.lam=0.5), not {pair!r}.')
         target, _, name = key.rpartition('.')
-        if not target and name in train_keys: train[name] = value; continue
+        if name == 'seed':
+            raise _kit.VLPromptError(f'--set {pair}: the seed is not a setting; pass --seed (train) or --seeds (reproduce), which also '
+                                     'draws the shots and names the run folder.')
+        if not target and name in train_kinds: train[name] = parse_value(pair, name, text, train_kinds[name]); continue
         if target and target not in methods:
-            raise VLPromptError(f'--set {pair}: {target!r} is not a method of this grid ({", ".join(methods)}).')
-        def knows(m):
-            cfg = bench.CONFIGS.get((m, protocol), {})
-            return name in cfg.get('method', {}) or any(name in d.get('method', {}) for d in cfg.get('datasets', {}).values())
-        targets = [target] if target else [m for m in methods if knows(m)]
+            raise _kit.VLPromptError(f'--set {pair}: {target!r} is not a method of this grid ({", ".join(methods)}).')
+        targets = [target] if target else [m for m in methods if name in option_kinds.get(m, {})]
         if not targets:
-            known = sorted(train_keys | {k for m in methods for k in bench.CONFIGS.get((m, protocol), {}).get('method', {})})
-            raise VLPromptError(f'--set {pair}: {name!r} is neither a training setting nor an option in the configuration of '
-                                f'{", ".join(methods)}.{suggest(name, known)} Settings: {", ".join(sorted(train_keys))}. '
-                                f'To pass an option the configuration does not name, prefix the method ({methods[0]}.{name}=...).')
-        for m in targets: options.setdefault(m, {})[name] = value
+            known = sorted(train_kinds.keys() | {k for m in methods for k in option_kinds.get(m, {})})
+            raise _kit.VLPromptError(f'--set {pair}: {name!r} is neither a training setting nor an option in the configuration of '
+                                     f'{", ".join(methods)}.{_kit.suggest(name, known)} Settings: {", ".join(sorted(train_kinds))}. '
+                                     f'To pass an option the configuration does not name, prefix the method ({methods[0]}.{name}=...).')
+        for m in targets: options.setdefault(m, {})[name] = parse_value(pair, name, text, option_kinds.get(m, {}).get(name))
     return train, options
 
 def train(args) -> dict:
@@ -100,34 +255,40 @@ def train(args) -> dict:
     settings = bench.run_settings(args.method, args.protocol, args.dataset, args.shots, args.seed, args.backbone, args.pretrained,
                                   train=t, method_options=o.get(args.method), template=getattr(args, 'template', None))
     if getattr(args, 'split_indices', None): settings = bench.use_split_indices(settings, args.split_indices)
-    out = Path(args.out)
-    if (out/'metrics.json').exists():
-        if not args.overwrite:
-            raise VLPromptError(f'{out} already holds a finished run (metrics.json). Pass --overwrite to train again there, or choose another --out.')
-        with run_lock(out):  # never while another process writes there
-            for name in ('metrics.json', 'checkpoint.pt', 'config.json'): (out/name).unlink(missing_ok=True)
-    metrics = bench.run(settings, out, args.data_root, args.cache or out/'cache', args.checkpoint, progress=True,
-                        split_indices=getattr(args, 'split_indices', None))
+    settings = bench.use_checkpoint(settings, args.checkpoint)
+    out = check_out(args.out)
+    cache = check_out(args.cache, '--cache') if args.cache else out/'cache'
+    finished = (out/'metrics.json').exists()
+    if finished and not args.overwrite:
+        raise _kit.VLPromptError(f'{out} already holds a finished run (metrics.json). Pass --overwrite to train again there, or choose another --out.')
+    preflight([settings], args.data_root, args.checkpoint, getattr(args, 'split_indices', None))  # all checked: nothing touched yet
+    go = lambda: bench.run(settings, out, args.data_root, cache, args.checkpoint, progress=True,
+                           split_indices=getattr(args, 'split_indices', None))
+    metrics = replace_run(out, go) if finished else go()
+    shutil.rmtree(out/REPLACED, ignore_errors=True)  # a replaced run kept by an overwrite that was killed: the new one is done
     print(json.dumps({k: v for k, v in metrics.items() if k != 'settings'}, indent=1))
     print(f'wrote {out/"metrics.json"}')
     return metrics
 
 def evaluate_run(args) -> dict:
+    s = bench.read_config(args.run)  # a damaged config.json is one sentence
+    preflight([bench.use_checkpoint(s, args.checkpoint)], args.data_root, args.checkpoint, getattr(args, 'split_indices', None))
     result = bench.evaluate_run(args.run, args.data_root, args.checkpoint, getattr(args, 'split_indices', None))
     print(json.dumps(result, indent=1))
     return result
 
 def import_checkpoint(args) -> dict:
     "Evaluate an official trainer's checkpoint with the kit; with --out, also write OUT/metrics.json."
+    check_backbone(args.backbone, args.pretrained, args.checkpoint)
     s = bench.run_settings(args.method, args.protocol, args.dataset, args.shots, args.seed,
                            args.backbone, args.pretrained)
-    out = Path(args.out) if args.out else None
+    out = check_out(args.out) if args.out else None
     if out is not None and (out/'metrics.json').exists():
-        raise VLPromptError(f'{out} already holds a metrics.json; choose another --out.')
+        raise _kit.VLPromptError(f'{out} already holds a metrics.json; choose another --out.')
     metrics = bench.evaluate_official(s, args.official, args.data_root, args.checkpoint)
     print(json.dumps({k: v for k, v in metrics.items() if k != 'settings'}, indent=1))
     if out is not None:
-        write_json(out/'metrics.json', metrics)
+        _train.write_json(out/'metrics.json', metrics)
         print(f'wrote {out/"metrics.json"}')
     return metrics
 
@@ -137,15 +298,21 @@ def reproduce(args) -> str:
     t, o = parse_sets(args.set, args.methods, args.protocol)
     runs = bench.plan(args.protocol, args.methods, args.datasets, args.seeds, args.shots, args.backbone, args.pretrained,
                       train=t, method_options=o, split_indices=args.split_indices, template=getattr(args, 'template', None))
+    runs = [bench.use_checkpoint(s, args.checkpoint) for s in runs]
     if not getattr(args, 'no_data_check', False):  # before anything trains: every dataset of the grid is complete
         from vlprompt.data import require_data
         require_data(bench.grid_datasets(runs), args.data_root)
+    check_out(args.out)
+    if args.gpus: launch.check_gpus([g.strip() for g in args.gpus.split(',') if g.strip()])
     common = dict(data_root=args.data_root, checkpoint=args.checkpoint, split_indices=args.split_indices)
+    if not args.dry_run:  # every dataset, backbone and option of the grid, before its first run starts
+        here = args.launcher == 'local' and not args.gpus and (args.workers or 1) == 1
+        preflight(runs, args.data_root, args.checkpoint, args.split_indices, device=None if here else 'cpu')
     if args.launcher == 'slurm':
         options = {}
         for kv in args.slurm_option or []:
             key, eq, value = kv.partition('=')
-            if not eq or not key: raise VLPromptError(f'--slurm-option takes KEY=VALUE pairs (account=mylab), not {kv!r}.')
+            if not eq or not key: raise _kit.VLPromptError(f'--slurm-option takes KEY=VALUE pairs (account=mylab), not {kv!r}.')
             options[key] = value
         launch.run_slurm(runs, args.out, args.time, args.partition, args.array_parallelism, args.cpus_per_task, options, args.dry_run, **common)
         return ''
@@ -158,8 +325,8 @@ def reproduce(args) -> str:
     rows = [r for r in results if r is not None]
     table = bench.results_table(rows) if rows else 'No finished runs.'
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    write_text(out/f'{args.protocol}-results.md', table + '\n')
-    if rows: write_text(out/f'{args.protocol}-results.csv', bench.results_csv(rows))
+    _train.write_text(out/f'{args.protocol}-results.md', table + '\n')
+    if rows: _train.write_text(out/f'{args.protocol}-results.csv', bench.results_csv(rows))
     print(table)
     if failed := len(results) - len(rows):
         print(f'\n{failed} of {len(results)} runs failed (see their log.txt; `vlprompt table {args.out}` lists them). '
@@ -169,12 +336,14 @@ def reproduce(args) -> str:
 
 def table(args) -> str:
     "`vlprompt table RUNS_DIR`: one table from every run under a folder, written as markdown and CSV."
-    if not Path(args.runs).is_dir(): raise VLPromptError(f'{args.runs} is not a folder of runs.')
+    if not Path(args.runs).is_dir(): raise _kit.VLPromptError(f'{args.runs} is not a folder of runs.')
+    if args.out: check_out(Path(args.out).parent, '--out')
     md = bench.write_tables(args.runs, args.out)
     out = Path(args.out) if args.out else Path(args.runs)/'results'
     print(md)
     print(f'\nwrote {out.with_suffix(".md")} and {out.with_suffix(".csv")}')
     return md
+
 
 # %% ../nbs/40_cli.ipynb #1c802715
 def exercises(args):
@@ -208,7 +377,7 @@ def add_data_parser(sub):
 def data_command(args) -> list[dict]:
     "Print the data doctor's table; exit with status 1 when a dataset fails."
     from vlprompt.data import data_check, format_check
-    if args.sample < 0: raise VLPromptError(f'--sample must be 0 or more images, not {args.sample}.')
+    if args.sample < 0: raise _kit.VLPromptError(f'--sample must be 0 or more images, not {args.sample}.')
     rows = data_check(args.data_root, args.datasets, args.sample)
     print(format_check(rows))
     if failed := [r['dataset'] for r in rows if r['status'] != 'ok']:
@@ -219,11 +388,16 @@ def data_command(args) -> list[dict]:
 
 
 # %% ../nbs/40_cli.ipynb #5a3f71c6
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = ('demo', 'train', 'eval', 'import-checkpoint', 'reproduce', 'table', 'bench', 'data', 'exercises')
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    "The parser; with `command`, only that subcommand gets its options (the others' need torch to describe them)."
+    full = lambda name: command is None or command == name
     ap = argparse.ArgumentParser(prog='vlprompt', description='Prompt learning on CLIP: lessons, methods and reproductions.')
     sub = ap.add_subparsers(dest='command', required=True, metavar='COMMAND')
-    p = sub.add_parser('demo', help='run the micro-world demo (offline, CPU, about two minutes)',
-                       description='Zero-shot micro CLIP on every micro task and domain-shifted test set, then base-to-new for every prompt method.')
+    p = sub.add_parser('demo', help=f'run the micro-world demo (offline, CPU; {DEMO_TIME})',
+                       description='Zero-shot micro CLIP on every micro task and domain-shifted test set, then base-to-new for every '
+                                   f'prompt method, one line per method as it finishes ({DEMO_TIME}).')
     p.add_argument('--out', help='also write DIR/demo.json and DIR/demo.png')
     p.add_argument('--device', default='cpu', help="torch device (default 'cpu')")
 
@@ -242,63 +416,68 @@ def build_parser() -> argparse.ArgumentParser:
                        "'a photo of a {}.' for folder:PATH)")
 
     p = sub.add_parser('train', help='train one method on one dataset; writes OUT/metrics.json',
-                       description='Train one (method, protocol, dataset, shots, seed) run in --out, resuming it if unfinished.')
-    p.add_argument('--method', required=True, help=f"one of: {', '.join(bench.METHODS)}")
-    p.add_argument('--dataset', required=True, help='a CoOp dataset name (e.g. oxford_pets), a micro task (e.g. micro-pairs) or '
-                   'folder:PATH, your own images (PATH/<class>/<image>, or a path,label[,split] listing)')
-    p.add_argument('--protocol', default='fewshot', choices=bench.PROTOCOLS, help='fewshot (default), base2new, xd or dg')
-    p.add_argument('--shots', type=int, default=16, help='training images per class (default 16)')
-    p.add_argument('--seed', type=int, default=1, help='seed of the few-shot draw and the training (default 1)')
-    p.add_argument('--out', required=True, help='the run folder')
-    p.add_argument('--cache', help='feature and few-shot cache folder (default OUT/cache)')
-    p.add_argument('--overwrite', action='store_true', help='train again in a folder that holds a finished run')
-    run_options(p)
-    backbone_options(p)
+                       description='Train one (method, protocol, dataset, shots, seed) run in --out, resuming it if unfinished.',
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=set_options_help() if full('train') else None)
+    if full('train'):
+        p.add_argument('--method', required=True, help=f"one of: {', '.join(bench.METHODS)} (their --set options: below)")
+        p.add_argument('--dataset', required=True, help='a CoOp dataset name (e.g. oxford_pets), a micro task (e.g. micro-pairs) or '
+                       'folder:PATH, your own images (PATH/<class>/<image>, or a path,label[,split] listing)')
+        p.add_argument('--protocol', default='fewshot', choices=bench.PROTOCOLS, help='fewshot (default), base2new, xd or dg')
+        p.add_argument('--shots', type=int, default=16, help='training images per class (default 16)')
+        p.add_argument('--seed', type=int, default=1, help='seed of the few-shot draw and the training (default 1)')
+        p.add_argument('--out', required=True, help='the run folder')
+        p.add_argument('--cache', help='feature and few-shot cache folder (default OUT/cache)')
+        p.add_argument('--overwrite', action='store_true', help='train again in a folder that holds a finished run')
+        run_options(p)
+        backbone_options(p)
 
     p = sub.add_parser('eval', help='re-evaluate a run folder from its checkpoint',
                        description="Evaluate a run folder's learned tensors under its protocol.")
-    p.add_argument('--run', required=True, help='a folder written by `vlprompt train`')
-    p.add_argument('--checkpoint', help='the backbone weights file, if the run used one')
-    p.add_argument('--data-root', help='folder holding the CoOp datasets')
-    p.add_argument('--split-indices', metavar='DIR', help='the index set the run was trained with, if it used one')
+    if full('eval'):
+        p.add_argument('--run', required=True, help='a folder written by `vlprompt train`')
+        p.add_argument('--checkpoint', help='the backbone weights file, if the run used one')
+        p.add_argument('--data-root', help='folder holding the CoOp datasets')
+        p.add_argument('--split-indices', metavar='DIR', help='the index set the run was trained with, if it used one')
 
     p = sub.add_parser('import-checkpoint', help="evaluate an official trainer's checkpoint with the kit",
                        description='Load the prompt learner that the official CoOp, CoCoOp, ProGrad, TaskRes or '
                                    'MaPLe code saved (Dassl: prompt_learner/model.pth.tar-N) into the kit\'s '
                                    'method for these settings and evaluate it under the protocol; nothing trains.')
-    p.add_argument('--official', required=True, help='the official checkpoint file')
-    p.add_argument('--method', required=True, choices=('coop', 'cocoop', 'prograd', 'taskres', 'maple'))
-    p.add_argument('--dataset', required=True, help='the dataset it was trained on')
-    p.add_argument('--protocol', default='base2new', choices=bench.PROTOCOLS)
-    p.add_argument('--shots', type=int, default=16, help='shots of its training (default 16)')
-    p.add_argument('--seed', type=int, default=1, help='its seed (default 1)')
-    p.add_argument('--out', help='also write OUT/metrics.json')
-    backbone_options(p)
+    if full('import-checkpoint'):
+        p.add_argument('--official', required=True, help='the official checkpoint file')
+        p.add_argument('--method', required=True, choices=('coop', 'cocoop', 'prograd', 'taskres', 'maple'))
+        p.add_argument('--dataset', required=True, help='the dataset it was trained on')
+        p.add_argument('--protocol', default='base2new', choices=('fewshot', 'base2new', 'xd', 'dg'))
+        p.add_argument('--shots', type=int, default=16, help='shots of its training (default 16)')
+        p.add_argument('--seed', type=int, default=1, help='its seed (default 1)')
+        p.add_argument('--out', help='also write OUT/metrics.json')
+        backbone_options(p)
 
     p = sub.add_parser('reproduce', help='run a grid of methods x datasets x seeds (here, on local GPUs, or on Slurm) and print the table',
                        description='Run every (method, dataset, shots, seed) of a protocol, one run per folder under --out: finished runs are '
                                    'skipped, started ones resume, a folder with other settings is refused. Prints mean ± std over seeds.')
-    p.add_argument('--protocol', required=True, choices=bench.PROTOCOLS)
-    p.add_argument('--methods', nargs='+', required=True, help=f"from: {', '.join(bench.METHODS)}")
-    p.add_argument('--datasets', nargs='+', required=True, help='CoOp datasets, micro tasks or folder:PATH (your own images)')
-    p.add_argument('--no-data-check', action='store_true', help='skip the data check of the datasets before the grid starts')
-    p.add_argument('--seeds', nargs='+', type=int, default=[1, 2, 3])
-    p.add_argument('--shots', nargs='+', type=int, default=[16], help='one or more shot counts (default 16)')
-    p.add_argument('--out', default='runs', help='root folder of the runs (default runs/)')
-    run_options(p)
-    backbone_options(p)
-    g = p.add_argument_group('launcher')
-    g.add_argument('--launcher', choices=('local', 'slurm'), default='local',
-                   help='local (default): this machine, one run after another or a pool of workers; slurm: one job array through submitit')
-    g.add_argument('--workers', type=int, help='local: this many worker processes on CPU (torch threads: cores // workers)')
-    g.add_argument('--gpus', help='local: one worker per GPU, e.g. 0,1,2,3 (each sees only its own: CUDA_VISIBLE_DEVICES)')
-    g.add_argument('--dry-run', action='store_true', help='print the runs (and for slurm the job script) without running or submitting anything')
-    g = p.add_argument_group('slurm (pip install "vlprompt[slurm]")')
-    g.add_argument('--time', help='time limit of one run, required for slurm: minutes or HH:MM:SS (a timed-out run is requeued and resumes)')
-    g.add_argument('--partition', help='Slurm partition')
-    g.add_argument('--array-parallelism', type=int, default=64, help='most array tasks running at once (default 64)')
-    g.add_argument('--cpus-per-task', type=int, default=8, help='CPU cores per run (default 8); one GPU per run')
-    g.add_argument('--slurm-option', nargs='+', metavar='KEY=VALUE', help='more sbatch options, e.g. account=mylab qos=normal mem=32G')
+    if full('reproduce'):
+        p.add_argument('--protocol', required=True, choices=bench.PROTOCOLS)
+        p.add_argument('--methods', nargs='+', required=True, help=f"from: {', '.join(bench.METHODS)}")
+        p.add_argument('--datasets', nargs='+', required=True, help='CoOp datasets, micro tasks or folder:PATH (your own images)')
+        p.add_argument('--no-data-check', action='store_true', help='skip the data check of the datasets before the grid starts')
+        p.add_argument('--seeds', nargs='+', type=int, default=[1, 2, 3])
+        p.add_argument('--shots', nargs='+', type=int, default=[16], help='one or more shot counts (default 16)')
+        p.add_argument('--out', default='runs', help='root folder of the runs (default runs/)')
+        run_options(p)
+        backbone_options(p)
+        g = p.add_argument_group('launcher')
+        g.add_argument('--launcher', choices=('local', 'slurm'), default='local',
+                       help='local (default): this machine, one run after another or a pool of workers; slurm: one job array through submitit')
+        g.add_argument('--workers', type=int, help='local: this many worker processes on CPU (torch threads: cores // workers)')
+        g.add_argument('--gpus', help='local: one worker per GPU, e.g. 0,1,2,3 (each sees only its own: CUDA_VISIBLE_DEVICES)')
+        g.add_argument('--dry-run', action='store_true', help='print the runs (and for slurm the job script) without running or submitting anything')
+        g = p.add_argument_group('slurm (pip install "vlprompt[slurm]")')
+        g.add_argument('--time', help='time limit of one run, required for slurm: minutes or HH:MM:SS (a timed-out run is requeued and resumes)')
+        g.add_argument('--partition', help='Slurm partition')
+        g.add_argument('--array-parallelism', type=int, default=64, help='most array tasks running at once (default 64)')
+        g.add_argument('--cpus-per-task', type=int, default=8, help='CPU cores per run (default 8); one GPU per run')
+        g.add_argument('--slurm-option', nargs='+', metavar='KEY=VALUE', help='more sbatch options, e.g. account=mylab qos=normal mem=32G')
 
     p = sub.add_parser('table', help='one results table from every run under a folder (markdown and CSV)',
                        description='Scan RUNS_DIR for metrics.json files; print mean ± std over seeds beside the papers\' numbers, '
@@ -306,24 +485,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('runs', metavar='RUNS_DIR', help='a folder of runs (the --out of reproduce)')
     p.add_argument('--out', help='write OUT.md and OUT.csv instead of RUNS_DIR/results.md and .csv')
 
-    from vlprompt.speed import add_bench_parser
-    add_bench_parser(sub)
-    add_data_parser(sub)
+    if full('bench'):
+        from vlprompt.speed import add_bench_parser
+        add_bench_parser(sub)
+    else: sub.add_parser('bench', help='time every method: the kit vs the official reference path (a script, not a test)')
+    if full('data'): add_data_parser(sub)
+    else: sub.add_parser('data', help='check the dataset folders (missing, empty or unreadable images; counts; where to get them)')
 
-    from vlprompt.classroom import EXERCISES
     p = sub.add_parser('exercises', help='write student notebooks with exercises that check themselves, or grade finished ones',
                        description="Copy the kit's notebooks with the key lines of each method replaced by a stub and a check cell "
                                    '(nothing in --out is replaced without --overwrite), or run the checks on finished notebooks.')
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument('--out', help='folder for the student notebooks')
-    what.add_argument('--grade', nargs='+', metavar='NOTEBOOK', help='run the checks on finished student notebooks')
-    p.add_argument('--only', nargs='+', metavar='NAME', help=f"only these exercises (default: all of {', '.join(EXERCISES)})")
-    p.add_argument('--nbs', help="folder of the kit's solution notebooks (default: nbs/ of the clone the package runs from)")
-    p.add_argument('--overwrite', action='store_true', help='replace files that already exist in --out')
+    if full('exercises'):
+        from vlprompt.classroom import EXERCISES
+        what = p.add_mutually_exclusive_group(required=True)
+        what.add_argument('--out', help='folder for the student notebooks')
+        what.add_argument('--grade', nargs='+', metavar='NOTEBOOK', help='run the checks on finished student notebooks')
+        p.add_argument('--only', nargs='+', metavar='NAME', help=f"only these exercises (default: all of {', '.join(EXERCISES)})")
+        p.add_argument('--nbs', help="folder of the kit's solution notebooks (default: nbs/ of the clone the package runs from)")
+        p.add_argument('--overwrite', action='store_true', help='replace files that already exist in --out')
     return ap
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith('-')), None)  # `vlprompt --help` and typos: no torch import
+    args = build_parser(command if command in COMMANDS else '').parse_args(argv)
+    from vlprompt.clip import VLPromptError
     try:
         {'demo': lambda: demo(args.out, args.device), 'train': lambda: train(args), 'eval': lambda: evaluate_run(args), 'import-checkpoint': lambda: import_checkpoint(args),
          'reproduce': lambda: reproduce(args), 'table': lambda: table(args), 'exercises': lambda: exercises(args),
@@ -335,6 +521,11 @@ def main(argv=None):
     except PermissionError as e:  # a read-only folder: say which, not a traceback
         print(f'vlprompt {args.command}: error: cannot write {e.filename or "a file"} ({e.strerror}). '
               'Choose another --out (or --cache) folder that you can write to, or fix its permissions.', file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.filename is None: raise
+        print(f'vlprompt {args.command}: error: {e.filename}: {e.strerror}. Check that path (--out, --cache, --data-root, '
+              '--checkpoint, --run).', file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f'vlprompt {args.command}: stopped (Ctrl-C). Run the same command again to continue where it stopped.', file=sys.stderr)

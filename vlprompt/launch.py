@@ -13,9 +13,9 @@ from .clip import VLPromptError
 from .data import DATASETS
 
 # %% auto #0
-__all__ = ['BENCHMARK_DATASETS', 'FEWSHOT_SHOTS', 'SECONDS_PER_EPOCH', 'EVAL_SECONDS', 'survey', 'describe', 'cpu_cores',
-           'run_local', 'parse_time', 'RunTask', 'slurm_parameters', 'sbatch_script', 'run_slurm', 'paper_grid',
-           'estimate_gpu_hours', 'seconds_per_epoch_from_bench']
+__all__ = ['BENCHMARK_DATASETS', 'FEWSHOT_SHOTS', 'SECONDS_PER_EPOCH', 'EVAL_SECONDS', 'survey', 'describe', 'check_gpus',
+           'cpu_cores', 'run_local', 'parse_time', 'RunTask', 'slurm_parameters', 'sbatch_script', 'run_slurm',
+           'paper_grid', 'estimate_gpu_hours', 'seconds_per_epoch_from_bench']
 
 # %% ../nbs/21_launch.ipynb #73f8f976
 def survey(runs: list[dict], out: str | Path) -> list[dict]:
@@ -39,6 +39,17 @@ def describe(states: list[dict]) -> str:
     return f"{len(states)} runs: {n['finished']} finished (skipped), {n['resume']} to resume, {n['new']} new"
 
 # %% ../nbs/21_launch.ipynb #d338ae51
+def check_gpus(gpus: list[str]):
+    "Refuse GPU ids that are not whole numbers or that this machine does not have, before any worker starts."
+    import torch
+    if bad := [g for g in gpus if not g.isdigit()]:
+        raise VLPromptError(f'--gpus takes GPU ids separated by commas (0,1,2,3), not {bad[0]!r}.')
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if missing := [g for g in gpus if int(g) >= have]:
+        where = f'it has {have} (ids 0-{have - 1})' if have else 'torch sees no CUDA device here'
+        raise VLPromptError(f'--gpus {",".join(gpus)}: this machine has no GPU {missing[0]} ({where}). Check the ids with '
+                            'nvidia-smi, or run on CPU with --workers N.')
+
 def cpu_cores() -> int:
     "CPU cores this process may use."
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
@@ -97,7 +108,9 @@ def run_local(runs: list[dict], out: str | Path = 'runs', workers: int | None = 
         raise VLPromptError(f'--gpus {",".join(gpus)} starts one worker per GPU ({len(gpus)}); leave out --workers {workers}.')
     n = len(gpus) if gpus else (workers or 1)
     if n < 1: raise VLPromptError(f'workers must be at least 1, not {n}.')
+    if gpus: check_gpus(gpus)
     out = Path(out)
+    runs = [bench.use_checkpoint(s, checkpoint) for s in runs]  # the weights file is part of each run (its folder, its table row)
     states = survey(runs, out)
     bench.write_grid(out, runs)
     common = dict(data_root=data_root, cache_dir=out/'cache', checkpoint=checkpoint, split_indices=split_indices)
@@ -247,6 +260,7 @@ def run_slurm(runs: list[dict], out: str | Path = 'runs', time: str | int | None
     Returns the states, the script and the jobs."""
     submitit, out = _submitit(), Path(out)
     params = slurm_parameters(time, partition, array_parallelism, cpus_per_task, options)
+    runs = [bench.use_checkpoint(s, checkpoint) for s in runs]
     states = survey(runs, out)
     todo = [st for st in states if st['state'] != 'finished']
     folder = (out/'slurm').absolute()  # as submitit writes it into the script

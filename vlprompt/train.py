@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from .clip import LoadedCLIP, VLPromptError, image_features
 
 # %% auto #0
-__all__ = ['TrainConfig', 'epochs_for_shots', 'lr_at_epoch', 'make_optimizer', 'atomic_write', 'save_atomic', 'write_json',
-           'write_text', 'RunBusy', 'run_lock', 'weights_fingerprint', 'backbone_id', 'FeatureCache', 'TrainSet',
-           'epoch_seed', 'cross_entropy_rule', 'learnable_state', 'fit', 'module_device', 'evaluate', 'train_method',
-           'augment_micro']
+__all__ = ['TRAIN_RANGES', 'TrainConfig', 'typed_setting', 'epochs_for_shots', 'lr_at_epoch', 'make_optimizer', 'atomic_write',
+           'save_atomic', 'write_json', 'write_text', 'RunBusy', 'run_lock', 'weights_fingerprint', 'backbone_id',
+           'FeatureCache', 'file_sha256', 'TrainSet', 'epoch_seed', 'cross_entropy_rule', 'learnable_state', 'fit',
+           'module_device', 'evaluate', 'train_method', 'augment_micro']
 
 # %% ../nbs/03_train.ipynb #002a04ca
 @dataclass
@@ -38,6 +38,8 @@ class TrainConfig:
     amp: bool = True  # autocast (bf16) on CUDA; fp32 parameters always
 
     def __post_init__(self):
+        for f in fields(self):  # each field's declared type first: 1.5 epochs or lam=true never reach the loop
+            setattr(self, f.name, typed_setting(f.name, getattr(self, f.name), f.type, TRAIN_RANGES.get(f.name)))
         if self.optimizer not in ('sgd', 'adam', 'adamw'):
             raise VLPromptError(f"optimizer must be 'sgd', 'adam' or 'adamw', not {self.optimizer!r}.")
         for name in ('epochs', 'batch_size', 'views'):
@@ -45,6 +47,23 @@ class TrainConfig:
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf): raise VLPromptError(f'lr must be a positive number, not {self.lr!r}.')
         if not 0 <= self.weight_decay < math.inf: raise VLPromptError(f'weight_decay must be a number >= 0, not {self.weight_decay!r}.')
         if not 0 <= self.momentum < 1: raise VLPromptError(f'momentum must be in [0, 1), not {self.momentum!r}.')
+
+TRAIN_RANGES = dict(epochs=(1, 100_000), batch_size=(1, 1_000_000), warmup_epochs=(0, 100_000), views=(1, 100))
+
+def typed_setting(name: str, value, kind: str, bounds: tuple | None = None):
+    """`value` as a setting of type `kind` ('int', 'float', 'bool' or 'str') within `bounds` (low, high), or a
+    VLPromptError saying what it must be. Whole numbers pass as floats; nothing else is converted."""
+    kind = kind.split('|')[0].strip()
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = dict(int=isinstance(value, int) and not isinstance(value, bool), bool=isinstance(value, bool), str=isinstance(value, str),
+              float=number and math.isfinite(value)).get(kind, True)
+    if not ok:
+        what = dict(int='a whole number (e.g. 5)', float='a finite number (e.g. 0.5)', bool='true or false', str='text')[kind]
+        raise VLPromptError(f'{name} must be {what}, not {value!r}.')
+    if kind == 'float': value = float(value)
+    if bounds and not bounds[0] <= value <= bounds[1]:
+        raise VLPromptError(f'{name} must be between {bounds[0]} and {bounds[1]}, not {value!r}.')
+    return value
 
 def epochs_for_shots(shots: int) -> int:
     "CoOp's epochs by shots: 50 (1 shot), 100 (2-4), 200 (8-16 and more)."
@@ -67,12 +86,18 @@ def atomic_write(path: str | Path, write: Callable, mode: str = 'wb') -> Path:
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
+        if hasattr(os, 'fchmod'): os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; others may read what open() would let them
         with os.fdopen(fd, mode) as f: write(f)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
         raise
     return path
+
+def _umask() -> int:
+    "This process's umask (read by setting it and putting it back at once)."
+    mask = os.umask(0o022); os.umask(mask)
+    return mask
 
 def save_atomic(obj, path: Path):
     "torch.save, atomically."
@@ -128,13 +153,13 @@ class run_lock:
 
 # %% ../nbs/03_train.ipynb #998dea97
 def weights_fingerprint(model: nn.Module) -> str:
-    "A short hash of a model's weights (a strided sample of every tensor), to tell backbones apart."
-    h = hashlib.sha1()
+    "SHA-256 of every byte of a model's weights (names, shapes, dtypes, values): backbones differing in one weight differ."
+    h = hashlib.sha256()
     for name, t in model.state_dict().items():
-        flat = t.detach().flatten()
-        h.update(name.encode()); h.update(str(tuple(t.shape)).encode())
-        h.update(flat[:: max(1, flat.numel() // 64)].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+        t = t.detach()
+        h.update(f'{name} {tuple(t.shape)} {t.dtype};'.encode())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:32]
 
 def backbone_id(clip: LoadedCLIP) -> dict:
     "What identifies a backbone's features: name, tag and weights fingerprint."
@@ -172,6 +197,29 @@ class FeatureCache:
             features = compute()
             self.save(key, features)
         return features
+
+# %% ../nbs/03_train.ipynb #a24f11c1
+def _hash_cache_path() -> Path:
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'vlprompt'/'file-sha256.json'
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of all of a file's bytes (a weights file's identity), remembered by (path, size, mtime) in
+    ~/.cache/vlprompt/file-sha256.json so that a multi-GB checkpoint is read once, not once per run."""
+    path = Path(path).expanduser().resolve()
+    st = path.stat()
+    key, memo = f'{path}|{st.st_size}|{st.st_mtime_ns}', _hash_cache_path()
+    try: known = json.loads(memo.read_text())
+    except (OSError, ValueError): known = {}
+    if not isinstance(known, dict): known = {}
+    if isinstance(known.get(key), str): return known[key]
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 24), b''): h.update(block)
+    known[key] = h.hexdigest()
+    try: write_json(memo, known)
+    except OSError: pass  # a read-only home: hash again next time
+    return known[key]
+
 
 # %% ../nbs/03_train.ipynb #752cb522
 @dataclass
