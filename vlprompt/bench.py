@@ -54,7 +54,7 @@ def run_template(s: dict, data) -> str:
     "The run's hand-made template: the method's own for this dataset where its code keeps one, else the dataset's."
     from vlprompt.data import DATASETS
     own = CONFIGS[(s['method'], s['protocol'])].get('templates', {})
-    spec = DATASETS.get(data.name)
+    spec = DATASETS.get(getattr(data, 'name', ''))  # a bare (classnames, template) works too
     return own.get(spec.coop_name if spec else '', data.template)
 
 def _cocoop(clip, classnames, template, seed=0, **options):
