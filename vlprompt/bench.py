@@ -577,7 +577,6 @@ def read_config(folder: str | Path) -> dict:
                             'train the run again.')
     return s
 
-
 # %% ../nbs/20_benchmark.ipynb #bc28ee78
 def evaluate_official(s: dict, official: str | Path, data_root=None, checkpoint: str | None = None) -> dict:
     "Test metrics of an official trainer's checkpoint loaded into the kit's method for settings `s`."
@@ -805,4 +804,3 @@ def merge_duplicates(rows: list[dict]) -> tuple[list[dict], list[str]]:
                                 'then make the table again.')
         notes.append(f"`{r.get('folder')}` is a copy of `{first.get('folder')}` (same settings, seed and results): counted once.")
     return out, notes
-

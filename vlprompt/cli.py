@@ -16,7 +16,6 @@ bench, micro = _Later('vlprompt.bench'), _Later('vlprompt.micro')
 _kit = _Later('vlprompt.clip')  # VLPromptError, load_clip, suggest
 _train = _Later('vlprompt.train')  # run_lock, write_json, write_text, typed_setting
 
-
 # %% auto #0
 __all__ = ['bench', 'micro', 'REPLACED', 'RUN_FILES', 'DEMO_TIME', 'DEMO_METHODS', 'COMMANDS', 'check_out', 'check_device',
            'check_backbone', 'fail_fast_offline', 'check_shots', 'preflight', 'replace_run', 'set_options_help', 'demo',
@@ -93,7 +92,7 @@ def preflight(runs: list[dict], data_root=None, checkpoint=None, split_indices=N
            _kit.load_clip(s['backbone'], s['pretrained'], checkpoint, device=device)
     datasets, built = {}, set()
     for s in runs:
-        if s['dataset'] not in datasets: datasets[s['dataset']] = load_dataset(s['dataset'], data_root)
+        if s['dataset'] not in datasets: datasets[s['dataset']] = bench.run_dataset(s, data_root, write_split=False)  # a folder's split: not yet
         data = datasets[s['dataset']]
         check_shots(data, s['shots'])
         bench._index_dir(s, split_indices)
@@ -138,7 +137,6 @@ def set_options_help() -> str:
         for protocol in bench.PROTOCOLS: kinds.update(setting_kinds([m], protocol)[1].get(m, {}))
         lines += textwrap.wrap(f'{m}: {said(kinds)}', 100, initial_indent='  ', subsequent_indent='    ')
     return '\n'.join(lines + ['The seed is --seed. Options a configuration does not name take the method first: coop.csc=true.'])
-
 
 # %% ../nbs/40_cli.ipynb #9cce3be5
 DEMO_TIME = 'about 5 min of CPU time (303 s measured); 10-11 min on a busy 2-core machine'
@@ -344,7 +342,6 @@ def table(args) -> str:
     print(f'\nwrote {out.with_suffix(".md")} and {out.with_suffix(".csv")}')
     return md
 
-
 # %% ../nbs/40_cli.ipynb #1c802715
 def exercises(args):
     "Write student notebooks (`--out`) or grade finished ones (`--grade`)."
@@ -385,7 +382,6 @@ def data_command(args) -> list[dict]:
         sys.exit(1)
     print(f'\nAll {len(rows)} datasets look complete.')
     return rows
-
 
 # %% ../nbs/40_cli.ipynb #5a3f71c6
 COMMANDS = ('demo', 'train', 'eval', 'import-checkpoint', 'reproduce', 'table', 'bench', 'data', 'exercises')

@@ -332,7 +332,6 @@ def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
     return Dataset(spec.name, classnames, spec.template, splits.get('train'), splits.get('val'), splits['test'], 'files',
                    os.path.join(root, spec.folder))
 
-
 # %% ../nbs/02_data.ipynb #ca5b59c9
 def make_fake_dataset(name: str, root: str | Path, n_classes: int = 3, per_class: tuple = (4, 2, 3), size: int = 16, seed: int = 0) -> Path:
     "Write a tiny fake `name` in CoOp's layout under `root` (train/val/test images per class); returns the dataset folder."
@@ -852,7 +851,6 @@ def check_shots(dataset: Dataset, shots: int) -> None:
                             f'{" ..." if len(short) > 6 else ""}. Use --shots {fits} or fewer, or add training images to those classes '
                             '(half of a class\'s images are drawn for training).')
 
-
 # %% ../nbs/02_data.ipynb #f01de5a9
 # Classes and train / val / test images of each dataset as the papers used it: CoOp's split_zhou_*.json files, FGVCAircraft's
 # official lists, ImageNet's train and val folders (val is the test set; the kit draws no val split) and the four shifted test sets.
@@ -976,4 +974,3 @@ def require_data(datasets: list[str], root: str | Path | None = None, sample: in
                             'come from); nothing was trained or written. Fix the data and run again, or pass --no-data-check '
                             'to skip the check (e.g. for split files of your own).')
     return rows
-

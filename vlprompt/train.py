@@ -111,7 +111,6 @@ def write_text(path: Path, text: str):
     "Write text, atomically."
     return atomic_write(path, lambda f: f.write(text), 'w')
 
-
 # %% ../nbs/03_train.ipynb #b2d9cf96
 class RunBusy(VLPromptError):
     "Another live process is writing this run folder."
@@ -219,7 +218,6 @@ def file_sha256(path: str | Path) -> str:
     try: write_json(memo, known)
     except OSError: pass  # a read-only home: hash again next time
     return known[key]
-
 
 # %% ../nbs/03_train.ipynb #752cb522
 @dataclass
