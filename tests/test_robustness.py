@@ -294,3 +294,39 @@ def test_random_sets_and_paths_exit_0_or_2_and_a_refusal_changes_nothing(finishe
     assert code in (0, 2), (args, code, err[-3000:])
     assert 'Traceback' not in err, (args, err[-3000:])
     if code == 2: assert _snapshot(target) == before, (args, err[-500:])
+
+# --- the data root's split is part of a run: a finished run on other train / val lists is never mixed in silently ---
+
+def _swap_a_train_and_a_test_image(images: Path):
+    "Edit the folder's split file as a changed data root would: one training image and one test image of a class trade places."
+    path = images/'split_vlprompt.json'
+    split = json.loads(path.read_text())
+    j = next(j for j, t in enumerate(split['test']) if t[1] == split['train'][0][1])
+    split['train'][0], split['test'][j] = split['test'][j], split['train'][0]
+    path.write_text(json.dumps(split))
+
+def test_a_run_trained_on_another_split_is_noticed_by_reproduce_eval_and_table(tmp_path):
+    from test_folder import micro_photos
+    from vlprompt import bench
+    from vlprompt.clip import VLPromptError
+    images, runs = micro_photos(tmp_path/'images', per_class=8), tmp_path/'runs'
+    grid = ['reproduce', '--protocol', 'base2new', '--methods', 'zeroshot', '--datasets', f'folder:{images}', '--shots', '2',
+            '--seeds', '1', '--out', runs]
+    code, _, err = main(*grid); assert code == 0, err[-2000:]
+    folder = next(runs.rglob('metrics.json')).parent
+    m = json.loads((folder/'metrics.json').read_text())
+    code, md, err = main('table', runs); assert code == 0, err
+    csv = (runs/'results.csv').read_text().splitlines()
+    assert csv[0].endswith(',splits_sha256') and csv[1].endswith(',' + m['data']['splits_sha256'])  # the table names the split
+    _swap_a_train_and_a_test_image(images)
+    before = tree(runs)
+    said(main(*grid), str(folder), 'another split', m['data']['splits_sha256'][:12])  # not "finished (skipped)"
+    said(main('eval', '--run', folder), 'another split')  # not a fresh score on other files
+    with pytest.raises(VLPromptError, match='another split'): bench.run(bench.read_config(folder), folder)
+    assert tree(runs) == before
+    code, _, err = main('train', '--method', 'zeroshot', '--dataset', f'folder:{images}', '--protocol', 'base2new', '--shots', '2',
+                        '--seed', '2', '--out', runs/'seed2')  # seed 2 of the same setting, on the changed split
+    assert code == 0, err[-2000:]
+    table_before = tree(runs)
+    said(main('table', runs), 'zeroshot', '2 different splits', str(folder.relative_to(runs)), 'seed2')
+    assert tree(runs) == table_before  # no results.md that averages the two

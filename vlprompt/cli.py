@@ -26,6 +26,8 @@ __all__ = ['bench', 'micro', 'REPLACED', 'RUN_FILES', 'DEMO_TIME', 'DEMO_METHODS
 def check_out(path, what: str = '--out') -> Path:
     """Refuse an output folder that is a file, lies under a file, or cannot be created or written in, before anything is
     written (a folder is made and removed in its first existing ancestor to find out)."""
+    if not str(path).strip():  # `--out "$DIR"` with DIR unset: never the current folder by accident
+        raise _kit.VLPromptError(f'{what} is empty (an unset shell variable?): name the folder, e.g. {what} runs/mine.')
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise _kit.VLPromptError(f'{what} {path} is a file, not a folder: give a folder (it is created if it does not exist).')
@@ -100,6 +102,7 @@ def preflight(runs: list[dict], data_root=None, checkpoint=None, split_indices=N
         if what not in built:
             built.add(what)
             bench.build_run(s, clip, subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data)
+    return datasets
 
 REPLACED = '.replaced'  # where --overwrite keeps the finished run it replaces until the new one has finished
 RUN_FILES = ('metrics.json', 'checkpoint.pt', 'config.json', 'log.txt')
@@ -139,7 +142,7 @@ def set_options_help() -> str:
     return '\n'.join(lines + ['The seed is --seed. Options a configuration does not name take the method first: coop.csc=true.'])
 
 # %% ../nbs/40_cli.ipynb #9cce3be5
-DEMO_TIME = 'about 5 min of CPU time (303 s measured); 10-11 min on a busy 2-core machine'
+DEMO_TIME = 'about 2 min of CPU time (107 s measured); 3.5 min on a busy 2-core machine'
 
 DEMO_METHODS = ('zeroshot', 'coop', 'cocoop', 'prograd',  # learned text context
                 'clip_adapter', 'tip_adapter', 'tip_adapter_f', 'taskres',  # on the features or the classifier
@@ -149,6 +152,12 @@ def demo(out: str | None = None, device: str = 'cpu', methods=DEMO_METHODS) -> d
     "The micro-world demo: zero-shot table of every task, then base-to-new for `methods`; optionally writes DIR/demo.json and DIR/demo.png."
     check_device(device)
     if out: check_out(out)
+    import torch
+    if device == 'cpu' and 'OMP_NUM_THREADS' not in os.environ and torch.get_num_threads() > 1:
+        threads = torch.get_num_threads()  # the micro CLIP gains nothing from threads, and on a busy 2-core machine they
+        torch.set_num_threads(1)           # spin: CoOp took 235 s with 2 threads, 8 s with one (load average 4-5)
+        try: return demo(out, device, methods)
+        finally: torch.set_num_threads(threads)
     start = time.time()
     clip = _kit.load_clip('micro', device=device)
     rows = micro.zeroshot_table(clip)
@@ -301,11 +310,14 @@ def reproduce(args) -> str:
         from vlprompt.data import require_data
         require_data(bench.grid_datasets(runs), args.data_root)
     check_out(args.out)
+    if args.workers is not None and args.workers < 1:
+        raise _kit.VLPromptError(f'--workers {args.workers}: give at least 1 worker process (leave it out for one run after another).')
     if args.gpus: launch.check_gpus([g.strip() for g in args.gpus.split(',') if g.strip()])
     common = dict(data_root=args.data_root, checkpoint=args.checkpoint, split_indices=args.split_indices)
     if not args.dry_run:  # every dataset, backbone and option of the grid, before its first run starts
         here = args.launcher == 'local' and not args.gpus and (args.workers or 1) == 1
-        preflight(runs, args.data_root, args.checkpoint, args.split_indices, device=None if here else 'cpu')
+        datasets = preflight(runs, args.data_root, args.checkpoint, args.split_indices, device=None if here else 'cpu')
+        for s in runs: bench.check_split(bench.run_dir(args.out, s), datasets[s['dataset']])  # finished on other data: said now
     if args.launcher == 'slurm':
         options = {}
         for kv in args.slurm_option or []:
@@ -335,7 +347,11 @@ def reproduce(args) -> str:
 def table(args) -> str:
     "`vlprompt table RUNS_DIR`: one table from every run under a folder, written as markdown and CSV."
     if not Path(args.runs).is_dir(): raise _kit.VLPromptError(f'{args.runs} is not a folder of runs.')
-    if args.out: check_out(Path(args.out).parent, '--out')
+    if args.out is not None:
+        if not args.out.strip() or Path(args.out).is_dir():
+            raise _kit.VLPromptError(f'--out {args.out!r} is {"a folder" if args.out.strip() else "empty"}: --out names the files '
+                                     f'to write without their suffix (OUT.md and OUT.csv), e.g. --out {Path(args.out or "runs")/"results"}.')
+        check_out(Path(args.out).parent, '--out')
     md = bench.write_tables(args.runs, args.out)
     out = Path(args.out) if args.out else Path(args.runs)/'results'
     print(md)
