@@ -66,11 +66,13 @@ def student(tmp_path_factory):
     env = _clean_env(home)
     _sh(sys.executable, '-m', 'venv', '--clear', home/'env', env=env)  # a venv of the base interpreter: no system site packages
     assert 'include-system-site-packages = false' in (home/'env'/'pyvenv.cfg').read_text()
-    _sh(home/'env'/'bin'/'python', '-m', 'pip', 'install', '-q', '--disable-pip-version-check', wheel, *KERNEL, env=env)
+    _sh(home/'env'/'bin'/'python', '-m', 'pip', 'install', '-q', '--no-compile', '--disable-pip-version-check', wheel, *KERNEL,
+        env=env)  # --no-compile: Python compiles what a notebook imports, not all of torch
     took['install'] = time.time() - t
     (home/'work').mkdir()
     (home/'run_notebook.py').write_text(RUNNER)
-    return dict(home=home, env=env, took=took)
+    yield dict(home=home, env=env, took=took)
+    shutil.rmtree(home/'env', ignore_errors=True)  # about 6 GB with torch's CUDA wheels: not kept among pytest's temp folders
 
 def _run(student, nb: dict, name: str) -> dict:
     "Run `nb` in the clean venv's kernel from the work folder; where vlprompt was imported from."

@@ -316,8 +316,9 @@ def test_a_run_trained_on_another_split_is_noticed_by_reproduce_eval_and_table(t
     folder = next(runs.rglob('metrics.json')).parent
     m = json.loads((folder/'metrics.json').read_text())
     code, md, err = main('table', runs); assert code == 0, err
-    csv = (runs/'results.csv').read_text().splitlines()
-    assert csv[0].endswith(',splits_sha256') and csv[1].endswith(',' + m['data']['splits_sha256'])  # the table names the split
+    import csv
+    rows = list(csv.DictReader(io.StringIO((runs/'results.csv').read_text())))
+    assert [r['splits_sha256'] for r in rows] == [m['data']['splits_sha256']]  # the table names the split
     _swap_a_train_and_a_test_image(images)
     before = tree(runs)
     said(main(*grid), str(folder), 'another split', m['data']['splits_sha256'][:12])  # not "finished (skipped)"
@@ -330,3 +331,49 @@ def test_a_run_trained_on_another_split_is_noticed_by_reproduce_eval_and_table(t
     table_before = tree(runs)
     said(main('table', runs), 'zeroshot', '2 different splits', str(folder.relative_to(runs)), 'seed2')
     assert tree(runs) == table_before  # no results.md that averages the two
+
+# --- more bad inputs than the issue listed (its battery is rerun with new cases) ---
+
+GRID = {'--methods': ['zeroshot'], '--datasets': ['micro-pairs'], '--seeds': ['1'], '--shots': ['4']}
+
+@pytest.mark.parametrize('option,values', [('--seeds', ['1', '1']), ('--methods', ['zeroshot', 'zeroshot']),
+                                           ('--shots', ['4', '4']), ('--datasets', ['micro-pairs', 'micro-pairs'])])
+def test_a_grid_that_names_one_run_twice_is_refused(tmp_path, option, values):
+    "Before: the run was made once and the table counted it as two seeds ('seed ids 1 1', ± 0.0)."
+    args = [x for k, v in {**GRID, option: values}.items() for x in [k, *v]]
+    said(main('reproduce', '--protocol', 'base2new', *args, '--out', tmp_path/'runs'), 'names one run twice')
+    assert not (tmp_path/'runs').exists()
+
+def test_an_empty_out_is_refused_not_the_current_folder(tmp_path, monkeypatch):
+    "Before: `--out ''` (an unset shell variable) wrote config.json, metrics.json, log.txt and cache/ into the current folder."
+    monkeypatch.chdir(tmp_path)
+    said(main('train', '--method', 'zeroshot', *MICRO, '--out', ''), '--out is empty')
+    said(main('reproduce', '--protocol', 'base2new', *[x for k, v in GRID.items() for x in [k, *v]], '--out', ' '), '--out is empty')
+    assert list(tmp_path.iterdir()) == []
+
+@pytest.mark.parametrize('template,words', [('a {} of {}', 'must hold one {}'), ('a {} with {colour}', 'must hold one {}'),
+                                            ('a {{}} photo', 'must hold one {}'), ('a photo of a {', 'has no {}')])
+def test_a_template_without_exactly_one_slot_is_refused(tmp_path, template, words):
+    "Before: 'a {} of {}' crashed zero-shot with an IndexError and was silently ignored by CoOp."
+    for method in ('zeroshot', 'coop'):
+        said(main('train', '--method', method, *MICRO, '--template', template, '--out', tmp_path/method), words)
+    assert list(tmp_path.iterdir()) == []
+
+def test_a_metrics_json_of_another_run_is_listed_as_damaged(tmp_path, finished):
+    "Before: settings {} in metrics.json gave a KeyError traceback; another seed's metrics.json counted as a second seed."
+    runs = tmp_path/'runs'; shutil.copytree(finished, runs/'a'); shutil.copytree(finished, runs/'b')
+    m = json.loads((runs/'b'/'metrics.json').read_text()); m['settings']['seed'] = 2
+    (runs/'b'/'metrics.json').write_text(json.dumps(m))
+    code, md, err = main('table', runs); assert code == 0, err
+    assert '| 1 |' in md and '`b`: damaged' in md and "another run's settings" in md and '1 2' not in md
+    (runs/'b'/'metrics.json').write_text(json.dumps({**m, 'settings': {}}))
+    code, md, err = main('table', runs); assert code == 0 and 'Traceback' not in err, err
+    assert '`b`: damaged' in md
+
+def test_zero_workers_and_a_table_out_that_is_a_folder_are_refused(tmp_path, finished):
+    said(main('reproduce', '--protocol', 'base2new', *[x for k, v in GRID.items() for x in [k, *v]], '--workers', '0',
+              '--out', tmp_path/'runs'), '--workers 0')  # before: quietly one worker
+    assert not (tmp_path/'runs').exists()
+    before = tree(finished)
+    said(main('table', finished, '--out', tmp_path), 'is a folder')  # before: wrote OUT.md beside the folder
+    assert tree(finished) == before and list(tmp_path.iterdir()) == []
