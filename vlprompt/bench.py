@@ -135,8 +135,9 @@ def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int
     if template is not None and '{}' not in str(template):
         raise VLPromptError(f'--template {template!r} has no {{}} where the class name goes, e.g. "a photo of a {{}}, a type of pet.".')
     if template is not None and not _one_slot(str(template)):
-        raise VLPromptError(f'--template {template!r} must hold one {{}}, where the class name goes, and no other braces '
-                            '(write {{ or }} for a brace itself), e.g. "a photo of a {}, a type of pet.".')
+        raise VLPromptError(f'--template {template!r} must hold one {{}}, where the class name '
+                            'goes, and no other braces (write {{ or }} for a brace itself), e.g. '
+                            '"a photo of a {}, a type of pet.".')
     cfg = CONFIGS[(method, protocol)]
     resolved, options = dict(cfg.get('train', {})), dict(cfg.get('method', {}))
     if by_shots := cfg.get('epochs_by_shots'): resolved['epochs'] = by_shots(shots) if callable(by_shots) else epochs_for_shots(shots)
@@ -427,7 +428,8 @@ def run(settings: dict, folder: str | Path | None = None, data_root=None, cache_
     method, rule = build_run(settings, clip, subsample_classes(dataset, 'base') if settings['protocol'] == 'base2new' else dataset)  # bad options fail here, before anything is written
     with run_lock(folder) if folder is not None else contextlib.nullcontext():  # one writer per folder (RunBusy names the other)
         if folder is not None and (folder/'metrics.json').exists():  # finished meanwhile
-            check_split(folder, dataset); return json.loads((folder/'metrics.json').read_text())
+            check_split(folder, dataset)
+            return json.loads((folder/'metrics.json').read_text())
         log = RunLog(folder/'log.txt' if folder is not None else None)
         if folder is not None: write_json(folder/'config.json', settings)
         save_split(dataset)  # a folder's drawn split, once every setting was checked (a no-op for the CoOp datasets)
@@ -486,18 +488,19 @@ def build_run(s: dict, clip: LoadedCLIP, train_data):
     return method, rule
 
 def check_split(folder: str | Path, dataset) -> None:
-    """Refuse the finished run in `folder` if its metrics.json records other train / val lists of its dataset than
-    `dataset` has now (a changed split file): skipped into a table or evaluated again, its numbers would be mixed up."""
+    """Refuse the finished run in `folder` if its metrics.json records other train / val lists of
+    its dataset than `dataset` has now (a changed split file): not the numbers of these files."""
     from vlprompt.data import split_hash
     try: was = json.loads((Path(folder)/'metrics.json').read_text())['data']['splits_sha256']
-    except (OSError, ValueError, KeyError, TypeError): return  # not finished, or made before the split was recorded
+    except (OSError, ValueError, KeyError, TypeError): return  # unfinished, or split not recorded
     if was != (now := split_hash(dataset)):
-        raise VLPromptError(f"{folder} was trained on another split of {dataset.name}: its train / val lists hash to "
-                            f"{str(was)[:12]}..., those of the data now to {now[:12]}... (the split file changed). Point "
-                            '--data-root at the data it was trained on, or move that run folder away to train it again.')
+        raise VLPromptError(f'{folder} was trained on another split of {dataset.name}: its train / '
+                            f'val lists hash to {str(was)[:12]}..., those of the data now to '
+                            f'{now[:12]}... (the split file changed). Point --data-root at the '
+                            'data it was trained on, or move that run folder away to train again.')
 
 def finished_metrics(folder: Path, s: dict, data_root=None) -> dict:
-    "The metrics of the finished run in `folder`, once its split is checked against the data (if the data is at hand)."
+    "The finished run's metrics, once its split is checked against the data (if it is at hand)."
     try: dataset = run_dataset(s, data_root, write_split=False)
     except VLPromptError: dataset = None  # no data here: the numbers stand as they were made
     if dataset is not None: check_split(folder, dataset)
@@ -558,7 +561,7 @@ def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = No
     s = use_checkpoint(s, checkpoint)
     clip = get_clip(s['backbone'], s['pretrained'], checkpoint)
     full = run_dataset(s, data_root)
-    check_split(folder, full)  # trained on other train / val lists: its checkpoint and metrics are not those of these files
+    check_split(folder, full)  # trained on other train / val lists: not this run's numbers
     data = fewshot_splits(full, s['shots'], s['seed'], None, _index_dir(s, split_indices))
     train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
     method, rule = build_run(s, clip, train_data)
@@ -637,10 +640,11 @@ def plan(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 2, 3)
                     s = run_settings(m, protocol, d, k, seed, backbone, pretrained, train=train, method_options=options, template=template)
                     out.append(use_split_indices(s, split_indices) if split_indices is not None else s)
     seen = set()
-    for s in out:  # `--seeds 1 1`, a method or dataset named twice: one run, never two rows of a table's mean
+    for s in out:  # `--seeds 1 1`: one run, never two rows of a table's mean
         if (key := json.dumps(s, sort_keys=True, default=str)) in seen:
-            raise VLPromptError(f"The grid names one run twice ({s['method']} on {s['dataset']}, {s['shots']} shots, seed "
-                                f"{s['seed']}): a method, dataset, shot count or seed is listed twice. Give each once.")
+            raise VLPromptError(f"The grid names one run twice ({s['method']} on {s['dataset']}, "
+                                f"{s['shots']} shots, seed {s['seed']}): a method, dataset, shot "
+                                'count or seed is listed twice. Give each once.')
         seen.add(key)
     return out
 
@@ -706,20 +710,23 @@ def _indices_words(rows) -> str:
     return 'mixed: ' + ', '.join(sorted({u.get('source', 'sampled') for u in used}))
 
 def _split_of(r: dict) -> str | None:
-    "The SHA-256 of the train / val lists a run was trained on (metrics.json's data), or None for older runs."
+    "SHA-256 of the train / val lists a run was trained on (metrics.json's data), or None."
     return r['data'].get('splits_sha256') if isinstance(r.get('data'), dict) else None
 
 def _check_one_split(rs: list[dict]) -> str:
-    "The split shared by the seeds of one row (empty if unrecorded); runs of the row trained on different splits are refused."
+    "The split the seeds of one row share ('' if unrecorded); a row over several splits is refused."
     splits = {}
     for r in rs:
-        if _split_of(r): splits.setdefault(_split_of(r), []).append(str(r.get('folder', f"seed {r['settings']['seed']}")))
+        if h := _split_of(r):
+            splits.setdefault(h, []).append(str(r.get('folder', f"seed {r['settings']['seed']}")))
     if len(splits) > 1:
         s = rs[0]['settings']
         said = '; '.join(f'{h[:12]}...: {", ".join(f)}' for h, f in splits.items())
-        raise VLPromptError(f"The runs of {s['method']} on {s['dataset']} were trained on {len(splits)} different splits of "
-                            f'the data (train / val lists {said}), so their mean would mix two data sets: keep the runs of '
-                            'one split under the folder you make the table of, and train the others again on it.')
+        raise VLPromptError(f"The runs of {s['method']} on {s['dataset']} were trained on "
+                            f'{len(splits)} different splits of the data (train / val lists '
+                            f'{said}), so their mean would mix different data: keep the runs of '
+                            'one split under the folder you make the table of, and train the '
+                            'others again on it.')
     return next(iter(splits), '')
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -741,7 +748,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         g = dict(protocol=s['protocol'], dataset=s['dataset'], method=s['method'], variant=_variant(s, trained), backbone=s['backbone'],
                  pretrained=', '.join(filter(None, [s.get('pretrained'), s.get('checkpoint') and f"weights {s['checkpoint']['sha256'][:12]}"])), shots=s['shots'], n_seeds=len(rs), seeds=' '.join(str(r['settings']['seed']) for r in rs),
                  metrics={k: _mean_std([r[k] for r in rs if k in r]) for k in keys},
-                 checkpoint=rs[0].get('checkpoint_rule', 'last epoch'), indices=_indices_words(rs), splits=splits)
+                 checkpoint=rs[0].get('checkpoint_rule', 'last epoch'), indices=_indices_words(rs),
+                 splits=splits)
         if s['protocol'] == 'base2new' and {'base', 'new'} <= set(keys):
             g['hm_rule'] = (f"HM per seed, then mean ± std (HM of the mean B and N: {harmonic_mean(g['metrics']['base'][0], g['metrics']['new'][0]):.1f})"
                             if len(rs) > 1 else 'HM of the one seed\'s B and N')
@@ -781,7 +789,8 @@ def results_csv(rows: list[dict]) -> str:
     for g in groups:
         rec = {k: g[k] for k in ('protocol', 'dataset', 'method', 'variant', 'backbone', 'pretrained', 'shots', 'n_seeds', 'seeds')}
         for k, (m, sd) in g['metrics'].items(): rec[f'{k}_mean'], rec[f'{k}_std'] = round(m, 4), round(sd, 4)
-        rec.update(checkpoint=g['checkpoint'], hm_averaging=g.get('hm_rule', ''), shots_drawn=g['indices'], splits_sha256=g['splits'])
+        rec.update(checkpoint=g['checkpoint'], hm_averaging=g.get('hm_rule', ''),
+                   shots_drawn=g['indices'], splits_sha256=g['splits'])
         if g.get('paper'): rec.update(paper_base=g['paper'][0], paper_new=g['paper'][1], paper_hm=g['paper'][2])
         records.append(rec)
     columns = list(dict.fromkeys(k for r in records for k in r))
@@ -805,8 +814,9 @@ def scan_runs(root: str | Path) -> tuple[list[dict], list[dict]]:
             if (folder/'metrics.json').exists():
                 m = json.loads((folder/'metrics.json').read_text())
                 if not isinstance(m, dict) or not isinstance(m.get('settings'), dict): raise VLPromptError('metrics.json is not a run\'s metrics')
-                if m['settings'] != s:  # a metrics.json copied from another run, or edited by hand
-                    raise VLPromptError("metrics.json holds another run's settings than config.json")
+                if m['settings'] != s:  # copied from another run, or edited by hand
+                    raise VLPromptError("metrics.json holds another run's settings than "
+                                        'config.json')
                 rows.append({**m, 'folder': str(folder.relative_to(root))}); continue
         except (VLPromptError, ValueError, UnicodeDecodeError) as e:  # listed as damaged, not a traceback
             others.append(dict(folder=str(folder.relative_to(root)), settings={}, status=f'damaged ({str(e)[:120]})', epochs_done=None,

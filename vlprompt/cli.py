@@ -27,7 +27,8 @@ def check_out(path, what: str = '--out') -> Path:
     """Refuse an output folder that is a file, lies under a file, or cannot be created or written in, before anything is
     written (a folder is made and removed in its first existing ancestor to find out)."""
     if not str(path).strip():  # `--out "$DIR"` with DIR unset: never the current folder by accident
-        raise _kit.VLPromptError(f'{what} is empty (an unset shell variable?): name the folder, e.g. {what} runs/mine.')
+        raise _kit.VLPromptError(f'{what} is empty (an unset shell variable?): name the folder, '
+                                 f'e.g. {what} runs/mine.')
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise _kit.VLPromptError(f'{what} {path} is a file, not a folder: give a folder (it is created if it does not exist).')
@@ -154,8 +155,8 @@ def demo(out: str | None = None, device: str = 'cpu', methods=DEMO_METHODS) -> d
     if out: check_out(out)
     import torch
     if device == 'cpu' and 'OMP_NUM_THREADS' not in os.environ and torch.get_num_threads() > 1:
-        threads = torch.get_num_threads()  # the micro CLIP gains nothing from threads, and on a busy 2-core machine they
-        torch.set_num_threads(1)           # spin: CoOp took 235 s with 2 threads, 8 s with one (load average 4-5)
+        threads = torch.get_num_threads()  # the micro CLIP gains nothing from threads; on a busy
+        torch.set_num_threads(1)  # 2-core machine CoOp took 235 s with 2 threads, 8 s with one
         try: return demo(out, device, methods)
         finally: torch.set_num_threads(threads)
     start = time.time()
@@ -311,13 +312,16 @@ def reproduce(args) -> str:
         require_data(bench.grid_datasets(runs), args.data_root)
     check_out(args.out)
     if args.workers is not None and args.workers < 1:
-        raise _kit.VLPromptError(f'--workers {args.workers}: give at least 1 worker process (leave it out for one run after another).')
+        raise _kit.VLPromptError(f'--workers {args.workers}: give at least 1 worker process (leave '
+                                 'it out for one run after another).')
     if args.gpus: launch.check_gpus([g.strip() for g in args.gpus.split(',') if g.strip()])
     common = dict(data_root=args.data_root, checkpoint=args.checkpoint, split_indices=args.split_indices)
     if not args.dry_run:  # every dataset, backbone and option of the grid, before its first run starts
         here = args.launcher == 'local' and not args.gpus and (args.workers or 1) == 1
-        datasets = preflight(runs, args.data_root, args.checkpoint, args.split_indices, device=None if here else 'cpu')
-        for s in runs: bench.check_split(bench.run_dir(args.out, s), datasets[s['dataset']])  # finished on other data: said now
+        datasets = preflight(runs, args.data_root, args.checkpoint, args.split_indices,
+                             device=None if here else 'cpu')
+        for s in runs:  # a finished run made on another split: said before anything runs
+            bench.check_split(bench.run_dir(args.out, s), datasets[s['dataset']])
     if args.launcher == 'slurm':
         options = {}
         for kv in args.slurm_option or []:
@@ -349,8 +353,10 @@ def table(args) -> str:
     if not Path(args.runs).is_dir(): raise _kit.VLPromptError(f'{args.runs} is not a folder of runs.')
     if args.out is not None:
         if not args.out.strip() or Path(args.out).is_dir():
-            raise _kit.VLPromptError(f'--out {args.out!r} is {"a folder" if args.out.strip() else "empty"}: --out names the files '
-                                     f'to write without their suffix (OUT.md and OUT.csv), e.g. --out {Path(args.out or "runs")/"results"}.')
+            what = 'a folder' if args.out.strip() else 'empty'
+            raise _kit.VLPromptError(f'--out {args.out!r} is {what}: --out names the files to '
+                                     'write without their suffix (OUT.md and OUT.csv), e.g. --out '
+                                     f'{Path(args.out.strip() or "runs")/"results"}.')
         check_out(Path(args.out).parent, '--out')
     md = bench.write_tables(args.runs, args.out)
     out = Path(args.out) if args.out else Path(args.runs)/'results'
