@@ -82,7 +82,8 @@ def student(tmp_path_factory):
     (home/'work').mkdir()
     (home/'run_notebook.py').write_text(RUNNER)
     yield dict(home=home, env=env, took=took)
-    shutil.rmtree(home/'env', ignore_errors=True)  # ~6 GB with torch's CUDA wheels: not kept
+    # ~6 GB with torch's CUDA wheels: not kept among pytest's temp folders, deleted in the background
+    subprocess.Popen(['rm', '-rf', str(home/'env')], start_new_session=True)
 
 def _run(student, nb: dict, name: str) -> dict:
     "Run `nb` in the clean venv's kernel from the work folder; where vlprompt was imported from."
