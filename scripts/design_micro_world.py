@@ -31,11 +31,12 @@ def register_design_tasks():
 
 NEW_COLOURS = list(micro.COLOURS)[4:]  # micro-pairs' new classes: the last 4 colours (x 8 shapes)
 _NO_COLOUR = [t for t in micro.CAPTION_SETS['sparse-colour'] if '{colour}' not in t]
-SPLIT_CAPTIONS = {  # scratch caption sets of this search: name -> (templates for base colours, for new colours)
+SPLIT_CAPTIONS = {  # scratch caption sets: name -> (templates for base colours, for new colours)
     # H: base colours as well described as in the default captions (9 of 12), new colours in 1 of 10
     'dense-base-sparse-new': (micro.CAPTION_SETS['default'], micro.CAPTION_SETS['sparse-colour']),
-    # I: base colours in 1 of 10 captions (as E), new colours in 1 of 37 (the 9 colour-free ones x 4)
-    'sparse-base-rare-new': (micro.CAPTION_SETS['sparse-colour'], _NO_COLOUR * 4 + ['a {colour} {shape}.']),
+    # I: base colours in 1 of 10 captions (as E), new colours in 1 of 37 (the 9 colour-free x 4)
+    'sparse-base-rare-new': (micro.CAPTION_SETS['sparse-colour'],
+                             _NO_COLOUR * 4 + ['a {colour} {shape}.']),
 }
 
 
@@ -50,7 +51,8 @@ def split_captions(name: str):
     def captions(attrs, rng):
         words = [[micro.ATTRIBUTES[k][i] for i in attrs[k].tolist()] for k in micro.ATTRIBUTES]
         is_new = torch.isin(attrs['colour'], new_ids).tolist()
-        which = [len(base_t) + rng.randrange(len(new_t)) if n else rng.randrange(len(base_t)) for n in is_new]
+        which = [len(base_t) + rng.randrange(len(new_t)) if n else rng.randrange(len(base_t))
+                 for n in is_new]
         return [micro.CAPTION_TEMPLATES[t].format(**dict(zip(micro.ATTRIBUTES, w)))
                 for t, w in zip(which, zip(*words))], which
 
@@ -112,7 +114,8 @@ def main(argv=None):
     ap.add_argument('--epochs', type=int, default=None, help='override every method\'s epochs (quick looks only)')
     ap.add_argument('--cache', default='/tmp/micro_design_cache')
     ap.add_argument('--log', default='/tmp/micro_design.jsonl')
-    ap.add_argument('--pretrain', default=None, help='pretrain a candidate CLIP with this caption set (micro.CAPTION_SETS or SPLIT_CAPTIONS)')
+    ap.add_argument('--pretrain', default=None,
+                    help='caption set to pretrain a candidate CLIP with (micro.CAPTION_SETS, SPLIT_CAPTIONS)')
     ap.add_argument('--web-noise', type=float, default=0.0, help='Gaussian noise on the web images while pretraining')
     ap.add_argument('--steps', type=int, default=500)
     ap.add_argument('--out', default=None, help='where --pretrain writes the checkpoint')
@@ -127,8 +130,7 @@ def main(argv=None):
     register_design_tasks()
     if args.pretrain:
         if not args.out: raise SystemExit('error: --pretrain needs --out (a new file; the shipped micro_clip.pt is never overwritten)')
-        scratch = split_captions(args.pretrain) if args.pretrain in SPLIT_CAPTIONS else nullcontext()
-        with scratch:
+        with split_captions(args.pretrain) if args.pretrain in SPLIT_CAPTIONS else nullcontext():
             info = micro.pretrain_world_clip(args.out, args.pretrain, args.web_noise, args.steps,
                                              tasks=('micro-pairs', 'micro-colours', 'micro-shapes',
                                                     'micro-pairs-noisy'))
