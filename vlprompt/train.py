@@ -18,8 +18,9 @@ from .clip import LoadedCLIP, VLPromptError, image_features
 # %% auto #0
 __all__ = ['TRAIN_RANGES', 'TrainConfig', 'typed_setting', 'epochs_for_shots', 'lr_at_epoch', 'make_optimizer', 'atomic_write',
            'save_atomic', 'write_json', 'write_text', 'RunBusy', 'run_lock', 'weights_fingerprint', 'backbone_id',
-           'FeatureCache', 'file_sha256', 'TrainSet', 'epoch_seed', 'cross_entropy_rule', 'learnable_state', 'fit',
-           'module_device', 'evaluate', 'train_method', 'augment_micro']
+           'FeatureCache', 'file_sha256', 'TrainSet', 'epoch_seed', 'cross_entropy_rule', 'learnable_state', 'FitState',
+           'Callback', 'run_callbacks', 'NaNGuard', 'RecordLoss', 'ShowProgress', 'Checkpoint', 'StopAfter', 'Track',
+           'fit', 'module_device', 'evaluate', 'train_method', 'augment_micro']
 
 # %% ../nbs/03_train.ipynb #002a04ca
 @dataclass
@@ -281,60 +282,155 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, method: nn.Module, identity: 
         raise VLPromptError(f'{path.parent} holds a run with other settings ({said}); use another --out folder or the same settings.')
     return ckpt
 
+# %% ../nbs/03_train.ipynb #8bad25ed
+@dataclass
+class FitState:
+    "What `fit` shares with its callbacks: the run's objects and where the loop is."
+    method: nn.Module
+    opt: torch.optim.Optimizer
+    cfg: TrainConfig
+    data: TrainSet
+    start: int = 0  # first epoch this call trains (after a resume)
+    epoch: int = 0
+    step: int = 0
+    batch: torch.Tensor | None = None  # the step's sample indices
+    loss: torch.Tensor | None = None  # the step's loss, as the rule returned it
+    history: list = field(default_factory=list)  # one dict per finished epoch
+    stop: bool = False  # a callback sets it to end training after this epoch
+
+class Callback:
+    """A hook object for `fit`: define any of before_fit, epoch_start, after_loss, after_step,
+    epoch_end, after_fit (each takes the FitState)."""
+    order = 50
+
+def run_callbacks(callbacks: list, hook: str, state: FitState):
+    "Call `hook(state)` on every callback that has it, in `order`."
+    for cb in sorted(callbacks, key=lambda cb: getattr(cb, 'order', 50)):
+        if hasattr(cb, hook): getattr(cb, hook)(state)
+
+# %% ../nbs/03_train.ipynb #9c403d0a
+class NaNGuard(Callback):
+    "Stop with the epoch, the step and the likely cause when the loss is not finite."
+    order = 0
+    def after_loss(self, s: FitState):
+        if torch.isfinite(s.loss): return
+        lr = s.opt.param_groups[0]['lr']
+        name = type(s.method).__name__
+        raise VLPromptError(
+            f'The loss became {s.loss.item()} at epoch {s.epoch}, step {s.step} (learning rate '
+            f'{lr:.2g}). The likely cause is a learning rate too high for {name} (lower lr, now '
+            f'{s.cfg.lr}), or inputs with NaN/inf values; the last good checkpoint is kept, so '
+            'rerun with a lower lr in a new --out folder.')
+
+class RecordLoss(Callback):
+    "The epoch's mean training loss, with its epoch and learning rate, appended to the history."
+    order = 10
+    def epoch_start(self, s: FitState): self.total = 0.0
+    def after_step(self, s: FitState): self.total += s.loss.item() * len(s.batch)
+    def epoch_end(self, s: FitState):
+        lr = lr_at_epoch(s.cfg, s.epoch)
+        s.history.append(dict(epoch=s.epoch, lr=lr, loss=self.total / len(s.data)))
+
+class ShowProgress(Callback):
+    "A progress bar over the epochs (it starts where a resumed run starts), with the last loss."
+    order = 20
+    bar = None
+    def epoch_start(self, s: FitState):
+        if self.bar is not None: return
+        from tqdm.auto import tqdm
+        name = type(s.method).__name__
+        self.bar = tqdm(desc=name, total=s.cfg.epochs, initial=s.start, leave=False)
+    def epoch_end(self, s: FitState):
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{s.history[-1]['loss']:.3f}")
+    def after_fit(self, s: FitState):
+        if self.bar is not None: self.bar.close()
+
+class Checkpoint(Callback):
+    """Resume from `out/checkpoint.pt` if it belongs to this run; after every epoch save the
+    learnable tensors, the optimizer, the history and each stateful callback, atomically."""
+    order = 100  # last: what it saves includes the other callbacks' work on the epoch
+    def __init__(self, out, identity: dict | None = None, callbacks: list = ()):
+        self.path, self.identity, self.callbacks = Path(out)/'checkpoint.pt', identity, callbacks
+    def _stateful(self):
+        return {type(cb).__name__: cb for cb in self.callbacks if hasattr(cb, 'state_dict')}
+    def before_fit(self, s: FitState):
+        if not self.path.exists(): return
+        ckpt = _load_checkpoint(self.path, s.cfg, s.method, self.identity)
+        if ckpt is None: return
+        s.method.load_state_dict(ckpt['learnable'], strict=False)
+        s.opt.load_state_dict(ckpt['optimizer'])
+        s.start, s.history = ckpt['epoch'] + 1, ckpt['history']
+        saved = ckpt.get('callbacks', {})
+        for name, cb in self._stateful().items():
+            if name not in saved:
+                raise VLPromptError(f'Checkpoint {self.path} holds no state of the callback {name}: it '
+                                    'was trained without it; use another --out folder.')
+            cb.load_state_dict(saved[name])
+    def epoch_end(self, s: FitState):
+        ckpt = dict(epoch=s.epoch, method=type(s.method).__name__, config=asdict(s.cfg),
+                    learnable=learnable_state(s.method), identity=self.identity,
+                    shapes=_learnable_shapes(s.method), optimizer=s.opt.state_dict(),
+                    history=s.history)
+        stateful = self._stateful()
+        if stateful: ckpt['callbacks'] = {n: cb.state_dict() for n, cb in stateful.items()}
+        save_atomic(ckpt, self.path)
+
+class StopAfter(Callback):
+    "End training once `epochs` epochs are done (as if the machine died: the checkpoint stays)."
+    order = 110
+    def __init__(self, epochs: int): self.epochs = epochs
+    def epoch_end(self, s: FitState):
+        if s.epoch + 1 >= self.epochs: s.stop = True
+
+class Track(Callback):
+    """Call the gradient-free `track(method)` (in eval mode) after every epoch and add what it
+    returns to that epoch's history row: accuracy or NMI curves without a second loop."""
+    order = 90  # after RecordLoss wrote the row, before Checkpoint saves it
+    def __init__(self, track: Callable[[nn.Module], dict]): self.track = track
+    def epoch_end(self, s: FitState):
+        s.method.eval()
+        with torch.no_grad(): s.history[-1].update(self.track(s.method))
+        s.method.train()
+
+# %% ../nbs/03_train.ipynb #b564151f
 def fit(method: nn.Module, data: TrainSet, cfg: TrainConfig, out: str | Path | None = None,
         rule: Callable = cross_entropy_rule, progress: bool = True, stop_after: int | None = None,
-        identity: dict | None = None) -> list[dict]:
-    """Train `method`'s learnable tensors on `data`; with `out`, checkpoint every epoch and resume from it. Returns the history.
-    `identity` (e.g. backbone and data) is stored in the checkpoint, and a checkpoint of another identity is refused."""
-    device = module_device(method)
+        identity: dict | None = None, callbacks: list = ()) -> list[dict]:
+    """Train `method`'s learnable tensors on `data` with `rule`; returns the history (one dict an
+    epoch). With `out` it checkpoints every epoch and resumes (`identity`, e.g. backbone and data,
+    must match); `method.callbacks()` and `callbacks` add hooks."""
     params = [p for p in method.parameters() if p.requires_grad]
-    if not params: raise VLPromptError(f'{type(method).__name__} has no learnable parameters: nothing to train.')
-    opt = make_optimizer(params, cfg)
-    method_name = type(method).__name__
-    start, history = 0, []
-    ckpt_path = Path(out)/'checkpoint.pt' if out else None
-    ckpt = _load_checkpoint(ckpt_path, cfg, method, identity) if ckpt_path and ckpt_path.exists() else None
-    if ckpt is not None:
-        method.load_state_dict(ckpt['learnable'], strict=False)
-        opt.load_state_dict(ckpt['optimizer'])
-        start, history = ckpt['epoch'] + 1, ckpt['history']
+    if not params:
+        raise VLPromptError(f'{type(method).__name__} has no learnable parameters: nothing to train.')
+    cbs = [NaNGuard(), RecordLoss(), *([ShowProgress()] if progress else [])]
+    cbs += [*getattr(method, 'callbacks', list)(), *callbacks]
+    if stop_after is not None: cbs.append(StopAfter(stop_after))
+    if out: cbs.append(Checkpoint(out, identity, cbs))
+    s = FitState(method, make_optimizer(params, cfg), cfg, data)
+    device = module_device(method)
     labels = data.labels.to(device)
-    use_amp = cfg.amp and device.type == 'cuda'
-    bar = _progress(range(start, cfg.epochs), progress, type(method).__name__, initial=start, total=cfg.epochs)
-    for epoch in bar:
-        for group in opt.param_groups: group['lr'] = lr_at_epoch(cfg, epoch)
-        torch.manual_seed(epoch_seed(cfg.seed, epoch))
-        g = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+    amp = cfg.amp and device.type == 'cuda'
+    run_callbacks(cbs, 'before_fit', s)
+    for s.epoch in range(s.start, cfg.epochs):
+        run_callbacks(cbs, 'epoch_start', s)
+        for group in s.opt.param_groups: group['lr'] = lr_at_epoch(cfg, s.epoch)
+        torch.manual_seed(epoch_seed(cfg.seed, s.epoch))
+        g = torch.Generator().manual_seed(epoch_seed(cfg.seed, s.epoch))
         method.train()
-        losses = []
-        for step, idx in enumerate(torch.randperm(len(data), generator=g).split(cfg.batch_size)):
-            x = data.batch(idx, g).to(device)
-            with torch.autocast('cuda', dtype=torch.bfloat16, enabled=use_amp):
-                loss = rule(method, x, labels[idx.to(device)])
-            if not torch.isfinite(loss):
-                raise VLPromptError(f'The loss became {loss.item()} at epoch {epoch}, step {step} (learning rate {opt.param_groups[0]["lr"]:.2g}). '
-                                    f'The likely cause is a learning rate too high for {method_name} (lower lr, now {cfg.lr}), or inputs with '
-                                    'NaN/inf values; the last good checkpoint is kept, so rerun with a lower lr in a new --out folder.')
-            opt.step(); opt.zero_grad(set_to_none=True)
-            losses.append(loss.item() * len(idx))
-        history.append(dict(epoch=epoch, lr=lr_at_epoch(cfg, epoch), loss=sum(losses) / len(data)))
-        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
-        if ckpt_path:
-            save_atomic(dict(epoch=epoch, method=method_name, config=asdict(cfg), learnable=learnable_state(method), identity=identity,
-                             shapes=_learnable_shapes(method), optimizer=opt.state_dict(), history=history), ckpt_path)
-        if stop_after is not None and epoch + 1 >= stop_after: break
+        for s.step, s.batch in enumerate(torch.randperm(len(data), generator=g).split(cfg.batch_size)):
+            x = data.batch(s.batch, g).to(device)
+            with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
+                s.loss = rule(method, x, labels[s.batch.to(device)])
+            run_callbacks(cbs, 'after_loss', s)
+            s.opt.step()
+            s.opt.zero_grad(set_to_none=True)
+            run_callbacks(cbs, 'after_step', s)
+        run_callbacks(cbs, 'epoch_end', s)
+        if s.stop: break
+    run_callbacks(cbs, 'after_fit', s)
     method.eval()
-    return history
-
-def _progress(it, show, desc, **kw):
-    if not show: return _Quiet(it)
-    from tqdm.auto import tqdm
-    return tqdm(it, desc=desc, leave=False, **kw)
-
-class _Quiet:
-    def __init__(self, it): self.it = it
-    def __iter__(self): return iter(self.it)
-    def set_postfix(self, **kw): pass
+    return s.history
 
 def module_device(module: nn.Module) -> torch.device:
     "Where a module's tensors live (CPU if it has none)."
@@ -346,7 +442,8 @@ def evaluate(method: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batc
     "Top-1 accuracy (%) of `method` on features or preprocessed images."
     method.eval()
     device = module_device(method)
-    preds = torch.cat([method(inputs[i:i + batch_size].to(device)).argmax(-1).cpu() for i in range(0, len(inputs), batch_size)])
+    preds = torch.cat([method(inputs[i:i + batch_size].to(device)).argmax(-1).cpu()
+                       for i in range(0, len(inputs), batch_size)])
     return 100 * (preds == labels.cpu()).float().mean().item()
 
 # %% ../nbs/03_train.ipynb #d8107a35

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/15_vpt_spt.ipynb #12a5246b
 from __future__ import annotations
-import math, tempfile, time
+import math, time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..clip import LoadedCLIP, VLPromptError, clip_logits, encode_image_prompted, zeroshot_weights
-from ..train import TrainConfig, TrainSet, cross_entropy_rule, fit
+from ..train import Track, TrainConfig, TrainSet, cross_entropy_rule, fit
 
 # %% auto #0
 __all__ = ['SPT_STRATEGIES', 'INITS', 'SPT_BACKBONES', 'BENCH_METHODS', 'BENCH_CONFIGS', 'vit_shape', 'xavier_bound', 'VPT',
@@ -317,14 +317,16 @@ def layer_nmi(method: VPT, images: torch.Tensor) -> list[float]:
     return [prompt_patch_nmi(method.prompts[l], inputs[l][:, cut]).mean().item() for l in range(len(method.prompts))]
 
 # %% ../../nbs/15_vpt_spt.ipynb #11533fac
-def fit_tracked(method: nn.Module, data: TrainSet, cfg: TrainConfig, track: Callable[[nn.Module], dict],
+def fit_tracked(method: nn.Module, data: TrainSet, cfg: TrainConfig,
+                track: Callable[[nn.Module], dict],
                 rule: Callable = cross_entropy_rule) -> list[dict]:
-    "Train with `fit` one epoch at a time (resuming from its checkpoint, so the run is the same as one `fit`), calling the gradient-free `track(method)` before training and after every epoch."
+    """Train with `fit` and the `Track` callback: rows of (epoch, loss, what `track(method)`
+    returns) before training (epoch 0, loss NaN) and after every epoch."""
     rows = [dict(epoch=0, loss=float('nan'), **track(method))]
-    with tempfile.TemporaryDirectory() as folder:
-        for epoch in range(cfg.epochs):
-            history = fit(method, data, cfg, out=folder, rule=rule, progress=False, stop_after=epoch + 1)
-            rows.append(dict(epoch=epoch + 1, loss=history[-1]['loss'], **track(method)))
+    history = fit(method, data, cfg, rule=rule, progress=False, callbacks=[Track(track)])
+    for h in history:
+        tracked = {k: v for k, v in h.items() if k not in ('epoch', 'lr', 'loss')}
+        rows.append(dict(epoch=h['epoch'] + 1, loss=h['loss'], **tracked))
     return rows
 
 # %% ../../nbs/15_vpt_spt.ipynb #2c1e198b
