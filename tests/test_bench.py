@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest, torch
 from vlprompt import bench
 from vlprompt.clip import VLPromptError
+import vlprompt.clip as vclip
 
 VLPROMPT = str(Path(sys.executable).parent/'vlprompt')
 
@@ -77,7 +78,7 @@ def test_real_image_path_end_to_end(tmp_path, monkeypatch):
     from vlprompt import train as train_module
     make_fake_dataset('oxford_pets', tmp_path/'data', n_classes=3, per_class=(6, 3, 4), size=40)
     preprocess = open_clip.image_transform(32, is_train=False)
-    monkeypatch.setitem(bench._CLIPS, ('tiny-real', None, None), LoadedCLIP(tiny_clip(), micro_tokenizer(), preprocess, 'tiny-real'))
+    monkeypatch.setitem(vclip._CLIPS, ('tiny-real', None, None), LoadedCLIP(tiny_clip(), micro_tokenizer(), preprocess, 'tiny-real'))
     s = bench.run_settings('coop', 'fewshot', 'oxford_pets', 4, 1, backbone='tiny-real')
     s['train']['epochs'] = 3
     metrics = bench.run(s, tmp_path/'run', tmp_path/'data', tmp_path/'cache', progress=False)

@@ -76,6 +76,7 @@ def test_wheel_works_without_the_dev_tools(tmp_path):
 def test_import_checkpoint_evaluates_an_official_checkpoint(tmp_path):
     "An official CoOp checkpoint (Dassl's layout, a scheduler object pickled beside it) holding 'a photo of a' scores as zero-shot."
     import torch
+    import vlprompt.micro  # registers the 'micro' CLIP
     from vlprompt.clip import load_clip
     clip = load_clip('micro', device='cpu')
     words = clip.model.token_embedding(clip.tokenizer(['a photo of a'])[0, 1:5]).detach()

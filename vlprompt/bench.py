@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .clip import LoadedCLIP, VLPromptError, image_features, load_clip, suggest
+from .clip import LoadedCLIP, VLPromptError, get_clip, image_features, load_clip, suggest
 from .data import LazyImages, fewshot_splits, load_dataset, load_images, subsample_classes, DOMAIN_SHIFTS, CROSS_DATASET
 from .data import (FOLDER_PREFIX, check_shots, dataset_key, folder_dataset_name, is_folder_dataset, load_folder, require_data,
                            save_split)
@@ -21,7 +21,7 @@ from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone
 # %% auto #0
 __all__ = ['METHODS', 'RULES', 'PROTOCOLS', 'CONFIGS', 'PAPER_BASE2NEW', 'PAPER_FEWSHOT_RN50', 'RULE_OPTIONS', 'OFFICIAL_RENAMES',
            'OFFICIAL_FIXED', 'run_template', 'run_settings', 'read_official_checkpoint', 'official_to_kit',
-           'init_learnable', 'load_official', 'get_clip', 'dassl_train_transform', 'dataset_features', 'train_inputs',
+           'init_learnable', 'load_official', 'dassl_train_transform', 'dataset_features', 'train_inputs',
            'split_inputs', 'accuracy', 'harmonic_mean', 'overrides', 'run_name', 'run_dir', 'run_dataset',
            'config_differences', 'RunLog', 'checkpoint_epoch', 'use_split_indices', 'run', 'learnable', 'build_method',
            'build_run', 'run_identity', 'train_run', 'evaluate_method', 'evaluate_run', 'use_checkpoint', 'read_config',
@@ -216,14 +216,6 @@ def load_official(method: nn.Module, checkpoint: str | Path | dict) -> nn.Module
     return init_learnable(method, official_to_kit(state))
 
 # %% ../nbs/20_benchmark.ipynb #0b9de131
-_CLIPS: dict = {}
-
-def get_clip(backbone: str = 'micro', pretrained: str | None = None, checkpoint: str | None = None) -> LoadedCLIP:
-    "Load a backbone once per process."
-    key = (backbone, pretrained, checkpoint)
-    if key not in _CLIPS: _CLIPS[key] = load_clip(backbone, pretrained, checkpoint)
-    return _CLIPS[key]
-
 def dassl_train_transform(clip: LoadedCLIP):
     "Dassl's train transform for real images: random resized crop (0.08-1, bicubic), flip, CLIP normalisation."
     from torchvision import transforms as T

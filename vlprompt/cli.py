@@ -150,6 +150,7 @@ def demo(out: str | None = None, device: str = 'cpu', methods=DEMO_METHODS) -> d
     check_device(device)
     if out: check_out(out)
     start = time.time()
+    micro.load_micro_clip  # importing the micro world registers the 'micro' CLIP
     clip = _kit.load_clip('micro', device=device)
     rows = micro.zeroshot_table(clip)
     print('Zero-shot micro CLIP on the micro world (top-1 accuracy, %, test splits):\n')

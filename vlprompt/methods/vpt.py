@@ -5,15 +5,17 @@
 # %% ../../nbs/15_vpt_spt.ipynb #12a5246b
 from __future__ import annotations
 import math, tempfile, time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from ..clip import LoadedCLIP, VLPromptError, clip_logits, encode_image_prompted, zeroshot_weights
-from ..train import TrainConfig, TrainSet, cross_entropy_rule, fit
+from ..clip import (LoadedCLIP, VLPromptError, clip_logits, encode_image_prompted, get_clip,
+                           zeroshot_weights)
+from ..micro import get_task, micro_preprocess
+from ..train import TrainConfig, TrainSet, augment_micro, cross_entropy_rule, evaluate, fit
 
 # %% auto #0
 __all__ = ['SPT_STRATEGIES', 'INITS', 'SPT_BACKBONES', 'BENCH_METHODS', 'BENCH_CONFIGS', 'vit_shape', 'xavier_bound', 'VPT',
@@ -157,8 +159,6 @@ def timm_backbone(name: str = 'vit_base_patch16_224', pretrained: bool = False, 
 @lru_cache(maxsize=4)
 def micro_task_data(task: str = 'micro-pairs-noise', shots: int = 8) -> dict:
     "A micro task with a training split of `shots` images per class rendered in its style, and its test split (raw [0, 1] images)."
-    from dataclasses import replace
-    from vlprompt.micro import get_task
     base = get_task(task)
     t = replace(base, per_class={**base.per_class, 'train': shots})
     (train, train_labels), (test, test_labels) = t.split('train'), t.split('test')
@@ -332,9 +332,6 @@ def fit_tracked(method: nn.Module, data: TrainSet, cfg: TrainConfig, track: Call
 def micro_spt_run(init: str = 'kmeans', n_prompts: int = 4, deep: bool = True, head: str = 'linear', seed: int = 1,
                   epochs: int = 6, lr: float = 1e-2, shots: int = 8, task: str = 'micro-pairs-noise', curve_every: int = 2) -> dict:
     "Train VPT (init 'xavier') or SPT on a micro task with the micro CLIP; test accuracy and NMI per layer after every epoch (memoised)."
-    from vlprompt.bench import get_clip
-    from vlprompt.micro import micro_preprocess
-    from vlprompt.train import augment_micro, evaluate
     clip, data = get_clip('micro'), micro_task_data(task, shots)
     test, test_labels = micro_preprocess(data['test']), data['test_labels']
     curve_x, curve_y = test[::curve_every], test_labels[::curve_every]  # a fixed subset for the per-epoch curve
