@@ -4,116 +4,71 @@
 
 # %% ../nbs/20_benchmark.ipynb #cb92deeb
 from __future__ import annotations
-import hashlib, json, math, os, statistics, time
+import hashlib, importlib, json, math, os, statistics, time
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from .clip import LoadedCLIP, VLPromptError, get_clip, image_features, load_clip, suggest
-from .data import LazyImages, fewshot_splits, load_dataset, load_images, subsample_classes, DOMAIN_SHIFTS, CROSS_DATASET
+from .micro import micro_preprocess
+from .data import DATASETS, LazyImages, fewshot_splits, load_dataset, load_images, subsample_classes, DOMAIN_SHIFTS, CROSS_DATASET
 from .data import (FOLDER_PREFIX, check_shots, dataset_key, folder_dataset_name, is_folder_dataset, load_folder, require_data,
-                           save_split)
-from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone_id, cross_entropy_rule, epochs_for_shots,
+                           save_split, split_hash)
+from .train import (FeatureCache, Method, TrainConfig, TrainSet, augment_micro, backbone_id, cross_entropy_rule, epochs_for_shots,
                             evaluate, fit, module_device, train_method, write_json)
 
 # %% auto #0
-__all__ = ['METHODS', 'RULES', 'PROTOCOLS', 'CONFIGS', 'PAPER_BASE2NEW', 'PAPER_FEWSHOT_RN50', 'RULE_OPTIONS', 'OFFICIAL_RENAMES',
-           'OFFICIAL_FIXED', 'run_template', 'run_settings', 'read_official_checkpoint', 'official_to_kit',
-           'init_learnable', 'load_official', 'dassl_train_transform', 'dataset_features', 'train_inputs',
-           'split_inputs', 'accuracy', 'harmonic_mean', 'overrides', 'run_name', 'run_dir', 'run_dataset',
-           'config_differences', 'RunLog', 'checkpoint_epoch', 'use_split_indices', 'run', 'learnable', 'build_method',
-           'build_run', 'run_identity', 'train_run', 'evaluate_method', 'evaluate_run', 'use_checkpoint', 'read_config',
-           'evaluate_official', 'plan', 'grid_datasets', 'write_grid', 'reproduce', 'base_to_new', 'summarize',
-           'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables', 'merge_duplicates']
+__all__ = ['METHOD_MODULES', 'PROTOCOLS', 'ENTRIES', 'METHODS', 'CONFIGS', 'RULES', 'PAPER_BASE2NEW', 'PAPER_FEWSHOT_RN50',
+           'OFFICIAL_RENAMES', 'OFFICIAL_FIXED', 'register_method', 'run_template', 'run_settings',
+           'read_official_checkpoint', 'official_to_kit', 'init_learnable', 'load_official', 'dassl_train_transform',
+           'dataset_features', 'train_inputs', 'split_inputs', 'accuracy', 'harmonic_mean', 'overrides', 'run_name',
+           'run_dir', 'run_dataset', 'config_differences', 'RunLog', 'checkpoint_epoch', 'use_split_indices', 'run',
+           'learnable', 'build_method', 'build_run', 'run_identity', 'train_run', 'evaluate_method', 'evaluate_run',
+           'use_checkpoint', 'read_config', 'evaluate_official', 'plan', 'grid_datasets', 'write_grid', 'reproduce',
+           'base_to_new', 'summarize', 'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables',
+           'merge_duplicates']
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
-def _zeroshot(clip, classnames, template, **options):
-    from vlprompt.methods.zeroshot import ZeroShotClassifier
-    return ZeroShotClassifier(clip, classnames, template)
+METHOD_MODULES = ('zeroshot', 'coop', 'prograd', 'taskres', 'maple', 'vpt')  # vlprompt.methods.*, listed once
+PROTOCOLS = ('fewshot', 'base2new', 'xd', 'dg')
 
-def _coop(clip, classnames, template, seed=0, **options):
-    from vlprompt.methods.coop import CoOp
-    return CoOp(clip, classnames, seed=seed, **options)
+ENTRIES: dict = {}  # name -> its Method entry
+METHODS: dict = {}  # name -> builder (clip, classnames, template, seed=0, **options)
+CONFIGS: dict = {}  # (method, protocol) -> settings; 'train': TrainConfig fields, 'method': the module's options
+RULES: dict = {}  # name -> (settings, clip, data, module) -> gradient rule (default: cross-entropy)
+PAPER_BASE2NEW: dict = {}  # ViT-B/16, 16 shots, 11-dataset average (methods.md §7): base, new, HM
+PAPER_FEWSHOT_RN50: dict = {}  # RN50, 11-dataset avg at 1 / 2 / 4 / 8 / 16 shots (Tip-Adapter's logs)
+OFFICIAL_RENAMES = [('prompt_learner.', '')]  # official keys -> the kit's, in order; first a whole model's
 
-def _prograd(clip, classnames, template, seed=0, **options):
-    from vlprompt.methods.prograd import prograd_coop
-    return prograd_coop(clip, classnames, template, seed=seed, **options)
+def register_method(entry: Method) -> Method:
+    "Make `entry` known to the protocols, `reproduce`, `table`, the launcher, `vlprompt bench` and the demo."
+    if unknown := sorted(set(entry.configs) - set(PROTOCOLS)):
+        raise VLPromptError(f'{entry.name} has settings for an unknown protocol {unknown[0]!r}; '
+                            f'protocols: {", ".join(PROTOCOLS)}.')
+    for key in [k for k in CONFIGS if k[0] == entry.name]: del CONFIGS[key]  # again: replaces
+    for table in (RULES, PAPER_BASE2NEW, PAPER_FEWSHOT_RN50): table.pop(entry.name, None)
+    ENTRIES[entry.name], METHODS[entry.name] = entry, entry.build
+    CONFIGS.update({(entry.name, protocol): cfg for protocol, cfg in entry.configs.items()})
+    if entry.rule is not None: RULES[entry.name] = partial(_entry_rule, entry)
+    if 'base2new' in entry.paper: PAPER_BASE2NEW[entry.name] = entry.paper['base2new']
+    if 'fewshot_rn50' in entry.paper: PAPER_FEWSHOT_RN50[entry.name] = entry.paper['fewshot_rn50']
+    OFFICIAL_RENAMES.extend(r for r in entry.official_renames or () if r not in OFFICIAL_RENAMES)
+    return entry
 
-def _prograd_rule(s, clip, data, method):
-    from vlprompt.clip import image_features, zeroshot_weights
-    from vlprompt.methods.prograd import ProGradRule
-    o = s['method_options']
-    encoder = (lambda images: image_features(clip, images, normalize=True)) if getattr(method, 'needs_images', False) else None
-    teacher = zeroshot_weights(clip, data.classnames, run_template(s, data))  # ProGrad's own template
-    return ProGradRule(teacher, clip.model.logit_scale.exp().item(),
-                       lam=o.get('lam', 1.0), temperature=o.get('temperature', 1.0), image_encoder=encoder)
+def _entry_rule(entry: Method, s: dict, clip, data, method):
+    return entry.rule(s, clip, data, method, run_template(s, data))
 
 def run_template(s: dict, data) -> str:
     "The run's hand-made template: the method's own for this dataset where its code keeps one, else the dataset's."
-    from vlprompt.data import DATASETS
     own = CONFIGS[(s['method'], s['protocol'])].get('templates', {})
     spec = DATASETS.get(getattr(data, 'name', ''))  # a bare (classnames, template) works too
     return own.get(spec.coop_name if spec else '', data.template)
 
-def _cocoop(clip, classnames, template, seed=0, **options):
-    from vlprompt.methods.coop import CoCoOp
-    return CoCoOp(clip, classnames, seed=seed, **options)
-
-METHODS = {'zeroshot': _zeroshot, 'coop': _coop, 'cocoop': _cocoop, 'prograd': _prograd}
-RULES = {'prograd': _prograd_rule}  # methods that change the gradient step (default: cross-entropy)
-
-PROTOCOLS = ('fewshot', 'base2new', 'xd', 'dg')
-
-CONFIGS = {  # (method, protocol) -> settings; 'train' holds TrainConfig fields, 'method' the module's options
-    ('coop', 'fewshot'): dict(source='CoOp (IJCV 2022), configs/trainers/CoOp/vit_b16.yaml',
-                              train=dict(batch_size=32, lr=0.002, optimizer='sgd'), epochs_by_shots=True,
-                              method=dict(n_ctx=16, ctx_init=None, csc=False, class_token_position='end'),
-                              datasets={'imagenet': dict(train=dict(epochs=50))},
-                              micro=dict(train=dict(epochs=30, lr=0.01))),
-    ('coop', 'base2new'): dict(source="CoCoOp (CVPR 2022) tables: CoOp with 'a photo of a' (M=4), 16 shots",
-                               train=dict(batch_size=32, lr=0.002, optimizer='sgd', epochs=200),
-                               method=dict(n_ctx=4, ctx_init='a photo of a'),
-                               micro=dict(train=dict(epochs=30, lr=0.01))),
-    ('coop', 'xd'): dict(source='CoOp on all ImageNet classes, 16 shots', train=dict(batch_size=32, lr=0.002, epochs=50),
-                         method=dict(n_ctx=4, ctx_init='a photo of a'), micro=dict(train=dict(epochs=30, lr=0.01))),
-}
-CONFIGS[('coop', 'dg')] = CONFIGS[('coop', 'xd')]
-for protocol in PROTOCOLS:  # CoCoOp's paper setting for every protocol; the micro world trains with batch 32
-    CONFIGS[('cocoop', protocol)] = dict(source="CoCoOp (CVPR 2022): M=4 'a photo of a', batch 1, 10 epochs, lr 0.002",
-                                         train=dict(batch_size=1, lr=0.002, optimizer='sgd', epochs=10),
-                                         method=dict(n_ctx=4, ctx_init='a photo of a'),
-                                         micro=dict(train=dict(batch_size=32, epochs=10, lr=0.01)))
-from .methods import prograd as _prograd_module
-_prograd_lam = {d: dict(method=dict(lam=0.8), min_shots=8) for d in ('oxford_flowers', 'dtd', 'eurosat')}
-for protocol in ('fewshot', 'base2new'):
-    CONFIGS[('prograd', protocol)] = dict(source=_prograd_module.PROGRAD_SOURCE + ': CoOp student, M=16 from its own template, lambda=1, T=1',
-                                          templates=_prograd_module.PROGRAD_TEMPLATES,
-                                          train=dict(batch_size=32, lr=0.002, optimizer='sgd'), epochs_by_shots=True,
-                                          method=dict(n_ctx=16, lam=1.0, temperature=1.0), datasets=_prograd_lam,
-                                          micro=dict(train=dict(epochs=30, lr=0.01)))
-for protocol in PROTOCOLS: CONFIGS[('zeroshot', protocol)] = dict(source='CLIP (ICML 2021), the dataset template', train={}, method={})
-
-from .methods import zeroshot as _zeroshot_module, taskres as _taskres_module, maple as _maple_module, vpt as _vpt_module
-for _module in (_zeroshot_module, _taskres_module, _maple_module, _vpt_module):  # each method notebook states its own paper settings
-    METHODS.update(_module.BENCH_METHODS); CONFIGS.update(_module.BENCH_CONFIGS)
-# VPT-deep on CLIP is registered once, as the VPT notebook's `vpt_deep`; MaPLe's notebook reaches the same model through its
-# switches (text='none', no coupling) as an ablation, and tests/test_vpt.py checks that the two give the same logits.
-METHODS.pop('vpt_deep_clip'); CONFIGS = {k: v for k, v in CONFIGS.items() if k[0] != 'vpt_deep_clip'}
-
-PAPER_BASE2NEW = {  # ViT-B/16, 16 shots, 11-dataset average (methods.md §7): base, new, HM
-    'zeroshot': (69.34, 74.22, 71.70), 'coop': (82.69, 63.22, 71.66), 'cocoop': (80.47, 71.69, 75.83),
-    'prograd': (82.48, 70.75, 76.16), 'vpt_deep': (80.24, 73.43, 76.68), 'ivlp': (82.15, 74.07, 77.90), 'maple': (82.28, 75.14, 78.55),
-    'language_deep': (81.72, 73.81, 77.56),
-}
-PAPER_FEWSHOT_RN50 = {  # RN50, 11-dataset average accuracy at 1 / 2 / 4 / 8 / 16 shots (Tip-Adapter's logs; methods.md §7)
-    'clip_adapter': dict(zip((1, 2, 4, 8, 16), (62.67, 65.55, 68.61, 71.40, 74.44))),
-    'tip_adapter': dict(zip((1, 2, 4, 8, 16), (62.33, 64.62, 66.54, 68.50, 70.32))),
-    'tip_adapter_f': dict(zip((1, 2, 4, 8, 16), (64.60, 66.65, 69.67, 72.45, 75.83))),
-}
-
-RULE_OPTIONS = ('lam', 'temperature')  # settings of a gradient rule, not of the module
+for _name in METHOD_MODULES:
+    for _entry in importlib.import_module(f'vlprompt.methods.{_name}').ENTRIES: register_method(_entry)
 
 def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int, backbone: str = 'micro',
                  pretrained: str | None = None, train: dict | None = None, method_options: dict | None = None,
@@ -146,12 +101,6 @@ def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int
                 **({'template': template} if template is not None else {}))
 
 # %% ../nbs/20_benchmark.ipynb #ddbc927f
-OFFICIAL_RENAMES = [  # official prompt-learner keys -> the kit's (prefix, replacement), in order
-    ('prompt_learner.', ''),  # a whole model's state dict
-    ('meta_net.linear1.', 'meta_net.0.'), ('meta_net.linear2.', 'meta_net.2.'),  # CoCoOp
-    ('text_feature_residuals', 'task_residual'), ('base_text_features', 'base'),  # TaskRes
-    ('compound_prompts_text.', 'text_prompts.'), ('proj.', 'couplings.0.'),  # MaPLe
-]
 OFFICIAL_FIXED = ('token_prefix', 'token_suffix')  # rebuilt from the class names, as the official load
 
 def read_official_checkpoint(path: str | Path) -> dict:
@@ -248,7 +197,6 @@ def dataset_features(clip: LoadedCLIP, dataset, split: str, views: int = 1, augm
         with torch.random.fork_rng(devices=[]):  # each view's augmentation is fixed by its index; the caller's RNG is left alone
             torch.manual_seed(view)
             if dataset.source == 'micro':
-                from vlprompt.micro import micro_preprocess
                 images = load_images(dataset, split)
                 return image_features(clip, augment_micro(images) if augment else micro_preprocess(images), batch_size)
             tf = dassl_train_transform(clip) if augment else clip.preprocess
@@ -275,7 +223,6 @@ def split_inputs(clip: LoadedCLIP, method, dataset, split: str, cache: FeatureCa
     labels = torch.tensor(dataset.split(split).labels)
     if not getattr(method, 'needs_images', False): return dataset_features(clip, dataset, split, cache=cache)[0][0], labels
     if dataset.source != 'micro': return None, labels  # real images are read in chunks (see `accuracy`)
-    from vlprompt.micro import micro_preprocess
     return micro_preprocess(load_images(dataset, split)), labels
 
 @torch.no_grad()
@@ -442,7 +389,6 @@ def _run(s, folder, clip, dataset, method, rule, cache_dir, index_dir, data_root
     data = apply_fewshot(dataset, rec)
     train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
     extra = train_run(method, rule, s, clip, train_data, cache, folder, progress)
-    from vlprompt.data import split_hash
     return dict(settings=s, **evaluate_method(method, s, clip, data, data_root, cache), **extra, indices=_indices_used(rec),
                 data=dict(folder=dataset.folder, splits_sha256=split_hash(dataset)),  # which files the numbers come from
                 checkpoint_rule='last epoch' if learnable(method) else 'none (nothing trained)', seconds=time.time() - start)
@@ -451,9 +397,10 @@ def learnable(method) -> bool: return any(p.requires_grad for p in method.parame
 
 def build_method(s: dict, clip: LoadedCLIP, data):
     "The run's method over `data`'s classes and template."
-    seed = dict(seed=s['seed']) if s['method'] != 'zeroshot' else {}
-    options = {k: v for k, v in s['method_options'].items() if s['method'] not in RULES or k not in RULE_OPTIONS}
-    try: return METHODS[s['method']](clip, data.classnames, run_template(s, data), **seed, **options)
+    entry = ENTRIES.get(s['method'])
+    rule_options = entry.rule_options if entry is not None else ()
+    options = {k: v for k, v in s['method_options'].items() if k not in rule_options}
+    try: return METHODS[s['method']](clip, data.classnames, run_template(s, data), seed=s['seed'], **options)
     except TypeError as e:
         if 'unexpected keyword' not in str(e): raise
         bad = str(e).split('argument')[-1].strip().strip("'")
@@ -469,7 +416,6 @@ def build_run(s: dict, clip: LoadedCLIP, train_data):
 
 def run_identity(s: dict, clip: LoadedCLIP, train_data) -> dict:
     "What a checkpoint must match to be resumed: the backbone's weights, the dataset, the classes."
-    from vlprompt.data import split_hash
     return dict(backbone=backbone_id(clip), dataset=s['dataset'], protocol=s['protocol'],
                 classes=hashlib.sha1(json.dumps(list(train_data.classnames)).encode()).hexdigest()[:12],
                 splits=split_hash(train_data)[:16])  # the data root's train / val lists: other files, another run

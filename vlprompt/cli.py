@@ -17,8 +17,8 @@ _kit = _Later('vlprompt.clip')  # VLPromptError, load_clip, suggest
 _train = _Later('vlprompt.train')  # run_lock, write_json, write_text, typed_setting
 
 # %% auto #0
-__all__ = ['bench', 'micro', 'REPLACED', 'RUN_FILES', 'DEMO_TIME', 'DEMO_METHODS', 'COMMANDS', 'check_out', 'check_device',
-           'check_backbone', 'fail_fast_offline', 'check_shots', 'preflight', 'replace_run', 'set_options_help', 'demo',
+__all__ = ['bench', 'micro', 'REPLACED', 'RUN_FILES', 'DEMO_TIME', 'COMMANDS', 'check_out', 'check_device', 'check_backbone',
+           'fail_fast_offline', 'check_shots', 'preflight', 'replace_run', 'set_options_help', 'demo_methods', 'demo',
            'plot_demo', 'setting_kinds', 'parse_value', 'parse_sets', 'train', 'evaluate_run', 'import_checkpoint',
            'reproduce', 'table', 'exercises', 'add_data_parser', 'data_command', 'build_parser', 'main']
 
@@ -141,15 +141,16 @@ def set_options_help() -> str:
 # %% ../nbs/40_cli.ipynb #9cce3be5
 DEMO_TIME = 'about 5 min of CPU time (303 s measured); 10-11 min on a busy 2-core machine'
 
-DEMO_METHODS = ('zeroshot', 'coop', 'cocoop', 'prograd',  # learned text context
-                'clip_adapter', 'tip_adapter', 'tip_adapter_f', 'taskres',  # on the features or the classifier
-                'maple', 'ivlp', 'vpt_deep', 'spt_deep')  # prompts in both encoders, or in the vision encoder only
+def demo_methods() -> tuple:
+    "The methods the demo runs: every entry that says `demo=True`, in the order bench registers them."
+    return tuple(name for name, entry in bench.ENTRIES.items() if entry.demo)
 
-def demo(out: str | None = None, device: str = 'cpu', methods=DEMO_METHODS) -> dict:
+def demo(out: str | None = None, device: str = 'cpu', methods=None) -> dict:
     "The micro-world demo: zero-shot table of every task, then base-to-new for `methods`; optionally writes DIR/demo.json and DIR/demo.png."
     check_device(device)
     if out: check_out(out)
     start = time.time()
+    methods = methods or demo_methods()
     micro.load_micro_clip  # importing the micro world registers the 'micro' CLIP
     clip = _kit.load_clip('micro', device=device)
     rows = micro.zeroshot_table(clip)
@@ -442,7 +443,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                    'method for these settings and evaluate it under the protocol; nothing trains.')
     if full('import-checkpoint'):
         p.add_argument('--official', required=True, help='the official checkpoint file')
-        p.add_argument('--method', required=True, choices=('coop', 'cocoop', 'prograd', 'taskres', 'maple'))
+        p.add_argument('--method', required=True, choices=[m for m, e in bench.ENTRIES.items()
+                                                          if e.official_renames is not None])
         p.add_argument('--dataset', required=True, help='the dataset it was trained on')
         p.add_argument('--protocol', default='base2new', choices=('fewshot', 'base2new', 'xd', 'dg'))
         p.add_argument('--shots', type=int, default=16, help='shots of its training (default 16)')

@@ -20,7 +20,8 @@ from .micro import micro_preprocess
 # %% auto #0
 __all__ = ['TRAIN_RANGES', 'TrainConfig', 'typed_setting', 'epochs_for_shots', 'lr_at_epoch', 'make_optimizer', 'RunBusy',
            'run_lock', 'weights_fingerprint', 'backbone_id', 'FeatureCache', 'file_sha256', 'TrainSet', 'epoch_seed',
-           'cross_entropy_rule', 'learnable_state', 'fit', 'module_device', 'evaluate', 'train_method', 'augment_micro']
+           'cross_entropy_rule', 'learnable_state', 'fit', 'module_device', 'evaluate', 'train_method', 'augment_micro',
+           'Method', 'configs_of']
 
 # %% ../nbs/03_train.ipynb #002a04ca
 @dataclass
@@ -350,3 +351,22 @@ def augment_micro(images: torch.Tensor) -> torch.Tensor:
     "The micro world's train transform: random horizontal flip, then normalisation for the micro CLIP."
     flip = torch.rand(len(images)) < 0.5
     return micro_preprocess(torch.where(flip[:, None, None, None], images.flip(-1), images))
+
+# %% ../nbs/03_train.ipynb #b7e3a002
+@dataclass
+class Method:
+    "One method as the rest of the kit sees it, declared in the method's own notebook."
+    name: str  # the run name: `--method NAME`, the run folder, the table row
+    build: Callable  # (clip, classnames, template, seed=0, **options) -> nn.Module
+    configs: dict = field(default_factory=dict)  # protocol -> settings ('source', 'train', 'method', ...)
+    paper: dict = field(default_factory=dict)  # 'base2new': (B, N, HM); 'fewshot_rn50': {shots: accuracy}
+    rule: Callable | None = None  # (settings, clip, data, module, template) -> gradient rule
+    rule_options: tuple = ()  # method options that the rule reads, not the module
+    official_renames: tuple | None = None  # official checkpoint key prefixes -> the kit's; None: no import
+    trains: bool = True  # False: nothing to train (the launcher counts its evaluations only)
+    seconds_per_epoch: float | None = None  # measured seconds of one epoch (the launcher's estimate)
+    demo: bool = False  # one of `vlprompt demo`'s methods
+
+def configs_of(table: dict, name: str) -> dict:
+    "The {protocol: settings} of method `name` in a {(method, protocol): settings} table."
+    return {protocol: cfg for (method, protocol), cfg in table.items() if method == name}
