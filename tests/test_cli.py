@@ -42,7 +42,8 @@ def test_demo_prints_the_zeroshot_and_base_to_new_tables(tmp_path):
     assert pairs['template_mean'] >= 85
     b2n = {r['method']: r for r in result['base2new']}
     from vlprompt.cli import demo_methods
-    assert set(b2n) == set(demo_methods()) >= {'zeroshot', 'coop', 'cocoop', 'prograd', 'taskres', 'maple'}
+    assert set(b2n) == set(demo_methods()) >= {'zeroshot', 'coop', 'cocoop', 'prograd', 'taskres',
+                                                'maple'}
     assert all(f'| micro-pairs | {m} | 1 |' in res.stdout for m in demo_methods())
     assert all(abs(r['hm'] - 2 * r['base'] * r['new'] / (r['base'] + r['new'])) < 1e-6 for r in b2n.values())
     assert b2n['taskres']['base'] > b2n['zeroshot']['base']  # TaskRes improves the trained classes

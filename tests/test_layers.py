@@ -80,7 +80,8 @@ def test_every_module_has_a_layer():
 
 def test_no_import_cycles():
     found = cycles(graph())
-    assert not found, 'import cycles between vlprompt modules: ' + '; '.join(' <-> '.join(c) for c in found)
+    circles = '; '.join(' <-> '.join(c) for c in found)
+    assert not found, f'import cycles between vlprompt modules: {circles}'
 
 def test_imports_point_down():
     up = upward_imports(graph())

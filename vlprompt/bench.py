@@ -14,37 +14,41 @@ import torch.nn as nn
 
 from .clip import LoadedCLIP, VLPromptError, get_clip, image_features, load_clip, suggest
 from .micro import micro_preprocess
-from .data import DATASETS, LazyImages, fewshot_splits, load_dataset, load_images, subsample_classes, DOMAIN_SHIFTS, CROSS_DATASET
+from .data import LazyImages, fewshot_splits, load_dataset, load_images, subsample_classes, DOMAIN_SHIFTS, CROSS_DATASET
+from .data import DATASETS
 from .data import (FOLDER_PREFIX, check_shots, dataset_key, folder_dataset_name, is_folder_dataset, load_folder, require_data,
                            save_split, split_hash)
-from .train import (FeatureCache, Method, TrainConfig, TrainSet, augment_micro, backbone_id, cross_entropy_rule, epochs_for_shots,
+from .train import Method, Rule
+from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone_id, cross_entropy_rule, epochs_for_shots,
                             evaluate, fit, module_device, train_method, write_json)
 
 # %% auto #0
-__all__ = ['METHOD_MODULES', 'PROTOCOLS', 'ENTRIES', 'METHODS', 'CONFIGS', 'RULES', 'PAPER_BASE2NEW', 'PAPER_FEWSHOT_RN50',
-           'OFFICIAL_RENAMES', 'OFFICIAL_FIXED', 'register_method', 'run_template', 'run_settings',
-           'read_official_checkpoint', 'official_to_kit', 'init_learnable', 'load_official', 'dassl_train_transform',
-           'dataset_features', 'train_inputs', 'split_inputs', 'accuracy', 'harmonic_mean', 'overrides', 'run_name',
-           'run_dir', 'run_dataset', 'config_differences', 'RunLog', 'checkpoint_epoch', 'use_split_indices', 'run',
-           'learnable', 'build_method', 'build_run', 'run_identity', 'train_run', 'evaluate_method', 'evaluate_run',
-           'use_checkpoint', 'read_config', 'evaluate_official', 'plan', 'grid_datasets', 'write_grid', 'reproduce',
-           'base_to_new', 'summarize', 'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables',
-           'merge_duplicates']
+__all__ = ['METHOD_MODULES', 'PROTOCOLS', 'ENTRIES', 'METHODS', 'CONFIGS', 'RULES', 'GRADIENT_RULES', 'PAPER_BASE2NEW',
+           'PAPER_FEWSHOT_RN50', 'OFFICIAL_RENAMES', 'OFFICIAL_FIXED', 'register_method', 'register_rule',
+           'run_template', 'run_settings', 'read_official_checkpoint', 'official_to_kit', 'init_learnable',
+           'load_official', 'dassl_train_transform', 'dataset_features', 'train_inputs', 'split_inputs', 'accuracy',
+           'harmonic_mean', 'overrides', 'run_name', 'run_dir', 'run_dataset', 'config_differences', 'RunLog',
+           'checkpoint_epoch', 'use_split_indices', 'run', 'learnable', 'build_method', 'build_run', 'run_identity',
+           'train_run', 'evaluate_method', 'evaluate_run', 'use_checkpoint', 'read_config', 'evaluate_official', 'plan',
+           'grid_datasets', 'write_grid', 'reproduce', 'base_to_new', 'summarize', 'results_table', 'results_csv',
+           'scan_runs', 'unfinished_report', 'write_tables', 'merge_duplicates']
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
-METHOD_MODULES = ('zeroshot', 'coop', 'prograd', 'taskres', 'maple', 'vpt')  # vlprompt.methods.*, listed once
+# the method modules (vlprompt.methods.*), listed once
+METHOD_MODULES = ('zeroshot', 'coop', 'prograd', 'taskres', 'maple', 'vpt')
 PROTOCOLS = ('fewshot', 'base2new', 'xd', 'dg')
 
 ENTRIES: dict = {}  # name -> its Method entry
 METHODS: dict = {}  # name -> builder (clip, classnames, template, seed=0, **options)
-CONFIGS: dict = {}  # (method, protocol) -> settings; 'train': TrainConfig fields, 'method': the module's options
-RULES: dict = {}  # name -> (settings, clip, data, module) -> gradient rule (default: cross-entropy)
+CONFIGS: dict = {}  # (method, protocol) -> settings: 'train' (TrainConfig), 'method' (options)
+RULES: dict = {}  # method -> (settings, clip, data, module) -> its own rule (else: cross-entropy)
+GRADIENT_RULES: dict = {}  # rule name -> Rule: a run setting (`--rule`) around a method that learns
 PAPER_BASE2NEW: dict = {}  # ViT-B/16, 16 shots, 11-dataset average (methods.md §7): base, new, HM
-PAPER_FEWSHOT_RN50: dict = {}  # RN50, 11-dataset avg at 1 / 2 / 4 / 8 / 16 shots (Tip-Adapter's logs)
-OFFICIAL_RENAMES = [('prompt_learner.', '')]  # official keys -> the kit's, in order; first a whole model's
+PAPER_FEWSHOT_RN50: dict = {}  # RN50, 11-dataset avg at 1/2/4/8/16 shots (Tip-Adapter's logs)
+OFFICIAL_RENAMES = [('prompt_learner.', '')]  # official keys -> the kit's, in order
 
 def register_method(entry: Method) -> Method:
-    "Make `entry` known to the protocols, `reproduce`, `table`, the launcher, `vlprompt bench` and the demo."
+    "Make `entry` known to the protocols, `reproduce`, `table`, launch, `vlprompt bench`, the demo."
     if unknown := sorted(set(entry.configs) - set(PROTOCOLS)):
         raise VLPromptError(f'{entry.name} has settings for an unknown protocol {unknown[0]!r}; '
                             f'protocols: {", ".join(PROTOCOLS)}.')
@@ -58,8 +62,13 @@ def register_method(entry: Method) -> Method:
     OFFICIAL_RENAMES.extend(r for r in entry.official_renames or () if r not in OFFICIAL_RENAMES)
     return entry
 
+def register_rule(rule: Rule) -> Rule:
+    "Make `rule` a run setting: `--rule NAME` (options: `--set`) around any method that learns."
+    GRADIENT_RULES[rule.name] = rule
+    return rule
+
 def _entry_rule(entry: Method, s: dict, clip, data, method):
-    return entry.rule(s, clip, data, method, run_template(s, data))
+    return entry.rule(s['method_options'], clip, data, method, run_template(s, data))
 
 def run_template(s: dict, data) -> str:
     "The run's hand-made template: the method's own for this dataset where its code keeps one, else the dataset's."
@@ -68,12 +77,17 @@ def run_template(s: dict, data) -> str:
     return own.get(spec.coop_name if spec else '', data.template)
 
 for _name in METHOD_MODULES:
-    for _entry in importlib.import_module(f'vlprompt.methods.{_name}').ENTRIES: register_method(_entry)
+    _module = importlib.import_module(f'vlprompt.methods.{_name}')
+    for _entry in _module.ENTRIES: register_method(_entry)
+    for _rule in getattr(_module, 'RULE_ENTRIES', ()): register_rule(_rule)
 
 def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int, backbone: str = 'micro',
                  pretrained: str | None = None, train: dict | None = None, method_options: dict | None = None,
-                 template: str | None = None) -> dict:
+                 template: str | None = None, rule: str | None = None) -> dict:
     """Every setting of one run: the method's config for this protocol and dataset, then your `train` / `method_options` overrides.
+    `rule` wraps the method in a gradient rule (`GRADIENT_RULES`); its options, with their
+    defaults, join
+    the method options.
     `template` replaces the dataset's prompt template ('folder:PATH' datasets: 'a photo of a {}.' without it). The `micro` entry
     applies to the micro tasks and to a folder on the micro CLIP (whose 4 layers cannot take the papers' prompt depths)."""
     if method not in METHODS: raise VLPromptError(f'Unknown method {method!r}.{suggest(method, METHODS)} Methods: {", ".join(METHODS)}.')
@@ -84,7 +98,8 @@ def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int
     if template is not None and '{}' not in str(template):
         raise VLPromptError(f'--template {template!r} has no {{}} where the class name goes, e.g. "a photo of a {{}}, a type of pet.".')
     cfg = CONFIGS[(method, protocol)]
-    resolved, options = dict(cfg.get('train', {})), dict(cfg.get('method', {}))
+    resolved = dict(cfg.get('train', {}))
+    options = {**_rule_defaults(method, rule, cfg), **cfg.get('method', {})}
     if by_shots := cfg.get('epochs_by_shots'): resolved['epochs'] = by_shots(shots) if callable(by_shots) else epochs_for_shots(shots)
     on_micro = dataset.startswith('micro') or (is_folder_dataset(dataset) and backbone == 'micro')  # your folder on the micro CLIP too
     layers = [cfg.get('micro', {})] if on_micro else []
@@ -98,7 +113,23 @@ def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int
     resolved['seed'] = seed
     return dict(method=method, protocol=protocol, dataset=dataset, shots=shots, seed=seed, backbone=backbone,
                 pretrained=pretrained, train=asdict(TrainConfig(**resolved)), method_options=options, source=cfg.get('source', ''),
-                **({'template': template} if template is not None else {}))
+                **({'template': template} if template is not None else {}),
+                **({'rule': rule} if rule else {}))
+
+def _rule_defaults(method: str, rule: str | None, cfg: dict) -> dict:
+    "The options of run setting `rule` with their defaults, checked against the method."
+    if not rule: return {}
+    if rule not in GRADIENT_RULES:
+        raise VLPromptError(f'Unknown rule {rule!r}.{suggest(rule, GRADIENT_RULES)} '
+                            f'Rules: {", ".join(GRADIENT_RULES)}.')
+    if (entry := ENTRIES.get(method)) is not None and entry.rule is not None:
+        raise VLPromptError(f'{method} is a paper setting that already trains with its own gradient rule; '
+                            f'leave out --rule, or take its student method (e.g. coop) with --rule {rule}.')
+    defaults = GRADIENT_RULES[rule].options
+    if both := sorted(set(defaults) & set(cfg.get('method', {}))):
+        raise VLPromptError(f'{method} has an option {both[0]!r} of its own, as the {rule} rule does: '
+                            'they cannot be told apart.')
+    return dict(defaults)
 
 # %% ../nbs/20_benchmark.ipynb #ddbc927f
 OFFICIAL_FIXED = ('token_prefix', 'token_suffix')  # rebuilt from the class names, as the official load
@@ -398,9 +429,11 @@ def learnable(method) -> bool: return any(p.requires_grad for p in method.parame
 def build_method(s: dict, clip: LoadedCLIP, data):
     "The run's method over `data`'s classes and template."
     entry = ENTRIES.get(s['method'])
-    rule_options = entry.rule_options if entry is not None else ()
+    rule_options = set(entry.rule_options if entry is not None else ())
+    if s.get('rule') in GRADIENT_RULES: rule_options |= set(GRADIENT_RULES[s['rule']].options)
     options = {k: v for k, v in s['method_options'].items() if k not in rule_options}
-    try: return METHODS[s['method']](clip, data.classnames, run_template(s, data), seed=s['seed'], **options)
+    template = run_template(s, data)
+    try: return METHODS[s['method']](clip, data.classnames, template, seed=s['seed'], **options)
     except TypeError as e:
         if 'unexpected keyword' not in str(e): raise
         bad = str(e).split('argument')[-1].strip().strip("'")
@@ -411,7 +444,15 @@ def build_method(s: dict, clip: LoadedCLIP, data):
 def build_run(s: dict, clip: LoadedCLIP, train_data):
     "The run's method over `train_data`'s classes and its gradient rule; every option is checked here."
     method = build_method(s, clip, train_data)
-    rule = RULES[s['method']](s, clip, train_data, method) if s['method'] in RULES and learnable(method) else cross_entropy_rule
+    if s.get('rule'):
+        if not learnable(method):
+            raise VLPromptError(f"{s['method']} has no learnable tensors: the {s['rule']} rule would have nothing to "
+                                'change. Leave out --rule.')
+        template = run_template(s, train_data)
+        rule = GRADIENT_RULES[s['rule']].build(s['method_options'], clip, train_data, method, template)
+    elif s['method'] in RULES and learnable(method):
+        rule = RULES[s['method']](s, clip, train_data, method)
+    else: rule = cross_entropy_rule
     return method, rule
 
 def run_identity(s: dict, clip: LoadedCLIP, train_data) -> dict:
@@ -531,7 +572,8 @@ import csv, io
 
 def plan(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 2, 3), shots=16, backbone: str = 'micro',
          pretrained: str | None = None, train: dict | None = None, method_options: dict | None = None,
-         split_indices: str | Path | None = None, template: str | None = None) -> list[dict]:
+         split_indices: str | Path | None = None, template: str | None = None,
+         rule: str | None = None) -> list[dict]:
     """The settings of every run of a grid: datasets × shots × methods × seeds, in that order. `shots` is a number or a list;
     `train` overrides go to every method; `method_options` to every method, or per method as {'prograd': {'lam': 0.5}};
     with `split_indices`, every run reads its shots from that index set; `template` replaces the datasets' templates."""
@@ -542,7 +584,8 @@ def plan(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 2, 3)
             for m in methods:
                 options = (method_options or {}).get(m, {}) if per_method else method_options
                 for seed in seeds:
-                    s = run_settings(m, protocol, d, k, seed, backbone, pretrained, train=train, method_options=options, template=template)
+                    s = run_settings(m, protocol, d, k, seed, backbone, pretrained, train=train, method_options=options,
+                                     template=template, rule=rule)
                     out.append(use_split_indices(s, split_indices) if split_indices is not None else s)
     return out
 
@@ -562,12 +605,13 @@ def write_grid(out: str | Path, runs: list[dict]) -> Path:
 def reproduce(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 2, 3), shots: int = 16, out='runs',
               backbone: str = 'micro', pretrained: str | None = None, checkpoint: str | None = None, data_root=None,
               progress: bool = True, train: dict | None = None, method_options: dict | None = None,
-              split_indices: str | Path | None = None, check_data: bool = True) -> list[dict]:
+              split_indices: str | Path | None = None, check_data: bool = True,
+              rule: str | None = None) -> list[dict]:
     """Run every (method, dataset, seed) of a protocol under `out`, one by one in this process; returns the metrics of each run.
     First the data doctor checks every dataset the grid reads (`check_data=False` skips it)."""
     out = Path(out)
     runs = [use_checkpoint(s, checkpoint) for s in plan(protocol, methods, datasets, seeds, shots, backbone, pretrained, train,
-                                                        method_options, split_indices)]
+                                                        method_options, split_indices, rule=rule)]
     for s in runs: _check_config(run_dir(out, s), s)  # refuse before anything runs
     if check_data: require_data(grid_datasets(runs), data_root)
     write_grid(out, runs)
@@ -580,10 +624,14 @@ def reproduce(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 
 def base_to_new(method: str = 'coop', dataset: str = 'micro-pairs', shots: int = 16, seed: int = 1, backbone: str = 'micro',
                 **settings) -> dict:
     """One base-to-new run in memory (no files): the pure function under the notebooks' sliders.
-    `settings` are training settings (TrainConfig fields, e.g. epochs) or method options (e.g. lam, n_ctx); returns them with base, new, hm."""
+    `settings` are training settings (TrainConfig fields, e.g. epochs) or method options (e.g. lam,
+    n_ctx), and `rule`
+    (e.g. 'prograd') a gradient rule around the method; returns them with base, new, hm."""
     train_keys = {f.name for f in fields(TrainConfig)}
-    s = run_settings(method, 'base2new', dataset, shots, seed, backbone, train={k: v for k, v in settings.items() if k in train_keys},
-                     method_options={k: v for k, v in settings.items() if k not in train_keys})
+    options = {k: v for k, v in settings.items() if k != 'rule'}
+    s = run_settings(method, 'base2new', dataset, shots, seed, backbone,
+                     train={k: v for k, v in options.items() if k in train_keys},
+                     method_options={k: v for k, v in options.items() if k not in train_keys}, rule=settings.get('rule'))
     metrics = run(s, progress=False)
     return dict(method=method, shots=shots, seed=seed, **settings, **{k: v for k, v in metrics.items() if k != 'settings'})
 
@@ -629,7 +677,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         if s['protocol'] == 'base2new' and {'base', 'new'} <= set(keys):
             g['hm_rule'] = (f"HM per seed, then mean ± std (HM of the mean B and N: {harmonic_mean(g['metrics']['base'][0], g['metrics']['new'][0]):.1f})"
                             if len(rs) > 1 else 'HM of the one seed\'s B and N')
-            g['paper'] = PAPER_BASE2NEW.get(s['method'])
+            g['paper'] = None if s.get('rule') else PAPER_BASE2NEW.get(s['method'])  # a rule: not the paper's
         out.append(g)
     return out
 

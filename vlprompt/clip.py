@@ -74,7 +74,7 @@ def micro_tokenizer():
 BACKBONES: dict[str, Callable] = {}  # name -> loader(checkpoint) -> LoadedCLIP
 
 def register_backbone(name: str, loader: Callable):
-    "Let `load_clip(name, checkpoint=...)` load a CLIP open_clip does not build (the micro world's)."
+    "Let `load_clip(name, checkpoint=...)` load a CLIP open_clip does not build (the micro one)."
     BACKBONES[name] = loader
 
 def load_clip(name: str = 'micro', pretrained: str | None = None,

@@ -21,7 +21,7 @@ from .micro import micro_preprocess
 __all__ = ['TRAIN_RANGES', 'TrainConfig', 'typed_setting', 'epochs_for_shots', 'lr_at_epoch', 'make_optimizer', 'RunBusy',
            'run_lock', 'weights_fingerprint', 'backbone_id', 'FeatureCache', 'file_sha256', 'TrainSet', 'epoch_seed',
            'cross_entropy_rule', 'learnable_state', 'fit', 'module_device', 'evaluate', 'train_method', 'augment_micro',
-           'Method', 'configs_of']
+           'Method', 'Rule', 'configs_of']
 
 # %% ../nbs/03_train.ipynb #002a04ca
 @dataclass
@@ -358,14 +358,22 @@ class Method:
     "One method as the rest of the kit sees it, declared in the method's own notebook."
     name: str  # the run name: `--method NAME`, the run folder, the table row
     build: Callable  # (clip, classnames, template, seed=0, **options) -> nn.Module
-    configs: dict = field(default_factory=dict)  # protocol -> settings ('source', 'train', 'method', ...)
-    paper: dict = field(default_factory=dict)  # 'base2new': (B, N, HM); 'fewshot_rn50': {shots: accuracy}
-    rule: Callable | None = None  # (settings, clip, data, module, template) -> gradient rule
+    configs: dict = field(default_factory=dict)  # protocol -> settings ('source', 'train', ...)
+    paper: dict = field(default_factory=dict)  # 'base2new': (B, N, HM), 'fewshot_rn50': {K: acc}
+    rule: Callable | None = None  # its own gradient rule, built as a Rule's `build` is
     rule_options: tuple = ()  # method options that the rule reads, not the module
-    official_renames: tuple | None = None  # official checkpoint key prefixes -> the kit's; None: no import
+    official_renames: tuple | None = None  # official checkpoint key prefix -> the kit's
     trains: bool = True  # False: nothing to train (the launcher counts its evaluations only)
-    seconds_per_epoch: float | None = None  # measured seconds of one epoch (the launcher's estimate)
+    seconds_per_epoch: float | None = None  # measured seconds of an epoch (the launcher's estimate)
     demo: bool = False  # one of `vlprompt demo`'s methods
+
+@dataclass
+class Rule:
+    "A gradient rule as a run setting (`--rule NAME`): it wraps any method with learnable tensors."
+    name: str
+    build: Callable  # (options, clip, data, module, template) -> rule (method, x, y) -> loss
+    options: dict = field(default_factory=dict)  # its options with their defaults (`--set lam=0.8`)
+    source: str = ''  # the paper and code it follows
 
 def configs_of(table: dict, name: str) -> dict:
     "The {protocol: settings} of method `name` in a {(method, protocol): settings} table."

@@ -161,11 +161,14 @@ BENCH_METHODS = {  # defaults are the paper's ViT-B/16 settings; BENCH_CONFIGS g
 }
 _B2N = lambda b, n, hm: dict(base2new=(b, n, hm))  # ViT-B/16, 11-dataset avg (methods.md §7)
 ENTRIES = (  # what vlprompt.bench registers. `vpt_deep_clip` is not one: the same model is the VPT
-    # notebook's `vpt_deep`, reached here through MaPLe's switches as an ablation (tests/test_vpt.py)
-    Method('maple', _build, configs_of(BENCH_CONFIGS, 'maple'), paper=_B2N(82.28, 75.14, 78.55), demo=True,
+    # notebook's `vpt_deep`, reached here through MaPLe's switches (tests/test_vpt.py)
+    Method('maple', _build, configs_of(BENCH_CONFIGS, 'maple'), paper=_B2N(82.28, 75.14, 78.55),
+           demo=True,
            official_renames=(('compound_prompts_text.', 'text_prompts.'), ('proj.', 'couplings.0.'))),
-    Method('ivlp', BENCH_METHODS['ivlp'], configs_of(BENCH_CONFIGS, 'ivlp'), paper=_B2N(82.15, 74.07, 77.90),
+    Method('ivlp', BENCH_METHODS['ivlp'], configs_of(BENCH_CONFIGS, 'ivlp'),
+           paper=_B2N(82.15, 74.07, 77.90),
            demo=True),
-    Method('language_deep', BENCH_METHODS['language_deep'], configs_of(BENCH_CONFIGS, 'language_deep'),
+    Method('language_deep', BENCH_METHODS['language_deep'],
+           configs_of(BENCH_CONFIGS, 'language_deep'),
            paper=_B2N(81.72, 73.81, 77.56)),
 )

@@ -10,11 +10,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ..clip import VLPromptError, clip_logits, image_features, zeroshot_weights
 from .coop import CoOp
-from ..train import Method
+from ..train import Method, Rule
 
 # %% auto #0
-__all__ = ['PROGRAD_SOURCE', 'PROGRAD_TEMPLATES', 'BENCH_CONFIGS', 'ENTRIES', 'prograd_project', 'ProGradRule', 'prograd_phrase',
-           'prograd_coop', 'prograd_rule']
+__all__ = ['PROGRAD_SOURCE', 'PROGRAD_TEMPLATES', 'BENCH_CONFIGS', 'ENTRIES', 'RULE_ENTRIES', 'prograd_project', 'ProGradRule',
+           'prograd_phrase', 'prograd_coop', 'prograd_rule']
 
 # %% ../../nbs/12_prograd.ipynb #16fc6ad3
 def prograd_project(g_domain: torch.Tensor, g_general: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
@@ -114,19 +114,21 @@ def prograd_coop(clip, classnames: list[str], template: str, n_ctx: int = 16, se
     return coop
 
 # %% ../../nbs/12_prograd.ipynb #d0e1b002
-def prograd_rule(s: dict, clip, data, method, template: str) -> ProGradRule:
-    "ProGrad's rule for one run: the zero-shot teacher from `template`, λ and T from the run's options."
-    o = s['method_options']
+def prograd_rule(options: dict, clip, data, method, template: str) -> ProGradRule:
+    "ProGrad's rule for one run: the zero-shot teacher from `template`, λ and T from `options`."
+    o = options
     encoder = ((lambda images: image_features(clip, images, normalize=True))
                if getattr(method, 'needs_images', False) else None)
     teacher = zeroshot_weights(clip, data.classnames, template)  # ProGrad's own template
     return ProGradRule(teacher, clip.model.logit_scale.exp().item(), lam=o.get('lam', 1.0),
                        temperature=o.get('temperature', 1.0), image_encoder=encoder)
 
-_LOWER_LAM = {d: dict(method=dict(lam=0.8), min_shots=8) for d in ('oxford_flowers', 'dtd', 'eurosat')}
+_LOWER_LAM = {d: dict(method=dict(lam=0.8), min_shots=8)
+              for d in ('oxford_flowers', 'dtd', 'eurosat')}
 BENCH_CONFIGS = {('prograd', protocol): dict(
     source=PROGRAD_SOURCE + ': CoOp student, M=16 from its own template, lambda=1, T=1',
-    templates=PROGRAD_TEMPLATES, train=dict(batch_size=32, lr=0.002, optimizer='sgd'), epochs_by_shots=True,
+    templates=PROGRAD_TEMPLATES, train=dict(batch_size=32, lr=0.002, optimizer='sgd'),
+    epochs_by_shots=True,
     method=dict(n_ctx=16, lam=1.0, temperature=1.0), datasets=_LOWER_LAM,
     micro=dict(train=dict(epochs=30, lr=0.01))) for protocol in ('fewshot', 'base2new')}
 
@@ -134,4 +136,7 @@ ENTRIES = (  # paper: ViT-B/16 base-to-new, 11-dataset avg (methods.md §7)
     Method('prograd', prograd_coop, {p: c for (_, p), c in BENCH_CONFIGS.items()},
            paper=dict(base2new=(82.48, 70.75, 76.16)), rule=prograd_rule, rule_options=('lam', 'temperature'),
            official_renames=(), demo=True),
+)
+RULE_ENTRIES = (  # the rule alone, around any method with learnable tensors: `--rule prograd`
+    Rule('prograd', prograd_rule, options=dict(lam=1.0, temperature=1.0), source=PROGRAD_SOURCE),
 )

@@ -257,7 +257,7 @@ PAPER_NUMBERS = {  # methods.md section 7; the papers' numbers, not the kit's
     'tip_adapter_f': 'few-shot RN50, 11-dataset avg, 16 shots: 75.83 (Tip-Adapter logs)',
     'taskres': 'ImageNet 16 shots: RN50 ≈64.75 [R] (CoOp 62.95), ViT-B/16 73.07 [R]',
 }
-_RN50 = lambda *accs: dict(fewshot_rn50=dict(zip((1, 2, 4, 8, 16), accs)))  # 11-dataset avg, Tip-Adapter's logs
+_RN50 = lambda *accs: dict(fewshot_rn50=dict(zip((1, 2, 4, 8, 16), accs)))  # Tip-Adapter's logs
 ENTRIES = (  # what vlprompt.bench registers
     Method('clip_adapter', _clip_adapter, configs_of(BENCH_CONFIGS, 'clip_adapter'), demo=True,
            paper=_RN50(62.67, 65.55, 68.61, 71.40, 74.44)),

@@ -15,7 +15,8 @@ import torch.nn as nn
 from ..clip import (LoadedCLIP, VLPromptError, clip_logits, encode_image_prompted, get_clip,
                            zeroshot_weights)
 from ..micro import get_task, micro_preprocess
-from ..train import (Method, TrainConfig, TrainSet, augment_micro, configs_of, cross_entropy_rule, evaluate,
+from ..train import (Method, TrainConfig, TrainSet, augment_micro, configs_of, cross_entropy_rule,
+                            evaluate,
                             fit)
 
 # %% auto #0
@@ -389,7 +390,7 @@ BENCH_CONFIGS = {
     ('spt_shallow', 'fewshot'): _with(_SPT, n_prompts=100, micro=dict(n_prompts=8)),
     ('spt_deep', 'fewshot'): _with(_SPT, n_prompts=20, micro=dict(n_prompts=4)),
 }
-ENTRIES = tuple(  # what vlprompt.bench registers; paper: MaPLe's VPT-deep row (ViT-B/16 base-to-new, methods.md §7)
+ENTRIES = tuple(  # what vlprompt.bench registers; paper: MaPLe's VPT-deep row (ViT-B/16)
     Method(name, build, configs_of(BENCH_CONFIGS, name), demo=name in ('vpt_deep', 'spt_deep'),
            paper=dict(base2new=(80.24, 73.43, 76.68)) if name == 'vpt_deep' else {})
     for name, build in BENCH_METHODS.items())

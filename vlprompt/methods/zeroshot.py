@@ -134,7 +134,8 @@ def _linprobe(clip, classnames, template=None, seed=0, **options):
 
 BENCH_METHODS = {'zeroshot': _zeroshot, 'linprobe': _linprobe}
 BENCH_CONFIGS = {
-    **{('zeroshot', protocol): dict(source='CLIP (ICML 2021), the dataset template', train={}, method={})
+    **{('zeroshot', protocol): dict(source='CLIP (ICML 2021), the dataset template',
+                                    train={}, method={})
        for protocol in ('fewshot', 'base2new', 'xd', 'dg')},
     ('linprobe', 'fewshot'): dict(source='CLIP (ICML 2021) App. A.3: L-BFGS logistic regression on frozen normalised features, '
                                          'lam by parametric binary search over 1e-6..1e6 (8 steps per decade) on the few-shot val split',
