@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest, torch
 from vlprompt import bench
 from vlprompt.clip import VLPromptError
+import vlprompt.clip as vclip
 
 VLPROMPT = str(Path(sys.executable).parent/'vlprompt')
 
@@ -49,9 +50,14 @@ def test_train_writes_metrics_and_refuses_a_finished_run(tmp_path):
     res = cli('eval', '--run', out)
     assert res.returncode == 0 and json.loads(res.stdout)['hm'] == pytest.approx(metrics['hm'])
 
-def test_killed_training_resumes_to_the_uninterrupted_metrics(tmp_path):
-    "SIGKILL in the middle of `vlprompt train`, run it again: the same metrics as a run never interrupted."
-    args = ['train', '--method', 'coop', '--dataset', 'micro-pairs', '--protocol', 'base2new', '--shots', 16, '--seed', 2]
+RULE_RUN = ['--method', 'maple', '--rule', 'prograd', '--set', 'epochs=8', 'lam=0.8']
+
+@pytest.mark.parametrize('method', [['--method', 'coop'], RULE_RUN], ids=['coop', 'maple-prograd'])
+def test_killed_training_resumes_to_the_uninterrupted_metrics(tmp_path, method):
+    """SIGKILL in the middle of `vlprompt train`, run it again: the same metrics as a run never
+    interrupted (a run with a gradient rule too)."""
+    args = ['train', *method, '--dataset', 'micro-pairs', '--protocol', 'base2new', '--shots', 16,
+            '--seed', 2]
     res = cli(*args, '--out', tmp_path/'straight')
     assert res.returncode == 0, res.stderr
     straight = json.loads((tmp_path/'straight'/'metrics.json').read_text())
@@ -68,6 +74,8 @@ def test_killed_training_resumes_to_the_uninterrupted_metrics(tmp_path):
     assert res.returncode == 0, res.stderr
     resumed = json.loads((killed/'metrics.json').read_text())
     assert (resumed['base'], resumed['new'], resumed['hm']) == (straight['base'], straight['new'], straight['hm'])
+    assert resumed['settings'] == straight['settings']
+    assert straight['settings'].get('rule') == ('prograd' if method == RULE_RUN else None)
 
 def test_real_image_path_end_to_end(tmp_path, monkeypatch):
     "A fake Oxford Pets folder in CoOp's layout, through PIL transforms, the feature cache, CoOp training and evaluation."
@@ -77,7 +85,8 @@ def test_real_image_path_end_to_end(tmp_path, monkeypatch):
     from vlprompt import train as train_module
     make_fake_dataset('oxford_pets', tmp_path/'data', n_classes=3, per_class=(6, 3, 4), size=40)
     preprocess = open_clip.image_transform(32, is_train=False)
-    monkeypatch.setitem(bench._CLIPS, ('tiny-real', None, None), LoadedCLIP(tiny_clip(), micro_tokenizer(), preprocess, 'tiny-real'))
+    tiny = LoadedCLIP(tiny_clip(), micro_tokenizer(), preprocess, 'tiny-real')
+    monkeypatch.setitem(vclip._CLIPS, ('tiny-real', None, None), tiny)
     s = bench.run_settings('coop', 'fewshot', 'oxford_pets', 4, 1, backbone='tiny-real')
     s['train']['epochs'] = 3
     metrics = bench.run(s, tmp_path/'run', tmp_path/'data', tmp_path/'cache', progress=False)

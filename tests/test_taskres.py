@@ -5,6 +5,11 @@ from vlprompt.bench import PROTOCOLS, dataset_features
 from vlprompt.clip import VLPromptError, clip_logits, load_clip
 from vlprompt.data import DATASETS, fewshot_splits, load_dataset, subsample_classes
 from vlprompt.methods.taskres import BENCH_CONFIGS, BENCH_METHODS, TaskRes, TipAdapterF
+from vlprompt.methods import zeroshot as _zeroshot
+# the linear probe (10_zeroshot's entry) is tested beside this notebook's methods
+BENCH_METHODS = {'linprobe': _zeroshot.BENCH_METHODS['linprobe'], **BENCH_METHODS}
+BENCH_CONFIGS = {**{k: v for k, v in _zeroshot.BENCH_CONFIGS.items() if k[0] == 'linprobe'},
+                 **BENCH_CONFIGS}
 from vlprompt.methods.zeroshot import ZeroShotClassifier
 from vlprompt.train import train_method
 from vlprompt.train import TrainConfig, TrainSet, cross_entropy_rule, epochs_for_shots, evaluate, fit

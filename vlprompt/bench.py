@@ -4,117 +4,83 @@
 
 # %% ../nbs/20_benchmark.ipynb #cb92deeb
 from __future__ import annotations
-import hashlib, json, math, os, statistics, time
+import hashlib, importlib, json, math, os, statistics, time
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from .clip import LoadedCLIP, VLPromptError, image_features, load_clip, suggest
+from .clip import LoadedCLIP, VLPromptError, get_clip, image_features, load_clip, suggest
+from .micro import micro_preprocess
 from .data import LazyImages, fewshot_splits, load_dataset, load_images, subsample_classes, DOMAIN_SHIFTS, CROSS_DATASET
+from .data import DATASETS
 from .data import (FOLDER_PREFIX, check_shots, dataset_key, folder_dataset_name, is_folder_dataset, load_folder, require_data,
-                           save_split)
+                           save_split, split_hash)
+from .train import Method, Rule
 from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone_id, cross_entropy_rule, epochs_for_shots,
                             evaluate, fit, module_device, train_method, write_json)
 
 # %% auto #0
-__all__ = ['METHODS', 'RULES', 'PROTOCOLS', 'CONFIGS', 'PAPER_BASE2NEW', 'PAPER_FEWSHOT_RN50', 'RULE_OPTIONS', 'OFFICIAL_RENAMES',
-           'OFFICIAL_FIXED', 'run_template', 'run_settings', 'read_official_checkpoint', 'official_to_kit',
-           'init_learnable', 'load_official', 'get_clip', 'dassl_train_transform', 'dataset_features', 'train_inputs',
-           'split_inputs', 'accuracy', 'harmonic_mean', 'overrides', 'run_name', 'run_dir', 'run_dataset',
-           'config_differences', 'RunLog', 'checkpoint_epoch', 'use_split_indices', 'run', 'learnable', 'build_method',
-           'build_run', 'check_split', 'finished_metrics', 'run_identity', 'train_run', 'evaluate_method',
-           'evaluate_run', 'use_checkpoint', 'read_config', 'evaluate_official', 'plan', 'grid_datasets', 'write_grid',
-           'reproduce', 'base_to_new', 'summarize', 'results_table', 'results_csv', 'scan_runs', 'unfinished_report',
-           'write_tables', 'merge_duplicates']
+__all__ = ['METHOD_MODULES', 'PROTOCOLS', 'ENTRIES', 'METHODS', 'CONFIGS', 'RULES', 'GRADIENT_RULES', 'PAPER_BASE2NEW',
+           'PAPER_FEWSHOT_RN50', 'OFFICIAL_RENAMES', 'OFFICIAL_FIXED', 'register_method', 'register_rule',
+           'run_template', 'run_settings', 'read_official_checkpoint', 'official_to_kit', 'init_learnable',
+           'load_official', 'dassl_train_transform', 'dataset_features', 'train_inputs', 'split_inputs', 'accuracy',
+           'harmonic_mean', 'overrides', 'run_name', 'run_dir', 'run_dataset', 'config_differences', 'RunLog',
+           'checkpoint_epoch', 'use_split_indices', 'run', 'learnable', 'build_method', 'build_run', 'check_split',
+           'finished_metrics', 'run_identity', 'train_run', 'evaluate_method', 'evaluate_run', 'use_checkpoint',
+           'read_config', 'evaluate_official', 'plan', 'grid_datasets', 'write_grid', 'reproduce', 'base_to_new',
+           'summarize', 'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables',
+           'merge_duplicates']
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
-def _zeroshot(clip, classnames, template, **options):
-    from vlprompt.methods.zeroshot import ZeroShotClassifier
-    return ZeroShotClassifier(clip, classnames, template)
+# the method modules (vlprompt.methods.*), listed once
+METHOD_MODULES = ('zeroshot', 'coop', 'prograd', 'taskres', 'maple', 'vpt')
+PROTOCOLS = ('fewshot', 'base2new', 'xd', 'dg')
 
-def _coop(clip, classnames, template, seed=0, **options):
-    from vlprompt.methods.coop import CoOp
-    return CoOp(clip, classnames, seed=seed, **options)
+ENTRIES: dict = {}  # name -> its Method entry
+METHODS: dict = {}  # name -> builder (clip, classnames, template, seed=0, **options)
+CONFIGS: dict = {}  # (method, protocol) -> settings: 'train' (TrainConfig), 'method' (options)
+RULES: dict = {}  # method -> (settings, clip, data, module) -> its own rule (else: cross-entropy)
+GRADIENT_RULES: dict = {}  # rule name -> Rule: a run setting (`--rule`) around a method that learns
+PAPER_BASE2NEW: dict = {}  # ViT-B/16, 16 shots, 11-dataset average (methods.md §7): base, new, HM
+PAPER_FEWSHOT_RN50: dict = {}  # RN50, 11-dataset avg at 1/2/4/8/16 shots (Tip-Adapter's logs)
+OFFICIAL_RENAMES = [('prompt_learner.', '')]  # official keys -> the kit's, in order
 
-def _prograd(clip, classnames, template, seed=0, **options):
-    from vlprompt.methods.prograd import prograd_coop
-    return prograd_coop(clip, classnames, template, seed=seed, **options)
+def register_method(entry: Method) -> Method:
+    "Make `entry` known to the protocols, `reproduce`, `table`, launch, `vlprompt bench`, the demo."
+    if unknown := sorted(set(entry.configs) - set(PROTOCOLS)):
+        raise VLPromptError(f'{entry.name} has settings for an unknown protocol {unknown[0]!r}; '
+                            f'protocols: {", ".join(PROTOCOLS)}.')
+    for key in [k for k in CONFIGS if k[0] == entry.name]: del CONFIGS[key]  # again: replaces
+    for table in (RULES, PAPER_BASE2NEW, PAPER_FEWSHOT_RN50): table.pop(entry.name, None)
+    ENTRIES[entry.name], METHODS[entry.name] = entry, entry.build
+    CONFIGS.update({(entry.name, protocol): cfg for protocol, cfg in entry.configs.items()})
+    if entry.rule is not None: RULES[entry.name] = partial(_entry_rule, entry)
+    if 'base2new' in entry.paper: PAPER_BASE2NEW[entry.name] = entry.paper['base2new']
+    if 'fewshot_rn50' in entry.paper: PAPER_FEWSHOT_RN50[entry.name] = entry.paper['fewshot_rn50']
+    OFFICIAL_RENAMES.extend(r for r in entry.official_renames or () if r not in OFFICIAL_RENAMES)
+    return entry
 
-def _prograd_rule(s, clip, data, method):
-    from vlprompt.clip import image_features, zeroshot_weights
-    from vlprompt.methods.prograd import ProGradRule
-    o = s['method_options']
-    encoder = (lambda images: image_features(clip, images, normalize=True)) if getattr(method, 'needs_images', False) else None
-    teacher = zeroshot_weights(clip, data.classnames, run_template(s, data))  # ProGrad's own template
-    return ProGradRule(teacher, clip.model.logit_scale.exp().item(),
-                       lam=o.get('lam', 1.0), temperature=o.get('temperature', 1.0), image_encoder=encoder)
+def register_rule(rule: Rule) -> Rule:
+    "Make `rule` a run setting: `--rule NAME` (options: `--set`) around any method that learns."
+    GRADIENT_RULES[rule.name] = rule
+    return rule
+
+def _entry_rule(entry: Method, s: dict, clip, data, method):
+    return entry.rule(s['method_options'], clip, data, method, run_template(s, data))
 
 def run_template(s: dict, data) -> str:
     "The run's hand-made template: the method's own for this dataset where its code keeps one, else the dataset's."
-    from vlprompt.data import DATASETS
     own = CONFIGS[(s['method'], s['protocol'])].get('templates', {})
     spec = DATASETS.get(getattr(data, 'name', ''))  # a bare (classnames, template) works too
     return own.get(spec.coop_name if spec else '', data.template)
 
-def _cocoop(clip, classnames, template, seed=0, **options):
-    from vlprompt.methods.coop import CoCoOp
-    return CoCoOp(clip, classnames, seed=seed, **options)
-
-METHODS = {'zeroshot': _zeroshot, 'coop': _coop, 'cocoop': _cocoop, 'prograd': _prograd}
-RULES = {'prograd': _prograd_rule}  # methods that change the gradient step (default: cross-entropy)
-
-PROTOCOLS = ('fewshot', 'base2new', 'xd', 'dg')
-
-CONFIGS = {  # (method, protocol) -> settings; 'train' holds TrainConfig fields, 'method' the module's options
-    ('coop', 'fewshot'): dict(source='CoOp (IJCV 2022), configs/trainers/CoOp/vit_b16.yaml',
-                              train=dict(batch_size=32, lr=0.002, optimizer='sgd'), epochs_by_shots=True,
-                              method=dict(n_ctx=16, ctx_init=None, csc=False, class_token_position='end'),
-                              datasets={'imagenet': dict(train=dict(epochs=50))},
-                              micro=dict(train=dict(epochs=30, lr=0.01))),
-    ('coop', 'base2new'): dict(source="CoCoOp (CVPR 2022) tables: CoOp with 'a photo of a' (M=4), 16 shots",
-                               train=dict(batch_size=32, lr=0.002, optimizer='sgd', epochs=200),
-                               method=dict(n_ctx=4, ctx_init='a photo of a'),
-                               micro=dict(train=dict(epochs=30, lr=0.01))),
-    ('coop', 'xd'): dict(source='CoOp on all ImageNet classes, 16 shots', train=dict(batch_size=32, lr=0.002, epochs=50),
-                         method=dict(n_ctx=4, ctx_init='a photo of a'), micro=dict(train=dict(epochs=30, lr=0.01))),
-}
-CONFIGS[('coop', 'dg')] = CONFIGS[('coop', 'xd')]
-for protocol in PROTOCOLS:  # CoCoOp's paper setting for every protocol; the micro world trains with batch 32
-    CONFIGS[('cocoop', protocol)] = dict(source="CoCoOp (CVPR 2022): M=4 'a photo of a', batch 1, 10 epochs, lr 0.002",
-                                         train=dict(batch_size=1, lr=0.002, optimizer='sgd', epochs=10),
-                                         method=dict(n_ctx=4, ctx_init='a photo of a'),
-                                         micro=dict(train=dict(batch_size=32, epochs=10, lr=0.01)))
-from .methods import prograd as _prograd_module
-_prograd_lam = {d: dict(method=dict(lam=0.8), min_shots=8) for d in ('oxford_flowers', 'dtd', 'eurosat')}
-for protocol in ('fewshot', 'base2new'):
-    CONFIGS[('prograd', protocol)] = dict(source=_prograd_module.PROGRAD_SOURCE + ': CoOp student, M=16 from its own template, lambda=1, T=1',
-                                          templates=_prograd_module.PROGRAD_TEMPLATES,
-                                          train=dict(batch_size=32, lr=0.002, optimizer='sgd'), epochs_by_shots=True,
-                                          method=dict(n_ctx=16, lam=1.0, temperature=1.0), datasets=_prograd_lam,
-                                          micro=dict(train=dict(epochs=30, lr=0.01)))
-for protocol in PROTOCOLS: CONFIGS[('zeroshot', protocol)] = dict(source='CLIP (ICML 2021), the dataset template', train={}, method={})
-
-from .methods import zeroshot as _zeroshot_module, taskres as _taskres_module, maple as _maple_module, vpt as _vpt_module
-for _module in (_zeroshot_module, _taskres_module, _maple_module, _vpt_module):  # each method notebook states its own paper settings
-    METHODS.update(_module.BENCH_METHODS); CONFIGS.update(_module.BENCH_CONFIGS)
-# VPT-deep on CLIP is registered once, as the VPT notebook's `vpt_deep`; MaPLe's notebook reaches the same model through its
-# switches (text='none', no coupling) as an ablation, and tests/test_vpt.py checks that the two give the same logits.
-METHODS.pop('vpt_deep_clip'); CONFIGS = {k: v for k, v in CONFIGS.items() if k[0] != 'vpt_deep_clip'}
-
-PAPER_BASE2NEW = {  # ViT-B/16, 16 shots, 11-dataset average (methods.md §7): base, new, HM
-    'zeroshot': (69.34, 74.22, 71.70), 'coop': (82.69, 63.22, 71.66), 'cocoop': (80.47, 71.69, 75.83),
-    'prograd': (82.48, 70.75, 76.16), 'vpt_deep': (80.24, 73.43, 76.68), 'ivlp': (82.15, 74.07, 77.90), 'maple': (82.28, 75.14, 78.55),
-    'language_deep': (81.72, 73.81, 77.56),
-}
-PAPER_FEWSHOT_RN50 = {  # RN50, 11-dataset average accuracy at 1 / 2 / 4 / 8 / 16 shots (Tip-Adapter's logs; methods.md §7)
-    'clip_adapter': dict(zip((1, 2, 4, 8, 16), (62.67, 65.55, 68.61, 71.40, 74.44))),
-    'tip_adapter': dict(zip((1, 2, 4, 8, 16), (62.33, 64.62, 66.54, 68.50, 70.32))),
-    'tip_adapter_f': dict(zip((1, 2, 4, 8, 16), (64.60, 66.65, 69.67, 72.45, 75.83))),
-}
-
-RULE_OPTIONS = ('lam', 'temperature')  # settings of a gradient rule, not of the module
+for _name in METHOD_MODULES:
+    _module = importlib.import_module(f'vlprompt.methods.{_name}')
+    for _entry in _module.ENTRIES: register_method(_entry)
+    for _rule in getattr(_module, 'RULE_ENTRIES', ()): register_rule(_rule)
 
 def _one_slot(template: str) -> bool:
     "Whether `template.format(name)` puts the class name in exactly one place."
@@ -123,8 +89,11 @@ def _one_slot(template: str) -> bool:
 
 def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int, backbone: str = 'micro',
                  pretrained: str | None = None, train: dict | None = None, method_options: dict | None = None,
-                 template: str | None = None) -> dict:
+                 template: str | None = None, rule: str | None = None) -> dict:
     """Every setting of one run: the method's config for this protocol and dataset, then your `train` / `method_options` overrides.
+    `rule` wraps the method in a gradient rule (`GRADIENT_RULES`); its options, with their
+    defaults, join
+    the method options.
     `template` replaces the dataset's prompt template ('folder:PATH' datasets: 'a photo of a {}.' without it). The `micro` entry
     applies to the micro tasks and to a folder on the micro CLIP (whose 4 layers cannot take the papers' prompt depths)."""
     if method not in METHODS: raise VLPromptError(f'Unknown method {method!r}.{suggest(method, METHODS)} Methods: {", ".join(METHODS)}.')
@@ -139,7 +108,8 @@ def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int
                             'goes, and no other braces (write {{ or }} for a brace itself), e.g. '
                             '"a photo of a {}, a type of pet.".')
     cfg = CONFIGS[(method, protocol)]
-    resolved, options = dict(cfg.get('train', {})), dict(cfg.get('method', {}))
+    resolved = dict(cfg.get('train', {}))
+    options = {**_rule_defaults(method, rule, cfg), **cfg.get('method', {})}
     if by_shots := cfg.get('epochs_by_shots'): resolved['epochs'] = by_shots(shots) if callable(by_shots) else epochs_for_shots(shots)
     on_micro = dataset.startswith('micro') or (is_folder_dataset(dataset) and backbone == 'micro')  # your folder on the micro CLIP too
     layers = [cfg.get('micro', {})] if on_micro else []
@@ -153,15 +123,25 @@ def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int
     resolved['seed'] = seed
     return dict(method=method, protocol=protocol, dataset=dataset, shots=shots, seed=seed, backbone=backbone,
                 pretrained=pretrained, train=asdict(TrainConfig(**resolved)), method_options=options, source=cfg.get('source', ''),
-                **({'template': template} if template is not None else {}))
+                **({'template': template} if template is not None else {}),
+                **({'rule': rule} if rule else {}))
+
+def _rule_defaults(method: str, rule: str | None, cfg: dict) -> dict:
+    "The options of run setting `rule` with their defaults, checked against the method."
+    if not rule: return {}
+    if rule not in GRADIENT_RULES:
+        raise VLPromptError(f'Unknown rule {rule!r}.{suggest(rule, GRADIENT_RULES)} '
+                            f'Rules: {", ".join(GRADIENT_RULES)}.')
+    if (entry := ENTRIES.get(method)) is not None and entry.rule is not None:
+        raise VLPromptError(f'{method} is a paper setting that already trains with its own gradient rule; '
+                            f'leave out --rule, or take its student method (e.g. coop) with --rule {rule}.')
+    defaults = GRADIENT_RULES[rule].options
+    if both := sorted(set(defaults) & set(cfg.get('method', {}))):
+        raise VLPromptError(f'{method} has an option {both[0]!r} of its own, as the {rule} rule does: '
+                            'they cannot be told apart.')
+    return dict(defaults)
 
 # %% ../nbs/20_benchmark.ipynb #ddbc927f
-OFFICIAL_RENAMES = [  # official prompt-learner keys -> the kit's (prefix, replacement), in order
-    ('prompt_learner.', ''),  # a whole model's state dict
-    ('meta_net.linear1.', 'meta_net.0.'), ('meta_net.linear2.', 'meta_net.2.'),  # CoCoOp
-    ('text_feature_residuals', 'task_residual'), ('base_text_features', 'base'),  # TaskRes
-    ('compound_prompts_text.', 'text_prompts.'), ('proj.', 'couplings.0.'),  # MaPLe
-]
 OFFICIAL_FIXED = ('token_prefix', 'token_suffix')  # rebuilt from the class names, as the official load
 
 def read_official_checkpoint(path: str | Path) -> dict:
@@ -226,14 +206,6 @@ def load_official(method: nn.Module, checkpoint: str | Path | dict) -> nn.Module
     return init_learnable(method, official_to_kit(state))
 
 # %% ../nbs/20_benchmark.ipynb #0b9de131
-_CLIPS: dict = {}
-
-def get_clip(backbone: str = 'micro', pretrained: str | None = None, checkpoint: str | None = None) -> LoadedCLIP:
-    "Load a backbone once per process."
-    key = (backbone, pretrained, checkpoint)
-    if key not in _CLIPS: _CLIPS[key] = load_clip(backbone, pretrained, checkpoint)
-    return _CLIPS[key]
-
 def dassl_train_transform(clip: LoadedCLIP):
     "Dassl's train transform for real images: random resized crop (0.08-1, bicubic), flip, CLIP normalisation."
     from torchvision import transforms as T
@@ -266,7 +238,6 @@ def dataset_features(clip: LoadedCLIP, dataset, split: str, views: int = 1, augm
         with torch.random.fork_rng(devices=[]):  # each view's augmentation is fixed by its index; the caller's RNG is left alone
             torch.manual_seed(view)
             if dataset.source == 'micro':
-                from vlprompt.micro import micro_preprocess
                 images = load_images(dataset, split)
                 return image_features(clip, augment_micro(images) if augment else micro_preprocess(images), batch_size)
             tf = dassl_train_transform(clip) if augment else clip.preprocess
@@ -293,7 +264,6 @@ def split_inputs(clip: LoadedCLIP, method, dataset, split: str, cache: FeatureCa
     labels = torch.tensor(dataset.split(split).labels)
     if not getattr(method, 'needs_images', False): return dataset_features(clip, dataset, split, cache=cache)[0][0], labels
     if dataset.source != 'micro': return None, labels  # real images are read in chunks (see `accuracy`)
-    from vlprompt.micro import micro_preprocess
     return micro_preprocess(load_images(dataset, split)), labels
 
 @torch.no_grad()
@@ -462,7 +432,6 @@ def _run(s, folder, clip, dataset, method, rule, cache_dir, index_dir, data_root
     data = apply_fewshot(dataset, rec)
     train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
     extra = train_run(method, rule, s, clip, train_data, cache, folder, progress)
-    from vlprompt.data import split_hash
     return dict(settings=s, **evaluate_method(method, s, clip, data, data_root, cache), **extra, indices=_indices_used(rec),
                 data=dict(folder=dataset.folder, splits_sha256=split_hash(dataset)),  # which files the numbers come from
                 checkpoint_rule='last epoch' if learnable(method) else 'none (nothing trained)', seconds=time.time() - start)
@@ -471,9 +440,12 @@ def learnable(method) -> bool: return any(p.requires_grad for p in method.parame
 
 def build_method(s: dict, clip: LoadedCLIP, data):
     "The run's method over `data`'s classes and template."
-    seed = dict(seed=s['seed']) if s['method'] != 'zeroshot' else {}
-    options = {k: v for k, v in s['method_options'].items() if s['method'] not in RULES or k not in RULE_OPTIONS}
-    try: return METHODS[s['method']](clip, data.classnames, run_template(s, data), **seed, **options)
+    entry = ENTRIES.get(s['method'])
+    rule_options = set(entry.rule_options if entry is not None else ())
+    if s.get('rule') in GRADIENT_RULES: rule_options |= set(GRADIENT_RULES[s['rule']].options)
+    options = {k: v for k, v in s['method_options'].items() if k not in rule_options}
+    template = run_template(s, data)
+    try: return METHODS[s['method']](clip, data.classnames, template, seed=s['seed'], **options)
     except TypeError as e:
         if 'unexpected keyword' not in str(e): raise
         bad = str(e).split('argument')[-1].strip().strip("'")
@@ -484,7 +456,15 @@ def build_method(s: dict, clip: LoadedCLIP, data):
 def build_run(s: dict, clip: LoadedCLIP, train_data):
     "The run's method over `train_data`'s classes and its gradient rule; every option is checked here."
     method = build_method(s, clip, train_data)
-    rule = RULES[s['method']](s, clip, train_data, method) if s['method'] in RULES and learnable(method) else cross_entropy_rule
+    if s.get('rule'):
+        if not learnable(method):
+            raise VLPromptError(f"{s['method']} has no learnable tensors: the {s['rule']} rule would have nothing to "
+                                'change. Leave out --rule.')
+        template = run_template(s, train_data)
+        rule = GRADIENT_RULES[s['rule']].build(s['method_options'], clip, train_data, method, template)
+    elif s['method'] in RULES and learnable(method):
+        rule = RULES[s['method']](s, clip, train_data, method)
+    else: rule = cross_entropy_rule
     return method, rule
 
 def check_split(folder: str | Path, dataset) -> None:
@@ -508,7 +488,6 @@ def finished_metrics(folder: Path, s: dict, data_root=None) -> dict:
 
 def run_identity(s: dict, clip: LoadedCLIP, train_data) -> dict:
     "What a checkpoint must match to be resumed: the backbone's weights, the dataset, the classes."
-    from vlprompt.data import split_hash
     return dict(backbone=backbone_id(clip), dataset=s['dataset'], protocol=s['protocol'],
                 classes=hashlib.sha1(json.dumps(list(train_data.classnames)).encode()).hexdigest()[:12],
                 splits=split_hash(train_data)[:16])  # the data root's train / val lists: other files, another run
@@ -626,7 +605,8 @@ import csv, io
 
 def plan(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 2, 3), shots=16, backbone: str = 'micro',
          pretrained: str | None = None, train: dict | None = None, method_options: dict | None = None,
-         split_indices: str | Path | None = None, template: str | None = None) -> list[dict]:
+         split_indices: str | Path | None = None, template: str | None = None,
+         rule: str | None = None) -> list[dict]:
     """The settings of every run of a grid: datasets × shots × methods × seeds, in that order. `shots` is a number or a list;
     `train` overrides go to every method; `method_options` to every method, or per method as {'prograd': {'lam': 0.5}};
     with `split_indices`, every run reads its shots from that index set; `template` replaces the datasets' templates."""
@@ -637,7 +617,8 @@ def plan(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 2, 3)
             for m in methods:
                 options = (method_options or {}).get(m, {}) if per_method else method_options
                 for seed in seeds:
-                    s = run_settings(m, protocol, d, k, seed, backbone, pretrained, train=train, method_options=options, template=template)
+                    s = run_settings(m, protocol, d, k, seed, backbone, pretrained, train=train, method_options=options,
+                                     template=template, rule=rule)
                     out.append(use_split_indices(s, split_indices) if split_indices is not None else s)
     seen = set()
     for s in out:  # `--seeds 1 1`: one run, never two rows of a table's mean
@@ -664,12 +645,13 @@ def write_grid(out: str | Path, runs: list[dict]) -> Path:
 def reproduce(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 2, 3), shots: int = 16, out='runs',
               backbone: str = 'micro', pretrained: str | None = None, checkpoint: str | None = None, data_root=None,
               progress: bool = True, train: dict | None = None, method_options: dict | None = None,
-              split_indices: str | Path | None = None, check_data: bool = True) -> list[dict]:
+              split_indices: str | Path | None = None, check_data: bool = True,
+              rule: str | None = None) -> list[dict]:
     """Run every (method, dataset, seed) of a protocol under `out`, one by one in this process; returns the metrics of each run.
     First the data doctor checks every dataset the grid reads (`check_data=False` skips it)."""
     out = Path(out)
     runs = [use_checkpoint(s, checkpoint) for s in plan(protocol, methods, datasets, seeds, shots, backbone, pretrained, train,
-                                                        method_options, split_indices)]
+                                                        method_options, split_indices, rule=rule)]
     for s in runs: _check_config(run_dir(out, s), s)  # refuse before anything runs
     if check_data: require_data(grid_datasets(runs), data_root)
     write_grid(out, runs)
@@ -682,10 +664,14 @@ def reproduce(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 
 def base_to_new(method: str = 'coop', dataset: str = 'micro-pairs', shots: int = 16, seed: int = 1, backbone: str = 'micro',
                 **settings) -> dict:
     """One base-to-new run in memory (no files): the pure function under the notebooks' sliders.
-    `settings` are training settings (TrainConfig fields, e.g. epochs) or method options (e.g. lam, n_ctx); returns them with base, new, hm."""
+    `settings` are training settings (TrainConfig fields, e.g. epochs) or method options (e.g. lam,
+    n_ctx), and `rule`
+    (e.g. 'prograd') a gradient rule around the method; returns them with base, new, hm."""
     train_keys = {f.name for f in fields(TrainConfig)}
-    s = run_settings(method, 'base2new', dataset, shots, seed, backbone, train={k: v for k, v in settings.items() if k in train_keys},
-                     method_options={k: v for k, v in settings.items() if k not in train_keys})
+    options = {k: v for k, v in settings.items() if k != 'rule'}
+    s = run_settings(method, 'base2new', dataset, shots, seed, backbone,
+                     train={k: v for k, v in options.items() if k in train_keys},
+                     method_options={k: v for k, v in options.items() if k not in train_keys}, rule=settings.get('rule'))
     metrics = run(s, progress=False)
     return dict(method=method, shots=shots, seed=seed, **settings, **{k: v for k, v in metrics.items() if k != 'settings'})
 
@@ -753,7 +739,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         if s['protocol'] == 'base2new' and {'base', 'new'} <= set(keys):
             g['hm_rule'] = (f"HM per seed, then mean ± std (HM of the mean B and N: {harmonic_mean(g['metrics']['base'][0], g['metrics']['new'][0]):.1f})"
                             if len(rs) > 1 else 'HM of the one seed\'s B and N')
-            g['paper'] = PAPER_BASE2NEW.get(s['method'])
+            g['paper'] = None if s.get('rule') else PAPER_BASE2NEW.get(s['method'])  # a rule: not the paper's
         out.append(g)
     return out
 

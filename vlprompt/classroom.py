@@ -283,6 +283,7 @@ def _show(x) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _micro_clip():
+    import vlprompt.micro  # the micro world registers its CLIP
     from vlprompt.clip import load_clip
     return load_clip('micro', device='cpu')
 

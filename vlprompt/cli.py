@@ -17,8 +17,8 @@ _kit = _Later('vlprompt.clip')  # VLPromptError, load_clip, suggest
 _train = _Later('vlprompt.train')  # run_lock, write_json, write_text, typed_setting
 
 # %% auto #0
-__all__ = ['bench', 'micro', 'REPLACED', 'RUN_FILES', 'DEMO_TIME', 'DEMO_METHODS', 'COMMANDS', 'check_out', 'check_device',
-           'check_backbone', 'fail_fast_offline', 'check_shots', 'preflight', 'replace_run', 'set_options_help', 'demo',
+__all__ = ['bench', 'micro', 'REPLACED', 'RUN_FILES', 'DEMO_TIME', 'COMMANDS', 'check_out', 'check_device', 'check_backbone',
+           'fail_fast_offline', 'check_shots', 'preflight', 'replace_run', 'set_options_help', 'demo_methods', 'demo',
            'plot_demo', 'setting_kinds', 'parse_value', 'parse_sets', 'train', 'evaluate_run', 'import_checkpoint',
            'reproduce', 'table', 'exercises', 'add_data_parser', 'data_command', 'build_parser', 'main']
 
@@ -140,16 +140,19 @@ def set_options_help() -> str:
         kinds = {}
         for protocol in bench.PROTOCOLS: kinds.update(setting_kinds([m], protocol)[1].get(m, {}))
         lines += textwrap.wrap(f'{m}: {said(kinds)}', 100, initial_indent='  ', subsequent_indent='    ')
+    for name, rule in bench.GRADIENT_RULES.items():
+        kinds = {k: type(v).__name__ for k, v in rule.options.items()}
+        lines += textwrap.wrap(f'--rule {name}: {said(kinds)}', 100, initial_indent='  ', subsequent_indent='    ')
     return '\n'.join(lines + ['The seed is --seed. Options a configuration does not name take the method first: coop.csc=true.'])
 
 # %% ../nbs/40_cli.ipynb #9cce3be5
 DEMO_TIME = 'about 2 min of CPU time (107 s measured); 3.5 min on a busy 2-core machine'
 
-DEMO_METHODS = ('zeroshot', 'coop', 'cocoop', 'prograd',  # learned text context
-                'clip_adapter', 'tip_adapter', 'tip_adapter_f', 'taskres',  # on the features or the classifier
-                'maple', 'ivlp', 'vpt_deep', 'spt_deep')  # prompts in both encoders, or in the vision encoder only
+def demo_methods() -> tuple:
+    "The methods the demo runs: the entries with `demo=True`, in the order bench registers them."
+    return tuple(name for name, entry in bench.ENTRIES.items() if entry.demo)
 
-def demo(out: str | None = None, device: str = 'cpu', methods=DEMO_METHODS) -> dict:
+def demo(out: str | None = None, device: str = 'cpu', methods=None) -> dict:
     "The micro-world demo: zero-shot table of every task, then base-to-new for `methods`; optionally writes DIR/demo.json and DIR/demo.png."
     check_device(device)
     if out: check_out(out)
@@ -160,6 +163,8 @@ def demo(out: str | None = None, device: str = 'cpu', methods=DEMO_METHODS) -> d
         try: return demo(out, device, methods)
         finally: torch.set_num_threads(threads)
     start = time.time()
+    methods = methods or demo_methods()
+    micro.load_micro_clip  # importing the micro world registers the 'micro' CLIP
     clip = _kit.load_clip('micro', device=device)
     rows = micro.zeroshot_table(clip)
     print('Zero-shot micro CLIP on the micro world (top-1 accuracy, %, test splits):\n')
@@ -206,7 +211,7 @@ def plot_demo(rows, b2n, path):
     atomic_write(path, lambda f: fig.savefig(f, dpi=100, format='png')); plt.close(fig)
 
 # %% ../nbs/40_cli.ipynb #fbf977ea
-def setting_kinds(methods, protocol: str) -> tuple[dict, dict]:
+def setting_kinds(methods, protocol: str, rule: str | None = None) -> tuple[dict, dict]:
     """The type of every `--set` key: TrainConfig's fields (declared), and each method's options (the type of the value its
     configuration gives; None: text or null). The seed is `--seed`, not a setting."""
     from dataclasses import fields
@@ -216,6 +221,8 @@ def setting_kinds(methods, protocol: str) -> tuple[dict, dict]:
         cfg = bench.CONFIGS.get((m, protocol), {})
         for d in [cfg.get('method', {})] + [x.get('method', {}) for x in cfg.get('datasets', {}).values()]:
             for k, v in d.items(): options.setdefault(m, {})[k] = 'none' if v is None else type(v).__name__
+        if rule in bench.GRADIENT_RULES:  # the rule's options are the run's too
+            for k, v in bench.GRADIENT_RULES[rule].options.items(): options.setdefault(m, {})[k] = type(v).__name__
     return train, options
 
 def parse_value(pair: str, name: str, text: str, kind: str | None):
@@ -232,12 +239,12 @@ def parse_value(pair: str, name: str, text: str, kind: str | None):
     try: return _train.typed_setting(name, value, kind)
     except _kit.VLPromptError as e: raise _kit.VLPromptError(f'--set {pair}: {e}') from None
 
-def parse_sets(pairs, methods, protocol: str) -> tuple[dict, dict]:
+def parse_sets(pairs, methods, protocol: str, rule: str | None = None) -> tuple[dict, dict]:
     """`--set KEY=VALUE ...` as training overrides (TrainConfig fields, for every method) and method options: `lam=0.5` goes
     to the methods whose configuration has that option, `prograd.lam=0.5` to one method. Each value is read as its
     setting's type (a whole number, a number, true/false, text) or refused; an option a configuration does not name
     (`coop.foo=1`) is JSON (5, 0.5, true, null), else text."""
-    train_kinds, option_kinds = setting_kinds(methods, protocol)
+    train_kinds, option_kinds = setting_kinds(methods, protocol, rule)
     train, options = {}, {}
     for pair in pairs or []:
         key, eq, text = pair.partition('=')
@@ -259,9 +266,11 @@ def parse_sets(pairs, methods, protocol: str) -> tuple[dict, dict]:
     return train, options
 
 def train(args) -> dict:
-    t, o = parse_sets(getattr(args, 'set', None), [args.method], args.protocol)
+    rule = getattr(args, 'rule', None)
+    t, o = parse_sets(getattr(args, 'set', None), [args.method], args.protocol, rule)
     settings = bench.run_settings(args.method, args.protocol, args.dataset, args.shots, args.seed, args.backbone, args.pretrained,
-                                  train=t, method_options=o.get(args.method), template=getattr(args, 'template', None))
+                                  train=t, method_options=o.get(args.method), template=getattr(args, 'template', None),
+                                  rule=rule)
     if getattr(args, 'split_indices', None): settings = bench.use_split_indices(settings, args.split_indices)
     settings = bench.use_checkpoint(settings, args.checkpoint)
     out = check_out(args.out)
@@ -303,9 +312,11 @@ def import_checkpoint(args) -> dict:
 def reproduce(args) -> str:
     "Expand the grid into runs and launch them (here, in a local pool, or as a Slurm array); print and write the table."
     from vlprompt import launch
-    t, o = parse_sets(args.set, args.methods, args.protocol)
+    rule = getattr(args, 'rule', None)
+    t, o = parse_sets(args.set, args.methods, args.protocol, rule)
     runs = bench.plan(args.protocol, args.methods, args.datasets, args.seeds, args.shots, args.backbone, args.pretrained,
-                      train=t, method_options=o, split_indices=args.split_indices, template=getattr(args, 'template', None))
+                      train=t, method_options=o, split_indices=args.split_indices, template=getattr(args, 'template', None),
+                      rule=rule)
     runs = [bench.use_checkpoint(s, args.checkpoint) for s in runs]
     if not getattr(args, 'no_data_check', False):  # before anything trains: every dataset of the grid is complete
         from vlprompt.data import require_data
@@ -432,6 +443,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        "(e.g. cross_modal_adaptation's indices/, or OUT/cache/indices of an earlier grid) instead of drawing them")
         p.add_argument('--template', help="the prompt template, with {} for the class name (default: the dataset's; "
                        "'a photo of a {}.' for folder:PATH)")
+        p.add_argument('--rule', help=f"a gradient rule around the method ({', '.join(bench.GRADIENT_RULES)}), e.g. "
+                       '--method maple --rule prograd; its options through --set (lam=0.8); part of the run\'s identity')
 
     p = sub.add_parser('train', help='train one method on one dataset; writes OUT/metrics.json',
                        description='Train one (method, protocol, dataset, shots, seed) run in --out, resuming it if unfinished.',
@@ -463,7 +476,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                    'method for these settings and evaluate it under the protocol; nothing trains.')
     if full('import-checkpoint'):
         p.add_argument('--official', required=True, help='the official checkpoint file')
-        p.add_argument('--method', required=True, choices=('coop', 'cocoop', 'prograd', 'taskres', 'maple'))
+        p.add_argument('--method', required=True, choices=[m for m, e in bench.ENTRIES.items()
+                                                          if e.official_renames is not None])
         p.add_argument('--dataset', required=True, help='the dataset it was trained on')
         p.add_argument('--protocol', default='base2new', choices=('fewshot', 'base2new', 'xd', 'dg'))
         p.add_argument('--shots', type=int, default=16, help='shots of its training (default 16)')

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_clip.ipynb #20875856
 from __future__ import annotations
-import difflib, math
+import difflib, json, math, os, tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +17,13 @@ from torch.utils.checkpoint import checkpoint
 import open_clip
 
 # %% auto #0
-__all__ = ['MICRO_CLIP_CONFIG', 'DATASET_TEMPLATES', 'IMAGENET_TEMPLATES_SELECT', 'IMAGENET_TEMPLATES', 'clip_logits',
-           'tiny_clip', 'VLPromptError', 'LoadedCLIP', 'suggest', 'micro_tokenizer', 'load_clip', 'tag_quick_gelu',
-           'is_openai_state_dict', 'open_clip_build', 'read_state_dict', 'model_config', 'build_from_config',
-           'load_weights', 'replace_tokens', 'eot_positions', 'project_text', 'reference_path', 'encode_text_prompted',
-           'encode_text_ids', 'encode_image_prompted', 'clean_classname', 'text_features', 'image_features',
-           'zeroshot_weights']
+__all__ = ['MICRO_CLIP_CONFIG', 'BACKBONES', 'DATASET_TEMPLATES', 'IMAGENET_TEMPLATES_SELECT', 'IMAGENET_TEMPLATES',
+           'clip_logits', 'tiny_clip', 'VLPromptError', 'LoadedCLIP', 'suggest', 'micro_tokenizer', 'register_backbone',
+           'load_clip', 'get_clip', 'tag_quick_gelu', 'is_openai_state_dict', 'open_clip_build', 'read_state_dict',
+           'model_config', 'build_from_config', 'load_weights', 'replace_tokens', 'eot_positions', 'project_text',
+           'reference_path', 'encode_text_prompted', 'encode_text_ids', 'encode_image_prompted', 'clean_classname',
+           'text_features', 'image_features', 'zeroshot_weights', 'atomic_write', 'save_atomic', 'write_json',
+           'write_text']
 
 # %% ../nbs/00_clip.ipynb #0df6b2f3
 def clip_logits(image_features: torch.Tensor, class_weights: torch.Tensor, logit_scale) -> torch.Tensor:
@@ -70,22 +71,38 @@ def micro_tokenizer():
     context = MICRO_CLIP_CONFIG['text_cfg']['context_length']
     return open_clip.tokenizer.SimpleTokenizer(context_length=context)
 
+BACKBONES: dict[str, Callable] = {}  # name -> loader(checkpoint) -> LoadedCLIP
+
+def register_backbone(name: str, loader: Callable):
+    "Let `load_clip(name, checkpoint=...)` load a CLIP open_clip does not build (the micro one)."
+    BACKBONES[name] = loader
+
 def load_clip(name: str = 'micro', pretrained: str | None = None,
               checkpoint: str | Path | None = None, device: str | torch.device | None = None, *,
               state_dict: dict | None = None, config: dict | str | Path | None = None,
               quick_gelu: bool | None = None) -> LoadedCLIP:
-    """Load a frozen CLIP: `'micro'` (the kit's own), or an open_clip architecture (or your own
-    `config`) with a `pretrained` tag, a `checkpoint` file or an in-memory `state_dict`."""
+    """Load a frozen CLIP: a registered one (`'micro'`, the kit's own, once `vlprompt.micro` is
+    imported), or an open_clip architecture (or your own `config`) with a `pretrained` tag, a
+    `checkpoint` file or an in-memory `state_dict`."""
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    if name == 'micro' and config is None and state_dict is None:
-        from vlprompt.micro import load_micro_weights, micro_image_transform  # the world's own file
-        model = tiny_clip()
-        load_micro_weights(model, checkpoint)
-        bundle = LoadedCLIP(model, micro_tokenizer(), micro_image_transform(), 'micro', 'vlprompt')
+    if name in BACKBONES and config is None and state_dict is None:
+        bundle = BACKBONES[name](checkpoint)
+    elif name == 'micro' and config is None and state_dict is None:
+        raise VLPromptError("The 'micro' CLIP comes with the micro world: `import vlprompt.micro` "
+                            "(it registers 'micro'), then load it.")
     else:
         bundle = _load_open_clip(name, pretrained, checkpoint, state_dict, config, quick_gelu)
     bundle.model.to(device).eval().requires_grad_(False)
     return bundle
+
+_CLIPS: dict = {}
+
+def get_clip(backbone: str = 'micro', pretrained: str | None = None,
+             checkpoint: str | None = None) -> LoadedCLIP:
+    "Load a backbone once per process."
+    key = (backbone, pretrained, checkpoint)
+    if key not in _CLIPS: _CLIPS[key] = load_clip(backbone, pretrained, checkpoint)
+    return _CLIPS[key]
 
 # %% ../nbs/00_clip.ipynb #e406363b
 def tag_quick_gelu(name: str, pretrained: str) -> bool:
@@ -166,7 +183,7 @@ def _load_open_clip(name, pretrained, checkpoint, state_dict, config, quick_gelu
     if len(given) > 1:
         raise VLPromptError(f'Give one source of weights, not {" and ".join(given)}.')
     if config is None and name not in open_clip.list_models():
-        models = open_clip.list_models() + ['micro']
+        models = open_clip.list_models() + list(BACKBONES)
         raise VLPromptError(f"Unknown backbone {name!r}: open_clip has no such architecture."
                             f"{suggest(name, models)} `open_clip.list_models()` lists them all; "
                             "'micro' is the kit's own CPU model; config= builds your own.")
@@ -488,3 +505,34 @@ def zeroshot_weights(clip: LoadedCLIP, classnames: Sequence[str], templates: str
     texts = [t.format(clean_classname(c)) for c in classnames for t in templates]
     feats = text_features(clip, texts, normalize=average == 'normalized').view(len(classnames), len(templates), -1)
     return F.normalize(feats.mean(1), dim=-1)
+
+# %% ../nbs/00_clip.ipynb #85a57025
+def atomic_write(path: str | Path, write: Callable, mode: str = 'wb') -> Path:
+    "Call `write(file)` on a fresh temporary file beside `path`, then rename it over `path`: a reader never sees a partial file."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        if hasattr(os, 'fchmod'): os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; others may read what open() would let them
+        with os.fdopen(fd, mode) as f: write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp): os.unlink(tmp)
+        raise
+    return path
+
+def _umask() -> int:
+    "This process's umask (read by setting it and putting it back at once)."
+    mask = os.umask(0o022); os.umask(mask)
+    return mask
+
+def save_atomic(obj, path: Path):
+    "torch.save, atomically."
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+def write_json(path: Path, obj):
+    "Write JSON, atomically."
+    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1)), 'w')
+
+def write_text(path: Path, text: str):
+    "Write text, atomically."
+    return atomic_write(path, lambda f: f.write(text), 'w')

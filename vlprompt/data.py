@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .clip import DATASET_TEMPLATES, VLPromptError, clean_classname, suggest
+from .clip import DATASET_TEMPLATES, VLPromptError, atomic_write, clean_classname, suggest
 from .micro import CROSS_DATASET as MICRO_CROSS_DATASET, DOMAIN_SHIFTS as MICRO_DOMAIN_SHIFTS, MICRO_TASKS, get_task
 
 # %% auto #0
@@ -173,7 +173,6 @@ def read_split_file(path: str | Path, image_dir: str | Path) -> tuple[dict, list
 # %% ../nbs/02_data.ipynb #ad3477fe
 def _write_json_atomic(path: Path, obj) -> None:
     "Write JSON to a temporary file beside `path`, then rename it: readers never see half a file."
-    from vlprompt.train import atomic_write  # the kit's one atomic writer
     atomic_write(path, lambda f: json.dump(obj, f), 'w')
 
 # %% ../nbs/02_data.ipynb #6418afad

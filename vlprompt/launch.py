@@ -305,7 +305,8 @@ def paper_grid(methods: list[str], protocols=bench.PROTOCOLS, seeds=(1, 2, 3), b
 # PLACEHOLDER, to be filled from `vlprompt bench` (speed benchmark) on the GPU you plan for: seconds of ONE training epoch
 # at 16 shots over all classes of the dataset, ViT-B/16, the method's paper batch size. Key (method, dataset), or
 # (method, '*') for any dataset without its own figure. No figure is invented here: every entry is None until measured.
-SECONDS_PER_EPOCH: dict = {(m, '*'): None for m in ('coop', 'cocoop', 'prograd')}
+SECONDS_PER_EPOCH: dict = {(m, '*'): e.seconds_per_epoch
+                           for m, e in bench.ENTRIES.items() if e.trains}
 EVAL_SECONDS: dict = {}  # PLACEHOLDER: seconds to evaluate one run on a dataset's test set, key dataset (0 when absent)
 
 def _figure(table: dict, method: str, dataset: str):
@@ -321,7 +322,7 @@ def estimate_gpu_hours(runs: list[dict], seconds_per_epoch: dict, eval_seconds: 
     eval_seconds, rows, missing = eval_seconds or {}, {}, set()
     for s in runs:
         r = rows.setdefault(s['protocol'], dict(protocol=s['protocol'], runs=0, epochs=0, gpu_hours=0.0))
-        trains = s['method'] != 'zeroshot'
+        trains = bench.ENTRIES[s['method']].trains
         epochs = s['train']['epochs'] if trains else 0
         scale = s['shots'] / 16 * (0.5 if s['protocol'] == 'base2new' else 1.0)
         targets = {'xd': bench.CROSS_DATASET, 'dg': bench.DOMAIN_SHIFTS}.get(s['protocol'], {}).get(s['dataset'], [])

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import vlprompt
 from .clip import (MICRO_CLIP_CONFIG, LoadedCLIP, VLPromptError, clip_logits, encode_text_prompted,
                            eot_positions, tiny_clip, zeroshot_weights, micro_tokenizer, image_features, suggest)
+from .clip import atomic_write, register_backbone
 
 # %% auto #0
 __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'TEXTURES', 'ATTRIBUTES', 'IMAGE_SIZE', 'SUPERSAMPLE', 'STYLES', 'CAPTION_TEMPLATES',
@@ -23,9 +24,9 @@ __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'TEXTURES', 'ATTRIBUTES', 'IMAGE_SIZE',
            'REGENERATE', 'CAPTION_SETS', 'DESIGN_STYLES', 'DESIGN_TASKS', 'shape_mask', 'pixel_grid', 'texture_mask',
            'render', 'random_attributes', 'captions', 'caption_truth', 'MicroTask', 'get_task', 'world_token_ids',
            'pretrain_micro_clip', 'twin_batch', 'soft_infonce', 'micro_preprocess', 'micro_image_transform',
-           'save_micro_checkpoint', 'load_micro_weights', 'split_features', 'zeroshot_predictions', 'zeroshot_accuracy',
-           'zeroshot_table', 'format_table', 'regenerate', 'main', 'world_captions', 'pretrain_world_clip',
-           'OrderedTask']
+           'save_micro_checkpoint', 'load_micro_weights', 'load_micro_clip', 'split_features', 'zeroshot_predictions',
+           'zeroshot_accuracy', 'zeroshot_table', 'format_table', 'regenerate', 'main', 'world_captions',
+           'pretrain_world_clip', 'OrderedTask']
 
 # %% ../nbs/01_micro.ipynb #9f3493a7
 SHAPES = ['circle', 'square', 'triangle', 'star', 'cross', 'diamond', 'ring', 'crescent']
@@ -315,7 +316,6 @@ def save_micro_checkpoint(model: nn.Module, path: str | Path, info: dict):
     table = model.token_embedding.weight
     used = table.abs().sum(1).nonzero().squeeze(1)
     state['token_embedding.ids'], state['token_embedding.rows'] = used, table[used].half()
-    from vlprompt.train import atomic_write  # the kit's one atomic writer
     atomic_write(path, lambda f: torch.save({'state_dict': state, 'info': info, 'format': 'vlprompt-micro-clip-1'}, f))
 
 def load_micro_weights(model: nn.Module, path: str | Path | None = None) -> dict:
@@ -337,6 +337,14 @@ def load_micro_weights(model: nn.Module, path: str | Path | None = None) -> dict
                             f'Regenerate it with `{REGENERATE} --out {path}`.') from e
     model.micro_info = payload.get('info', {})
     return model.micro_info
+
+def load_micro_clip(checkpoint: str | Path | None = None) -> LoadedCLIP:
+    "The micro CLIP: its weights (default: the shipped file), tokenizer and image transform."
+    model = tiny_clip()
+    load_micro_weights(model, checkpoint)
+    return LoadedCLIP(model, micro_tokenizer(), micro_image_transform(), 'micro', 'vlprompt')
+
+register_backbone('micro', load_micro_clip)  # `load_clip('micro')` loads it from now on
 
 # %% ../nbs/01_micro.ipynb #e19d0cc9
 def split_features(clip: LoadedCLIP, task: MicroTask | str, split: str = 'test'):

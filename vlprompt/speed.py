@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from .clip import LoadedCLIP, VLPromptError, clip_logits, image_features, load_clip, reference_path, suggest
+from .clip import LoadedCLIP, VLPromptError, image_features, load_clip, reference_path, suggest
 from .train import cross_entropy_rule, make_optimizer, TrainConfig, write_json
 from . import bench
 
@@ -59,7 +59,7 @@ def trainable_methods() -> list[str]:
     clip = bench_clip('micro')
     out = []
     for m in bench.METHODS:
-        if m == 'zeroshot': continue
+        if not bench.ENTRIES[m].trains: continue
         module, _, _ = bench_method(m, clip, bench_classnames(clip, 4), 'micro')
         if bench.learnable(module): out.append(m)
     return out
@@ -75,7 +75,6 @@ def fast_gradients(module, rule, inputs, labels) -> list[torch.Tensor]:
 
 def reference_gradients(module, rule, images, labels, clip: LoadedCLIP) -> list[torch.Tensor]:
     "The same gradients the way the official code computes them: images re-encoded, full-length text, separate backward passes."
-    from vlprompt.methods.prograd import prograd_project
     params = _learnable(module)
     for p in params: p.grad = None
     with reference_path():
@@ -83,20 +82,9 @@ def reference_gradients(module, rule, images, labels, clip: LoadedCLIP) -> list[
         else:
             with torch.no_grad(): x = image_features(clip, images)  # no feature cache: every step re-encodes its images
         logits = module(x)
-        ce = F.cross_entropy(logits, labels)
-        if not hasattr(rule, 'lam'):
-            ce.backward()
-            return [p.grad for p in params]
-        with torch.no_grad():  # ProGrad's teacher: a second image pass
-            teacher = clip_logits(image_features(clip, images), rule.teacher_weights.to(images.device), rule.logit_scale)
-        T = rule.temperature
-        kl = F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(teacher / T, -1), log_target=True, reduction='batchmean') * T * T
-        kl.backward(retain_graph=True)  # first backward: the general direction
-        g_general = [p.grad.clone() if p.grad is not None else None for p in params]
-        for p in params: p.grad = None
-        ce.backward()  # second backward: the domain gradient
-        for p, gg in zip(params, g_general):
-            if p.grad is not None and gg is not None: p.grad = prograd_project(p.grad, gg, rule.lam)
+        if hasattr(rule, 'reference_backward'):  # a rule brings its own (ProGrad: a second image pass)
+            rule.reference_backward(logits, labels, images, clip, params)
+        else: F.cross_entropy(logits, labels).backward()
         return [p.grad for p in params]
 
 # %% ../nbs/50_speed.ipynb #96970176

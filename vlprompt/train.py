@@ -13,14 +13,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .clip import LoadedCLIP, VLPromptError, image_features
+from .clip import (LoadedCLIP, VLPromptError, atomic_write, image_features, save_atomic,
+                           write_json, write_text)
+from .micro import micro_preprocess
 
 # %% auto #0
-__all__ = ['TRAIN_RANGES', 'TrainConfig', 'typed_setting', 'epochs_for_shots', 'lr_at_epoch', 'make_optimizer', 'atomic_write',
-           'save_atomic', 'write_json', 'write_text', 'RunBusy', 'run_lock', 'weights_fingerprint', 'backbone_id',
-           'FeatureCache', 'file_sha256', 'TrainSet', 'epoch_seed', 'cross_entropy_rule', 'learnable_state', 'FitState',
-           'Callback', 'run_callbacks', 'NaNGuard', 'RecordLoss', 'ShowProgress', 'Checkpoint', 'StopAfter', 'Track',
-           'fit', 'module_device', 'evaluate', 'train_method', 'augment_micro']
+__all__ = ['TRAIN_RANGES', 'TrainConfig', 'typed_setting', 'epochs_for_shots', 'lr_at_epoch', 'make_optimizer', 'RunBusy',
+           'run_lock', 'weights_fingerprint', 'backbone_id', 'FeatureCache', 'file_sha256', 'TrainSet', 'epoch_seed',
+           'cross_entropy_rule', 'learnable_state', 'FitState', 'Callback', 'run_callbacks', 'NaNGuard', 'RecordLoss',
+           'ShowProgress', 'Checkpoint', 'StopAfter', 'Track', 'fit', 'module_device', 'evaluate', 'train_method',
+           'augment_micro', 'Method', 'Rule', 'configs_of']
 
 # %% ../nbs/03_train.ipynb #002a04ca
 @dataclass
@@ -80,37 +82,6 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == 'sgd': return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == 'adam': return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-# %% ../nbs/03_train.ipynb #85a57025
-def atomic_write(path: str | Path, write: Callable, mode: str = 'wb') -> Path:
-    "Call `write(file)` on a fresh temporary file beside `path`, then rename it over `path`: a reader never sees a partial file."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        if hasattr(os, 'fchmod'): os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; others may read what open() would let them
-        with os.fdopen(fd, mode) as f: write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
-    return path
-
-def _umask() -> int:
-    "This process's umask (read by setting it and putting it back at once)."
-    mask = os.umask(0o022); os.umask(mask)
-    return mask
-
-def save_atomic(obj, path: Path):
-    "torch.save, atomically."
-    return atomic_write(path, lambda f: torch.save(obj, f))
-
-def write_json(path: Path, obj):
-    "Write JSON, atomically."
-    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1)), 'w')
-
-def write_text(path: Path, text: str):
-    "Write text, atomically."
-    return atomic_write(path, lambda f: f.write(text), 'w')
 
 # %% ../nbs/03_train.ipynb #b2d9cf96
 class RunBusy(VLPromptError):
@@ -475,6 +446,32 @@ def train_method(method: nn.Module, train_inputs, train_labels: torch.Tensor, va
 # %% ../nbs/03_train.ipynb #6b0bd7a4
 def augment_micro(images: torch.Tensor) -> torch.Tensor:
     "The micro world's train transform: random horizontal flip, then normalisation for the micro CLIP."
-    from vlprompt.micro import micro_preprocess
     flip = torch.rand(len(images)) < 0.5
     return micro_preprocess(torch.where(flip[:, None, None, None], images.flip(-1), images))
+
+# %% ../nbs/03_train.ipynb #b7e3a002
+@dataclass
+class Method:
+    "One method as the rest of the kit sees it, declared in the method's own notebook."
+    name: str  # the run name: `--method NAME`, the run folder, the table row
+    build: Callable  # (clip, classnames, template, seed=0, **options) -> nn.Module
+    configs: dict = field(default_factory=dict)  # protocol -> settings ('source', 'train', ...)
+    paper: dict = field(default_factory=dict)  # 'base2new': (B, N, HM), 'fewshot_rn50': {K: acc}
+    rule: Callable | None = None  # its own gradient rule, built as a Rule's `build` is
+    rule_options: tuple = ()  # method options that the rule reads, not the module
+    official_renames: tuple | None = None  # official checkpoint key prefix -> the kit's
+    trains: bool = True  # False: nothing to train (the launcher counts its evaluations only)
+    seconds_per_epoch: float | None = None  # measured seconds of an epoch (the launcher's estimate)
+    demo: bool = False  # one of `vlprompt demo`'s methods
+
+@dataclass
+class Rule:
+    "A gradient rule as a run setting (`--rule NAME`): it wraps any method with learnable tensors."
+    name: str
+    build: Callable  # (options, clip, data, module, template) -> rule (method, x, y) -> loss
+    options: dict = field(default_factory=dict)  # its options with their defaults (`--set lam=0.8`)
+    source: str = ''  # the paper and code it follows
+
+def configs_of(table: dict, name: str) -> dict:
+    "The {protocol: settings} of method `name` in a {(method, protocol): settings} table."
+    return {protocol: cfg for (method, protocol), cfg in table.items() if method == name}

@@ -7,9 +7,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from ..clip import LoadedCLIP, VLPromptError, clean_classname, clip_logits, encode_text_prompted, eot_positions
+from ..train import Method, configs_of
 
 # %% auto #0
-__all__ = ['CoOp', 'phrase_context', 'CoCoOp']
+__all__ = ['BENCH_METHODS', 'BENCH_CONFIGS', 'ENTRIES', 'CoOp', 'phrase_context', 'CoCoOp']
 
 # %% ../../nbs/11_coop.ipynb #bf720cef
 class CoOp(nn.Module):
@@ -146,3 +147,42 @@ class CoCoOp(CoOp):
         other = CoCoOp(self.clip, classnames, n_ctx=self.n_ctx, ctx_init=self.ctx_init)
         other.load_state_dict({k: v for k, v in self.state_dict().items() if k in ('ctx',) or k.startswith('meta_net.')}, strict=False)
         return other
+
+# %% ../../nbs/11_coop.ipynb #c0e1b002
+def _coop(clip, classnames, template, seed=0, **options):
+    return CoOp(clip, classnames, seed=seed, **options)
+
+def _cocoop(clip, classnames, template, seed=0, **options):
+    return CoCoOp(clip, classnames, seed=seed, **options)
+
+BENCH_METHODS = {'coop': _coop, 'cocoop': _cocoop}
+BENCH_CONFIGS = {  # (method, protocol) -> settings: 'train' (TrainConfig), 'method' (options)
+    ('coop', 'fewshot'): dict(source='CoOp (IJCV 2022), configs/trainers/CoOp/vit_b16.yaml',
+                              train=dict(batch_size=32, lr=0.002, optimizer='sgd'), epochs_by_shots=True,
+                              method=dict(n_ctx=16, ctx_init=None, csc=False, class_token_position='end'),
+                              datasets={'imagenet': dict(train=dict(epochs=50))},
+                              micro=dict(train=dict(epochs=30, lr=0.01))),
+    ('coop', 'base2new'): dict(source="CoCoOp (CVPR 2022) tables: CoOp with 'a photo of a' (M=4), 16 shots",
+                               train=dict(batch_size=32, lr=0.002, optimizer='sgd', epochs=200),
+                               method=dict(n_ctx=4, ctx_init='a photo of a'),
+                               micro=dict(train=dict(epochs=30, lr=0.01))),
+    ('coop', 'xd'): dict(source='CoOp on all ImageNet classes, 16 shots',
+                         train=dict(batch_size=32, lr=0.002, epochs=50),
+                         method=dict(n_ctx=4, ctx_init='a photo of a'), micro=dict(train=dict(epochs=30, lr=0.01))),
+}
+BENCH_CONFIGS[('coop', 'dg')] = BENCH_CONFIGS[('coop', 'xd')]
+for _protocol in ('fewshot', 'base2new', 'xd', 'dg'):  # CoCoOp's paper setting; micro: batch 32
+    BENCH_CONFIGS[('cocoop', _protocol)] = dict(
+        source="CoCoOp (CVPR 2022): M=4 'a photo of a', batch 1, 10 epochs, lr 0.002",
+        train=dict(batch_size=1, lr=0.002, optimizer='sgd', epochs=10), method=dict(n_ctx=4, ctx_init='a photo of a'),
+        micro=dict(train=dict(batch_size=32, epochs=10, lr=0.01)))
+
+ENTRIES = (  # what vlprompt.bench registers; paper: ViT-B/16 base-to-new, 11-dataset avg
+    Method('coop', _coop, configs_of(BENCH_CONFIGS, 'coop'),
+           paper=dict(base2new=(82.69, 63.22, 71.66)),
+           official_renames=(), demo=True),
+    Method('cocoop', _cocoop, configs_of(BENCH_CONFIGS, 'cocoop'),
+           paper=dict(base2new=(80.47, 71.69, 75.83)),
+           official_renames=(('meta_net.linear1.', 'meta_net.0.'), ('meta_net.linear2.', 'meta_net.2.')),
+           demo=True),
+)

@@ -10,9 +10,10 @@ import torch
 import torch.nn as nn
 from ..clip import (LoadedCLIP, VLPromptError, clean_classname, encode_image_prompted, encode_text_prompted,
                            eot_positions)
+from ..train import Method, configs_of
 
 # %% auto #0
-__all__ = ['PROMPT_MODES', 'BENCH_CONFIGS', 'BENCH_METHODS', 'prompt_layout', 'MaPLe']
+__all__ = ['PROMPT_MODES', 'BENCH_CONFIGS', 'BENCH_METHODS', 'ENTRIES', 'prompt_layout', 'MaPLe']
 
 # %% ../../nbs/14_maple.ipynb #7e88227a
 def prompt_layout(clip: LoadedCLIP, classnames: list[str], n_ctx: int = 2, ctx_init: str | None = 'a photo of a'):
@@ -158,3 +159,16 @@ BENCH_METHODS = {  # defaults are the paper's ViT-B/16 settings; BENCH_CONFIGS g
     'vpt_deep_clip': partial(_build, coupling=False, text='none', n_ctx=8, depth=12),
     'language_deep': partial(_build, coupling=False, vision='none', n_ctx=4, depth=12),
 }
+_B2N = lambda b, n, hm: dict(base2new=(b, n, hm))  # ViT-B/16, 11-dataset avg (methods.md §7)
+ENTRIES = (  # what vlprompt.bench registers. `vpt_deep_clip` is not one: the same model is the VPT
+    # notebook's `vpt_deep`, reached here through MaPLe's switches (tests/test_vpt.py)
+    Method('maple', _build, configs_of(BENCH_CONFIGS, 'maple'), paper=_B2N(82.28, 75.14, 78.55),
+           demo=True,
+           official_renames=(('compound_prompts_text.', 'text_prompts.'), ('proj.', 'couplings.0.'))),
+    Method('ivlp', BENCH_METHODS['ivlp'], configs_of(BENCH_CONFIGS, 'ivlp'),
+           paper=_B2N(82.15, 74.07, 77.90),
+           demo=True),
+    Method('language_deep', BENCH_METHODS['language_deep'],
+           configs_of(BENCH_CONFIGS, 'language_deep'),
+           paper=_B2N(81.72, 73.81, 77.56)),
+)

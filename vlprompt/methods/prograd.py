@@ -8,11 +8,13 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ..clip import VLPromptError, clip_logits
+from ..clip import VLPromptError, clip_logits, image_features, zeroshot_weights
 from .coop import CoOp
+from ..train import Method, Rule
 
 # %% auto #0
-__all__ = ['PROGRAD_SOURCE', 'PROGRAD_TEMPLATES', 'prograd_project', 'ProGradRule', 'prograd_phrase', 'prograd_coop']
+__all__ = ['PROGRAD_SOURCE', 'PROGRAD_TEMPLATES', 'BENCH_CONFIGS', 'ENTRIES', 'RULE_ENTRIES', 'prograd_project', 'ProGradRule',
+           'prograd_phrase', 'prograd_coop', 'prograd_rule']
 
 # %% ../../nbs/12_prograd.ipynb #16fc6ad3
 def prograd_project(g_domain: torch.Tensor, g_general: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
@@ -57,6 +59,20 @@ class ProGradRule:
             p.grad = g if p.grad is None else p.grad + g
         return ce.detach()
 
+    def reference_backward(self, logits, y, images, clip, params):
+        "The official code's way (`vlprompt bench` times it): a second image pass, two backward passes."
+        with torch.no_grad():  # the teacher from a second pass of the images
+            teacher = clip_logits(image_features(clip, images), self.teacher_weights.to(images.device), self.logit_scale)
+        T = self.temperature
+        kl = F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(teacher / T, -1), log_target=True,
+                      reduction='batchmean') * T * T
+        kl.backward(retain_graph=True)  # first backward: the general direction
+        g_general = [p.grad.clone() if p.grad is not None else None for p in params]
+        for p in params: p.grad = None
+        F.cross_entropy(logits, y).backward()  # second backward: the domain gradient
+        for p, gg in zip(params, g_general):
+            if p.grad is not None and gg is not None: p.grad = prograd_project(p.grad, gg, self.lam)
+
     @property
     def conflict_fraction(self) -> float:
         "Fraction of steps so far in which the two gradients conflicted."
@@ -96,3 +112,31 @@ def prograd_coop(clip, classnames: list[str], template: str, n_ctx: int = 16, se
     coop = CoOp(clip, classnames, n_ctx, seed=seed, **options)  # no words before the name: all zeros
     with torch.no_grad(): coop.ctx.zero_()
     return coop
+
+# %% ../../nbs/12_prograd.ipynb #d0e1b002
+def prograd_rule(options: dict, clip, data, method, template: str) -> ProGradRule:
+    "ProGrad's rule for one run: the zero-shot teacher from `template`, λ and T from `options`."
+    o = options
+    encoder = ((lambda images: image_features(clip, images, normalize=True))
+               if getattr(method, 'needs_images', False) else None)
+    teacher = zeroshot_weights(clip, data.classnames, template)  # ProGrad's own template
+    return ProGradRule(teacher, clip.model.logit_scale.exp().item(), lam=o.get('lam', 1.0),
+                       temperature=o.get('temperature', 1.0), image_encoder=encoder)
+
+_LOWER_LAM = {d: dict(method=dict(lam=0.8), min_shots=8)
+              for d in ('oxford_flowers', 'dtd', 'eurosat')}
+BENCH_CONFIGS = {('prograd', protocol): dict(
+    source=PROGRAD_SOURCE + ': CoOp student, M=16 from its own template, lambda=1, T=1',
+    templates=PROGRAD_TEMPLATES, train=dict(batch_size=32, lr=0.002, optimizer='sgd'),
+    epochs_by_shots=True,
+    method=dict(n_ctx=16, lam=1.0, temperature=1.0), datasets=_LOWER_LAM,
+    micro=dict(train=dict(epochs=30, lr=0.01))) for protocol in ('fewshot', 'base2new')}
+
+ENTRIES = (  # paper: ViT-B/16 base-to-new, 11-dataset avg (methods.md §7)
+    Method('prograd', prograd_coop, {p: c for (_, p), c in BENCH_CONFIGS.items()},
+           paper=dict(base2new=(82.48, 70.75, 76.16)), rule=prograd_rule, rule_options=('lam', 'temperature'),
+           official_renames=(), demo=True),
+)
+RULE_ENTRIES = (  # the rule alone, around any method with learnable tensors: `--rule prograd`
+    Rule('prograd', prograd_rule, options=dict(lam=1.0, temperature=1.0), source=PROGRAD_SOURCE),
+)

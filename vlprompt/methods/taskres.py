@@ -9,13 +9,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ..clip import (IMAGENET_TEMPLATES_SELECT, LoadedCLIP, VLPromptError, clean_classname, clip_logits,
                            text_features, zeroshot_weights)
-from ..train import TrainConfig, TrainSet, fit
-from .zeroshot import BENCH_CONFIGS as _ZS_CONFIGS, BENCH_METHODS as _ZS_METHODS
+from ..train import Method, TrainConfig, TrainSet, configs_of, fit
 
 # %% auto #0
-__all__ = ['BENCH_METHODS', 'BENCH_CONFIGS', 'PAPER_NUMBERS', 'bottleneck_adapter', 'taskres_base', 'TaskRes', 'CLIPAdapter',
-           'tip_grid', 'TipAdapter', 'TipAdapterF', 'taskres_epochs', 'taskres_accuracy', 'taskres_sweep',
-           'train_taskres', 'residual_norms']
+__all__ = ['BENCH_METHODS', 'BENCH_CONFIGS', 'PAPER_NUMBERS', 'ENTRIES', 'bottleneck_adapter', 'taskres_base', 'TaskRes',
+           'CLIPAdapter', 'tip_grid', 'TipAdapter', 'TipAdapterF', 'taskres_epochs', 'taskres_accuracy',
+           'taskres_sweep', 'train_taskres', 'residual_norms']
 
 # %% ../../nbs/13_taskres.ipynb #873dafd4
 def bottleneck_adapter(dim: int, reduction: int = 4, seed: int = 0) -> nn.Sequential:
@@ -213,7 +212,7 @@ def _tip_adapter(clip, classnames, template, seed=0, templates=None, **options):
 def _tip_adapter_f(clip, classnames, template, seed=0, templates=None, **options):
     return TipAdapterF(clip, classnames, templates or template, seed=seed, **options)
 
-BENCH_METHODS = {**_ZS_METHODS, 'clip_adapter': _clip_adapter, 'tip_adapter': _tip_adapter,
+BENCH_METHODS = {'clip_adapter': _clip_adapter, 'tip_adapter': _tip_adapter,
                  'tip_adapter_f': _tip_adapter_f, 'taskres': _taskres}
 
 _TIP = {  # Tip-Adapter's configs/<dataset>.yaml: (search_scale beta, alpha), init_alpha (init_beta is 1)
@@ -223,7 +222,7 @@ _TIP = {  # Tip-Adapter's configs/<dataset>.yaml: (search_scale beta, alpha), in
 _TIP_SOURCE = ('Tip-Adapter (ECCV 2022), configs/<dataset>.yaml and main.py: cache of 10 augmented views, search_step (200, 20); '
                'alpha, beta searched on the few-shot val split (the official ImageNet script searches on test)')
 _TIP_IMAGENET = dict(templates=list(IMAGENET_TEMPLATES_SELECT))
-BENCH_CONFIGS = dict(_ZS_CONFIGS)
+BENCH_CONFIGS = {}
 for _protocol in ('fewshot', 'base2new'):
     _note = '' if _protocol == 'fewshot' else '; not in the paper: its 16-shot few-shot settings'
     BENCH_CONFIGS[('taskres', _protocol)] = dict(
@@ -258,6 +257,17 @@ PAPER_NUMBERS = {  # methods.md section 7; the papers' numbers, not the kit's
     'tip_adapter_f': 'few-shot RN50, 11-dataset avg, 16 shots: 75.83 (Tip-Adapter logs)',
     'taskres': 'ImageNet 16 shots: RN50 ≈64.75 [R] (CoOp 62.95), ViT-B/16 73.07 [R]',
 }
+_RN50 = lambda *accs: dict(fewshot_rn50=dict(zip((1, 2, 4, 8, 16), accs)))  # Tip-Adapter's logs
+ENTRIES = (  # what vlprompt.bench registers
+    Method('clip_adapter', _clip_adapter, configs_of(BENCH_CONFIGS, 'clip_adapter'), demo=True,
+           paper=_RN50(62.67, 65.55, 68.61, 71.40, 74.44)),
+    Method('tip_adapter', _tip_adapter, configs_of(BENCH_CONFIGS, 'tip_adapter'), demo=True,
+           paper=_RN50(62.33, 64.62, 66.54, 68.50, 70.32)),
+    Method('tip_adapter_f', _tip_adapter_f, configs_of(BENCH_CONFIGS, 'tip_adapter_f'), demo=True,
+           paper=_RN50(64.60, 66.65, 69.67, 72.45, 75.83)),
+    Method('taskres', _taskres, configs_of(BENCH_CONFIGS, 'taskres'), demo=True,
+           official_renames=(('text_feature_residuals', 'task_residual'), ('base_text_features', 'base'))),
+)
 
 # %% ../../nbs/13_taskres.ipynb #b5b30c98
 @torch.no_grad()

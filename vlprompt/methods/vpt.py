@@ -5,19 +5,22 @@
 # %% ../../nbs/15_vpt_spt.ipynb #12a5246b
 from __future__ import annotations
 import math, time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from ..clip import LoadedCLIP, VLPromptError, clip_logits, encode_image_prompted, zeroshot_weights
-from ..train import Track, TrainConfig, TrainSet, cross_entropy_rule, fit
+from ..clip import (LoadedCLIP, VLPromptError, clip_logits, encode_image_prompted, get_clip,
+                           zeroshot_weights)
+from ..micro import get_task, micro_preprocess
+from ..train import (Method, Track, TrainConfig, TrainSet, augment_micro, configs_of,
+                            cross_entropy_rule, evaluate, fit)
 
 # %% auto #0
-__all__ = ['SPT_STRATEGIES', 'INITS', 'SPT_BACKBONES', 'BENCH_METHODS', 'BENCH_CONFIGS', 'vit_shape', 'xavier_bound', 'VPT',
-           'timm_backbone', 'micro_task_data', 'layer_tokens', 'assign', 'update_centres', 'lloyd_step',
+__all__ = ['SPT_STRATEGIES', 'INITS', 'SPT_BACKBONES', 'BENCH_METHODS', 'BENCH_CONFIGS', 'ENTRIES', 'vit_shape', 'xavier_bound',
+           'VPT', 'timm_backbone', 'micro_task_data', 'layer_tokens', 'assign', 'update_centres', 'lloyd_step',
            'kmeans_plus_plus', 'KMeansResult', 'kmeans', 'pool_windows', 'token_prototypes', 'spt_init',
            'nmi_from_joint', 'prompt_patch_nmi', 'layer_nmi', 'fit_tracked', 'micro_spt_run', 'epochs_to']
 
@@ -157,8 +160,6 @@ def timm_backbone(name: str = 'vit_base_patch16_224', pretrained: bool = False, 
 @lru_cache(maxsize=4)
 def micro_task_data(task: str = 'micro-pairs-noise', shots: int = 8) -> dict:
     "A micro task with a training split of `shots` images per class rendered in its style, and its test split (raw [0, 1] images)."
-    from dataclasses import replace
-    from vlprompt.micro import get_task
     base = get_task(task)
     t = replace(base, per_class={**base.per_class, 'train': shots})
     (train, train_labels), (test, test_labels) = t.split('train'), t.split('test')
@@ -334,9 +335,6 @@ def fit_tracked(method: nn.Module, data: TrainSet, cfg: TrainConfig,
 def micro_spt_run(init: str = 'kmeans', n_prompts: int = 4, deep: bool = True, head: str = 'linear', seed: int = 1,
                   epochs: int = 6, lr: float = 1e-2, shots: int = 8, task: str = 'micro-pairs-noise', curve_every: int = 2) -> dict:
     "Train VPT (init 'xavier') or SPT on a micro task with the micro CLIP; test accuracy and NMI per layer after every epoch (memoised)."
-    from vlprompt.bench import get_clip
-    from vlprompt.micro import micro_preprocess
-    from vlprompt.train import augment_micro, evaluate
     clip, data = get_clip('micro'), micro_task_data(task, shots)
     test, test_labels = micro_preprocess(data['test']), data['test_labels']
     curve_x, curve_y = test[::curve_every], test_labels[::curve_every]  # a fixed subset for the per-epoch curve
@@ -393,3 +391,7 @@ BENCH_CONFIGS = {
     ('spt_shallow', 'fewshot'): _with(_SPT, n_prompts=100, micro=dict(n_prompts=8)),
     ('spt_deep', 'fewshot'): _with(_SPT, n_prompts=20, micro=dict(n_prompts=4)),
 }
+ENTRIES = tuple(  # what vlprompt.bench registers; paper: MaPLe's VPT-deep row (ViT-B/16)
+    Method(name, build, configs_of(BENCH_CONFIGS, name), demo=name in ('vpt_deep', 'spt_deep'),
+           paper=dict(base2new=(80.24, 73.43, 76.68)) if name == 'vpt_deep' else {})
+    for name, build in BENCH_METHODS.items())

@@ -9,10 +9,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ..clip import LoadedCLIP, VLPromptError, clip_logits, zeroshot_weights
-from ..train import TrainConfig, TrainSet, cross_entropy_rule, fit, train_method
+from ..train import Method, TrainConfig, TrainSet, configs_of, cross_entropy_rule, fit, train_method
 
 # %% auto #0
-__all__ = ['BENCH_METHODS', 'BENCH_CONFIGS', 'ZeroShotClassifier', 'logistic_regression', 'search_regularisation', 'LinearProbe']
+__all__ = ['BENCH_METHODS', 'BENCH_CONFIGS', 'ENTRIES', 'ZeroShotClassifier', 'logistic_regression', 'search_regularisation',
+           'LinearProbe']
 
 # %% ../../nbs/10_zeroshot.ipynb #98fdebdc
 class ZeroShotClassifier(nn.Module):
@@ -124,13 +125,25 @@ class LinearProbe(nn.Module):
                             'Use zero-shot CLIP, CLIP-Adapter or TaskRes for new classes.')
 
 # %% ../../nbs/10_zeroshot.ipynb #d27ac7f9
+def _zeroshot(clip, classnames, template, seed=0, **options):
+    "Zero-shot CLIP: nothing is learned, so the seed and options change nothing."
+    return ZeroShotClassifier(clip, classnames, template)
+
 def _linprobe(clip, classnames, template=None, seed=0, **options):
     return LinearProbe(clip, classnames, seed=seed, **options)
 
-BENCH_METHODS = {'linprobe': _linprobe}
+BENCH_METHODS = {'zeroshot': _zeroshot, 'linprobe': _linprobe}
 BENCH_CONFIGS = {
+    **{('zeroshot', protocol): dict(source='CLIP (ICML 2021), the dataset template',
+                                    train={}, method={})
+       for protocol in ('fewshot', 'base2new', 'xd', 'dg')},
     ('linprobe', 'fewshot'): dict(source='CLIP (ICML 2021) App. A.3: L-BFGS logistic regression on frozen normalised features, '
                                          'lam by parametric binary search over 1e-6..1e6 (8 steps per decade) on the few-shot val split',
                                   train={}, method=dict(lam_range=[-6, 6], steps_per_decade=8, max_iter=1000),
                                   micro=dict(train={}, method={})),
 }
+ENTRIES = (  # what vlprompt.bench registers
+    Method('zeroshot', _zeroshot, configs_of(BENCH_CONFIGS, 'zeroshot'), trains=False, demo=True,
+           paper=dict(base2new=(69.34, 74.22, 71.70))),  # ViT-B/16, 11-dataset avg (methods.md §7)
+    Method('linprobe', _linprobe, configs_of(BENCH_CONFIGS, 'linprobe')),
+)
