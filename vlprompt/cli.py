@@ -8,7 +8,8 @@ import argparse, importlib, json, os, shutil, sys, tempfile, time
 from pathlib import Path
 
 class _Later:
-    "A module imported on first use: `vlprompt --help` answers at once, without loading torch and open_clip."
+    """A module imported on first use: `vlprompt --help` answers at once, without loading torch and
+    open_clip."""
     def __init__(self, name: str): self._name = name
     def __getattr__(self, attr): return getattr(importlib.import_module(self._name), attr)
 
@@ -24,21 +25,25 @@ __all__ = ['bench', 'micro', 'REPLACED', 'RUN_FILES', 'DEMO_TIME', 'COMMANDS', '
 
 # %% ../nbs/40_cli.ipynb #a24c0001
 def check_out(path, what: str = '--out') -> Path:
-    """Refuse an output folder that is a file, lies under a file, or cannot be created or written in, before anything is
+    """Refuse an output folder that is a file, lies under a file, or cannot be created or written
+    in, before anything is
     written (a folder is made and removed in its first existing ancestor to find out)."""
     if not str(path).strip():  # `--out "$DIR"` with DIR unset: never the current folder by accident
         raise _kit.VLPromptError(f'{what} is empty (an unset shell variable?): name the folder, '
                                  f'e.g. {what} runs/mine.')
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
-        raise _kit.VLPromptError(f'{what} {path} is a file, not a folder: give a folder (it is created if it does not exist).')
+        raise _kit.VLPromptError(f'{what} {path} is a file, not a folder: give a folder (it is '
+                                 f'created if it does not exist).')
     base = path
     while not base.exists() and base != base.parent: base = base.parent
     if not base.is_dir():
-        raise _kit.VLPromptError(f'{what} {path} lies under {base}, which is a file, not a folder: choose another {what}.')
+        raise _kit.VLPromptError(f'{what} {path} lies under {base}, which is a file, not a folder: '
+                                 f'choose another {what}.')
     try: os.rmdir(tempfile.mkdtemp(dir=base, prefix='.vlprompt-probe-'))
     except OSError as e:
-        raise _kit.VLPromptError(f'{what} {path}: cannot create or write files in {base} ({e.strerror}). Choose a folder you can '
+        raise _kit.VLPromptError(f'{what} {path}: cannot create or write files in {base} '
+                                 f'({e.strerror}). Choose a folder you can '
                                  'write to, or fix its permissions.') from None
     return path
 
@@ -47,24 +52,35 @@ def check_device(device: str):
     import torch
     try: d = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
-        raise _kit.VLPromptError(f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N.") from None
+        raise _kit.VLPromptError(
+            f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N."
+        ) from None
     have = torch.cuda.device_count() if d.type == 'cuda' and torch.cuda.is_available() else 0
     if d.type == 'cuda' and (d.index or 0) >= have:
-        where = f'it has {have} GPU(s), cuda:0 to cuda:{have - 1}' if have else 'torch sees no CUDA device here'
-        raise _kit.VLPromptError(f'--device {device}: this machine has no such GPU ({where}). Use --device cpu, or check nvidia-smi.')
-    if d.type not in ('cpu', 'cuda'): raise _kit.VLPromptError(f"--device {device!r}: the kit runs on cpu or cuda devices.")
+        where = (
+            f'it has {have} GPU(s), cuda:0 to cuda:{have - 1}' if have else 'torch sees no CUDA '
+                                                                            'device here'
+        )
+        raise _kit.VLPromptError(f'--device {device}: this machine has no such GPU ({where}). Use '
+                                 f'--device cpu, or check nvidia-smi.')
+    if d.type not in ('cpu', 'cuda'):
+        raise _kit.VLPromptError(f"--device {device!r}: the kit runs on cpu or cuda devices.")
 
 def check_backbone(backbone: str, pretrained: str | None, checkpoint: str | None):
-    "An open_clip architecture without weights (no tag, no file) would train on random weights: refused, with the fix."
+    """An open_clip architecture without weights (no tag, no file) would train on random weights:
+    refused, with the fix."""
     if backbone == 'micro' or pretrained or checkpoint: return
     import open_clip
     if backbone not in open_clip.list_models(): return  # load_clip names the close matches
     tags = open_clip.list_pretrained_tags_by_model(backbone)
-    raise _kit.VLPromptError(f"--backbone {backbone} has no weights: pass --pretrained TAG ({', '.join(tags[:6]) or 'none known'}) "
-                             'or --checkpoint FILE; without either it would be randomly initialised and every number meaningless.')
+    raise _kit.VLPromptError(f"--backbone {backbone} has no weights: pass --pretrained TAG "
+                             f"({', '.join(tags[:6]) or 'none known'}) "
+                             'or --checkpoint FILE; without either it would be randomly '
+                             'initialised and every number meaningless.')
 
 def fail_fast_offline(timeout: float = 3.0):
-    "When huggingface.co cannot be reached, tell huggingface_hub to stay offline: a missing download fails in seconds, not after a minute of retries."
+    """When huggingface.co cannot be reached, tell huggingface_hub to stay offline: a missing
+    download fails in seconds, not after a minute of retries."""
     import socket
     if os.environ.get('HF_HUB_OFFLINE') not in (None, '', '0'): return
     try: socket.create_connection(('huggingface.co', 443), timeout=timeout).close(); return
@@ -76,17 +92,22 @@ def fail_fast_offline(timeout: float = 3.0):
     except ImportError: pass
 
 def check_shots(dataset, shots: int):
-    "More shots than the largest class has would train on all the data under a folder named for the shots: refused."
+    """More shots than the largest class has would train on all the data under a folder named for
+    the shots: refused."""
     from collections import Counter
     if dataset.train is None or not dataset.train.labels: return
     most = max(Counter(dataset.train.labels).values())
     if shots > most:
-        raise _kit.VLPromptError(f'--shots {shots}: no class of {dataset.name} has that many training images (the largest has '
-                                 f'{most}), so the run would use all of them under the name shots{shots}. Use --shots {most} or fewer.')
+        raise _kit.VLPromptError(f'--shots {shots}: no class of {dataset.name} has that many '
+                                 f'training images (the largest has '
+                                 f'{most}), so the run would use all of them under the name '
+                                 f'shots{shots}. Use --shots {most} or fewer.')
 
 def preflight(runs: list[dict], data_root=None, checkpoint=None, split_indices=None, device=None):
-    """Everything a list of runs needs, checked before the first one starts or anything is written or removed: the
-    backbone and its weights, every dataset and the shots each run asks for, the index files, every method's options."""
+    """Everything a list of runs needs, checked before the first one starts or anything is written
+    or removed: the
+    backbone and its weights, every dataset and the shots each run asks for, the index files, every
+    method's options."""
     from vlprompt.data import load_dataset, subsample_classes
     s = runs[0]
     check_backbone(s['backbone'], s['pretrained'], checkpoint)
@@ -95,22 +116,31 @@ def preflight(runs: list[dict], data_root=None, checkpoint=None, split_indices=N
            _kit.load_clip(s['backbone'], s['pretrained'], checkpoint, device=device)
     datasets, built = {}, set()
     for s in runs:
-        if s['dataset'] not in datasets: datasets[s['dataset']] = bench.run_dataset(s, data_root, write_split=False)  # a folder's split: not yet
+        if s['dataset'] not in datasets:
+            # a folder's split: not yet
+            datasets[s['dataset']] = bench.run_dataset(s, data_root, write_split=False)
         data = datasets[s['dataset']]
         check_shots(data, s['shots'])
         bench._index_dir(s, split_indices)
-        what = json.dumps({k: v for k, v in s.items() if k not in ('seed', 'train')}, sort_keys=True, default=str)
+        what = json.dumps(
+            {k: v for k, v in s.items() if k not in ('seed', 'train')}, sort_keys=True, default=str
+        )
         if what not in built:
             built.add(what)
-            bench.build_run(s, clip, subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data)
+            bench.build_run(
+                s, clip, subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
+            )
     return datasets
 
-REPLACED = '.replaced'  # where --overwrite keeps the finished run it replaces until the new one has finished
+# where --overwrite keeps the finished run it replaces until the new one has finished
+REPLACED = '.replaced'
 RUN_FILES = ('metrics.json', 'checkpoint.pt', 'config.json', 'log.txt')
 
 def replace_run(out: Path, run):
-    """`run()` in place of the finished run in `out`: its files are moved to out/.replaced first, deleted once the new run
-    has finished, and put back if it fails or is stopped (so --overwrite never loses a run for nothing)."""
+    """`run()` in place of the finished run in `out`: its files are moved to out/.replaced first,
+    deleted once the new run
+    has finished, and put back if it fails or is stopped (so --overwrite never loses a run for
+    nothing)."""
     aside = out/REPLACED
     with _train.run_lock(out):  # never while another process writes there
         if aside.exists(): shutil.rmtree(aside)
@@ -128,22 +158,43 @@ def replace_run(out: Path, run):
         shutil.rmtree(aside, ignore_errors=True)
     return metrics
 
-_KIND_WORDS = dict(int='whole number', float='number', bool='true/false', str='text', none='text or null', list='JSON list')
+_KIND_WORDS = dict(
+    int='whole number',
+    float='number',
+    bool='true/false',
+    str='text',
+    none='text or null',
+    list='JSON list',
+)
 
 def set_options_help() -> str:
-    "The `--set` keys every method takes and those of each method (from its configurations), with their types: `train --help`."
+    """The `--set` keys every method takes and those of each method (from its configurations), with
+    their types: `train --help`."""
     import textwrap
-    said = lambda kinds: ', '.join(f'{k} ({_KIND_WORDS.get(v, v)})' for k, v in kinds.items()) or 'none'
+    said = (
+        lambda kinds: ', '.join(f'{k} ({_KIND_WORDS.get(v, v)})' for k, v in kinds.items())
+        or 'none'
+    )
     lines = ['--set KEY=VALUE options and the type each value must have:']
-    lines += textwrap.wrap(f'every method: {said(setting_kinds([], "fewshot")[0])}', 100, initial_indent='  ', subsequent_indent='    ')
+    lines += textwrap.wrap(
+        f'every method: {said(setting_kinds([], "fewshot")[0])}',
+        100,
+        initial_indent='  ',
+        subsequent_indent='    ',
+    )
     for m in bench.METHODS:
         kinds = {}
         for protocol in bench.PROTOCOLS: kinds.update(setting_kinds([m], protocol)[1].get(m, {}))
-        lines += textwrap.wrap(f'{m}: {said(kinds)}', 100, initial_indent='  ', subsequent_indent='    ')
+        lines += textwrap.wrap(
+            f'{m}: {said(kinds)}', 100, initial_indent='  ', subsequent_indent='    '
+        )
     for name, rule in bench.GRADIENT_RULES.items():
         kinds = {k: type(v).__name__ for k, v in rule.options.items()}
-        lines += textwrap.wrap(f'--rule {name}: {said(kinds)}', 100, initial_indent='  ', subsequent_indent='    ')
-    return '\n'.join(lines + ['The seed is --seed. Options a configuration does not name take the method first: coop.csc=true.'])
+        lines += textwrap.wrap(
+            f'--rule {name}: {said(kinds)}', 100, initial_indent='  ', subsequent_indent='    '
+        )
+    return '\n'.join(lines + ['The seed is --seed. Options a configuration does not name take the '
+                              'method first: coop.csc=true.'])
 
 # %% ../nbs/40_cli.ipynb #9cce3be5
 DEMO_TIME = 'about 2 min of CPU time (107 s measured); 3.5 min on a busy 2-core machine'
@@ -153,7 +204,8 @@ def demo_methods() -> tuple:
     return tuple(name for name, entry in bench.ENTRIES.items() if entry.demo)
 
 def demo(out: str | None = None, device: str = 'cpu', methods=None) -> dict:
-    "The micro-world demo: zero-shot table of every task, then base-to-new for `methods`; optionally writes DIR/demo.json and DIR/demo.png."
+    """The micro-world demo: zero-shot table of every task, then base-to-new for `methods`;
+    optionally writes DIR/demo.json and DIR/demo.png."""
     check_device(device)
     if out: check_out(out)
     import torch
@@ -176,14 +228,23 @@ def demo(out: str | None = None, device: str = 'cpu', methods=None) -> dict:
         runs = Path(out)/'runs' if out else Path(tmp)
         for m in methods:  # a line per method as it finishes: progress, not minutes of silence
             t = time.time()
-            b2n += bench.reproduce('base2new', [m], ['micro-pairs'], seeds=(1,), out=runs, progress=False)
+            b2n += bench.reproduce(
+                'base2new', [m], ['micro-pairs'], seeds=(1,), out=runs, progress=False
+            )
             r = b2n[-1]
-            print(f"  [{len(b2n)}/{len(methods)}] {m:14s} base {r['base']:5.1f}  new {r['new']:5.1f}  HM {r['hm']:5.1f}"
+            print(f"  [{len(b2n)}/{len(methods)}] {m:14s} base {r['base']:5.1f}  new "
+                  f"{r['new']:5.1f}  HM {r['hm']:5.1f}"
                   f'  ({time.time() - t:.0f} s)', flush=True)
     table = bench.results_table(b2n)
     print('\n' + table)
-    result = dict(zeroshot=rows, base2new=[{k: r[k] for k in ('base', 'new', 'hm')} | {'method': r['settings']['method']} for r in b2n],
-                  seconds=time.time() - start)
+    result = dict(
+        zeroshot=rows,
+        base2new=[
+            {k: r[k] for k in ('base', 'new', 'hm')} | {'method': r['settings']['method']}
+            for r in b2n
+        ],
+        seconds=time.time() - start,
+    )
     print(f'\ndemo finished in {result["seconds"]:.0f} s on {device}.')
     if out:
         out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -201,33 +262,47 @@ def plot_demo(rows, b2n, path):
     names = [r['task'].replace('micro-', '') for r in rows]
     ax.bar(names, [r['ensemble'] for r in rows], label='zero-shot (template ensemble)')
     ax.plot(names, [r['chance'] for r in rows], 'k_', markersize=20, label='chance')
-    ax.set_ylabel('top-1 accuracy (%)'); ax.set_title('Micro CLIP, zero-shot'); ax.legend(); ax.tick_params(axis='x', rotation=30)
+    ax.set_ylabel('top-1 accuracy (%)')
+    ax.set_title('Micro CLIP, zero-shot')
+    ax.legend()
+    ax.tick_params(axis='x', rotation=30)
     x = range(len(b2n))
     ax2.bar([i - 0.2 for i in x], [r['base'] for r in b2n], 0.4, label='base classes')
     ax2.bar([i + 0.2 for i in x], [r['new'] for r in b2n], 0.4, label='new classes')
-    ax2.set_xticks(list(x)); ax2.set_xticklabels([r['method'] for r in b2n]); ax2.set_ylim(min(r['new'] for r in b2n) - 10, 100)
-    ax2.set_ylabel('top-1 accuracy (%)'); ax2.set_title('micro-pairs base-to-new (16 shots, seed 1)'); ax2.legend()
+    ax2.set_xticks(list(x))
+    ax2.set_xticklabels([r['method'] for r in b2n])
+    ax2.set_ylim(min(r['new'] for r in b2n) - 10, 100)
+    ax2.set_ylabel('top-1 accuracy (%)')
+    ax2.set_title('micro-pairs base-to-new (16 shots, seed 1)')
+    ax2.legend()
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, dpi=100, format='png')); plt.close(fig)
 
 # %% ../nbs/40_cli.ipynb #fbf977ea
 def setting_kinds(methods, protocol: str, rule: str | None = None) -> tuple[dict, dict]:
-    """The type of every `--set` key: TrainConfig's fields (declared), and each method's options (the type of the value its
+    """The type of every `--set` key: TrainConfig's fields (declared), and each method's options
+    (the type of the value its
     configuration gives; None: text or null). The seed is `--seed`, not a setting."""
     from dataclasses import fields
     train = {f.name: f.type for f in fields(_train.TrainConfig) if f.name != 'seed'}
     options = {}
     for m in methods:
         cfg = bench.CONFIGS.get((m, protocol), {})
-        for d in [cfg.get('method', {})] + [x.get('method', {}) for x in cfg.get('datasets', {}).values()]:
-            for k, v in d.items(): options.setdefault(m, {})[k] = 'none' if v is None else type(v).__name__
+        for d in [cfg.get('method', {})] + [
+            x.get('method', {}) for x in cfg.get('datasets', {}).values()
+        ]:
+            for k, v in d.items():
+                options.setdefault(m, {})[k] = 'none' if v is None else type(v).__name__
         if rule in bench.GRADIENT_RULES:  # the rule's options are the run's too
-            for k, v in bench.GRADIENT_RULES[rule].options.items(): options.setdefault(m, {})[k] = type(v).__name__
+            for k, v in bench.GRADIENT_RULES[rule].options.items():
+                options.setdefault(m, {})[k] = type(v).__name__
     return train, options
 
 def parse_value(pair: str, name: str, text: str, kind: str | None):
-    "The text of `--set name=text` as a value of `kind` ('int', 'float', 'bool', 'list', 'str' or 'none': text, null for None; None: JSON, else text)."
-    if kind in ('str', 'none'): return None if text in ('null', 'None') else text  # ctx_init=null: no initial words
+    """The text of `--set name=text` as a value of `kind` ('int', 'float', 'bool', 'list', 'str' or
+    'none': text, null for None; None: JSON, else text)."""
+    if kind in ('str', 'none'):
+        return None if text in ('null', 'None') else text  # ctx_init=null: no initial words
     try: value = json.loads(text)
     except ValueError:
         if kind is None: return text
@@ -235,67 +310,106 @@ def parse_value(pair: str, name: str, text: str, kind: str | None):
     if kind is None: return value
     if kind in ('list', 'tuple'):
         if isinstance(value, list): return value
-        raise _kit.VLPromptError(f'--set {pair}: {name} must be a JSON list (e.g. [0.5, 1]), not {text!r}.')
+        raise _kit.VLPromptError(f'--set {pair}: {name} must be a JSON list (e.g. [0.5, 1]), not '
+                                 f'{text!r}.')
     try: return _train.typed_setting(name, value, kind)
     except _kit.VLPromptError as e: raise _kit.VLPromptError(f'--set {pair}: {e}') from None
 
 def parse_sets(pairs, methods, protocol: str, rule: str | None = None) -> tuple[dict, dict]:
-    """`--set KEY=VALUE ...` as training overrides (TrainConfig fields, for every method) and method options: `lam=0.5` goes
-    to the methods whose configuration has that option, `prograd.lam=0.5` to one method. Each value is read as its
-    setting's type (a whole number, a number, true/false, text) or refused; an option a configuration does not name
+    """`--set KEY=VALUE ...` as training overrides (TrainConfig fields, for every method) and method
+    options: `lam=0.5` goes
+    to the methods whose configuration has that option, `prograd.lam=0.5` to one method. Each value
+    is read as its
+    setting's type (a whole number, a number, true/false, text) or refused; an option a
+    configuration does not name
     (`coop.foo=1`) is JSON (5, 0.5, true, null), else text."""
     train_kinds, option_kinds = setting_kinds(methods, protocol, rule)
     train, options = {}, {}
     for pair in pairs or []:
         key, eq, text = pair.partition('=')
-        if not eq or not key: raise _kit.VLPromptError(f'--set takes KEY=VALUE pairs (epochs=5, lam=0.5, prograd.lam=0.5), not {pair!r}.')
+        if not eq or not key:
+            raise _kit.VLPromptError(f'--set takes KEY=VALUE pairs (epochs=5, lam=0.5, '
+                                     f'prograd.lam=0.5), not {pair!r}.')
         target, _, name = key.rpartition('.')
         if name == 'seed':
-            raise _kit.VLPromptError(f'--set {pair}: the seed is not a setting; pass --seed (train) or --seeds (reproduce), which also '
+            raise _kit.VLPromptError(f'--set {pair}: the seed is not a setting; pass --seed '
+                                     f'(train) or --seeds (reproduce), which also '
                                      'draws the shots and names the run folder.')
-        if not target and name in train_kinds: train[name] = parse_value(pair, name, text, train_kinds[name]); continue
+        if not target and name in train_kinds:
+            train[name] = parse_value(pair, name, text, train_kinds[name]); continue
         if target and target not in methods:
-            raise _kit.VLPromptError(f'--set {pair}: {target!r} is not a method of this grid ({", ".join(methods)}).')
+            raise _kit.VLPromptError(f'--set {pair}: {target!r} is not a method of this grid '
+                                     f'({", ".join(methods)}).')
         targets = [target] if target else [m for m in methods if name in option_kinds.get(m, {})]
         if not targets:
-            known = sorted(train_kinds.keys() | {k for m in methods for k in option_kinds.get(m, {})})
-            raise _kit.VLPromptError(f'--set {pair}: {name!r} is neither a training setting nor an option in the configuration of '
-                                     f'{", ".join(methods)}.{_kit.suggest(name, known)} Settings: {", ".join(sorted(train_kinds))}. '
-                                     f'To pass an option the configuration does not name, prefix the method ({methods[0]}.{name}=...).')
-        for m in targets: options.setdefault(m, {})[name] = parse_value(pair, name, text, option_kinds.get(m, {}).get(name))
+            known = sorted(
+                train_kinds.keys() | {k for m in methods for k in option_kinds.get(m, {})}
+            )
+            raise _kit.VLPromptError(f'--set {pair}: {name!r} is neither a training setting nor an '
+                                     f'option in the configuration of '
+                                     f'{", ".join(methods)}.{_kit.suggest(name, known)} Settings: '
+                                     f'{", ".join(sorted(train_kinds))}. '
+                                     f'To pass an option the configuration does not name, prefix '
+                                     f'the method ({methods[0]}.{name}=...).')
+        for m in targets:
+            options.setdefault(m, {})[name] = parse_value(
+                pair, name, text, option_kinds.get(m, {}).get(name)
+            )
     return train, options
 
 def train(args) -> dict:
     rule = getattr(args, 'rule', None)
     t, o = parse_sets(getattr(args, 'set', None), [args.method], args.protocol, rule)
-    settings = bench.run_settings(args.method, args.protocol, args.dataset, args.shots, args.seed, args.backbone, args.pretrained,
-                                  train=t, method_options=o.get(args.method), template=getattr(args, 'template', None),
-                                  rule=rule)
-    if getattr(args, 'split_indices', None): settings = bench.use_split_indices(settings, args.split_indices)
+    settings = bench.run_settings(
+        args.method,
+        args.protocol,
+        args.dataset,
+        args.shots,
+        args.seed,
+        args.backbone,
+        args.pretrained,
+        train=t,
+        method_options=o.get(args.method),
+        template=getattr(args, 'template', None),
+        rule=rule,
+    )
+    if getattr(args, 'split_indices', None):
+        settings = bench.use_split_indices(settings, args.split_indices)
     settings = bench.use_checkpoint(settings, args.checkpoint)
     out = check_out(args.out)
     cache = check_out(args.cache, '--cache') if args.cache else out/'cache'
     finished = (out/'metrics.json').exists()
     if finished and not args.overwrite:
-        raise _kit.VLPromptError(f'{out} already holds a finished run (metrics.json). Pass --overwrite to train again there, or choose another --out.')
-    preflight([settings], args.data_root, args.checkpoint, getattr(args, 'split_indices', None))  # all checked: nothing touched yet
+        raise _kit.VLPromptError(f'{out} already holds a finished run (metrics.json). Pass '
+                                 f'--overwrite to train again there, or choose another --out.')
+    # all checked: nothing touched yet
+    preflight([settings], args.data_root, args.checkpoint, getattr(args, 'split_indices', None))
     go = lambda: bench.run(settings, out, args.data_root, cache, args.checkpoint, progress=True,
                            split_indices=getattr(args, 'split_indices', None))
     metrics = replace_run(out, go) if finished else go()
-    shutil.rmtree(out/REPLACED, ignore_errors=True)  # a replaced run kept by an overwrite that was killed: the new one is done
+    # a replaced run kept by an overwrite that was killed: the new one is done
+    shutil.rmtree(out/REPLACED, ignore_errors=True)
     print(json.dumps({k: v for k, v in metrics.items() if k != 'settings'}, indent=1))
     print(f'wrote {out/"metrics.json"}')
     return metrics
 
 def evaluate_run(args) -> dict:
     s = bench.read_config(args.run)  # a damaged config.json is one sentence
-    preflight([bench.use_checkpoint(s, args.checkpoint)], args.data_root, args.checkpoint, getattr(args, 'split_indices', None))
-    result = bench.evaluate_run(args.run, args.data_root, args.checkpoint, getattr(args, 'split_indices', None))
+    preflight(
+        [bench.use_checkpoint(s, args.checkpoint)],
+        args.data_root,
+        args.checkpoint,
+        getattr(args, 'split_indices', None),
+    )
+    result = bench.evaluate_run(
+        args.run, args.data_root, args.checkpoint, getattr(args, 'split_indices', None)
+    )
     print(json.dumps(result, indent=1))
     return result
 
 def import_checkpoint(args) -> dict:
-    "Evaluate an official trainer's checkpoint with the kit; with --out, also write OUT/metrics.json."
+    """Evaluate an official trainer's checkpoint with the kit; with --out, also write
+    OUT/metrics.json."""
     check_backbone(args.backbone, args.pretrained, args.checkpoint)
     s = bench.run_settings(args.method, args.protocol, args.dataset, args.shots, args.seed,
                            args.backbone, args.pretrained)
@@ -310,15 +424,28 @@ def import_checkpoint(args) -> dict:
     return metrics
 
 def reproduce(args) -> str:
-    "Expand the grid into runs and launch them (here, in a local pool, or as a Slurm array); print and write the table."
+    """Expand the grid into runs and launch them (here, in a local pool, or as a Slurm array); print
+    and write the table."""
     from vlprompt import launch
     rule = getattr(args, 'rule', None)
     t, o = parse_sets(args.set, args.methods, args.protocol, rule)
-    runs = bench.plan(args.protocol, args.methods, args.datasets, args.seeds, args.shots, args.backbone, args.pretrained,
-                      train=t, method_options=o, split_indices=args.split_indices, template=getattr(args, 'template', None),
-                      rule=rule)
+    runs = bench.plan(
+        args.protocol,
+        args.methods,
+        args.datasets,
+        args.seeds,
+        args.shots,
+        args.backbone,
+        args.pretrained,
+        train=t,
+        method_options=o,
+        split_indices=args.split_indices,
+        template=getattr(args, 'template', None),
+        rule=rule,
+    )
     runs = [bench.use_checkpoint(s, args.checkpoint) for s in runs]
-    if not getattr(args, 'no_data_check', False):  # before anything trains: every dataset of the grid is complete
+    if not getattr(args, 'no_data_check', False):
+        # before anything trains: every dataset of the grid is complete
         from vlprompt.data import require_data
         require_data(bench.grid_datasets(runs), args.data_root)
     check_out(args.out)
@@ -326,8 +453,11 @@ def reproduce(args) -> str:
         raise _kit.VLPromptError(f'--workers {args.workers}: give at least 1 worker process (leave '
                                  'it out for one run after another).')
     if args.gpus: launch.check_gpus([g.strip() for g in args.gpus.split(',') if g.strip()])
-    common = dict(data_root=args.data_root, checkpoint=args.checkpoint, split_indices=args.split_indices)
-    if not args.dry_run:  # every dataset, backbone and option of the grid, before its first run starts
+    common = dict(
+        data_root=args.data_root, checkpoint=args.checkpoint, split_indices=args.split_indices
+    )
+    if not args.dry_run:
+        # every dataset, backbone and option of the grid, before its first run starts
         here = args.launcher == 'local' and not args.gpus and (args.workers or 1) == 1
         datasets = preflight(runs, args.data_root, args.checkpoint, args.split_indices,
                              device=None if here else 'cpu')
@@ -337,9 +467,21 @@ def reproduce(args) -> str:
         options = {}
         for kv in args.slurm_option or []:
             key, eq, value = kv.partition('=')
-            if not eq or not key: raise _kit.VLPromptError(f'--slurm-option takes KEY=VALUE pairs (account=mylab), not {kv!r}.')
+            if not eq or not key:
+                raise _kit.VLPromptError(f'--slurm-option takes KEY=VALUE pairs (account=mylab), '
+                                         f'not {kv!r}.')
             options[key] = value
-        launch.run_slurm(runs, args.out, args.time, args.partition, args.array_parallelism, args.cpus_per_task, options, args.dry_run, **common)
+        launch.run_slurm(
+            runs,
+            args.out,
+            args.time,
+            args.partition,
+            args.array_parallelism,
+            args.cpus_per_task,
+            options,
+            args.dry_run,
+            **common,
+        )
         return ''
     if args.dry_run:
         states = launch.survey(runs, args.out)
@@ -354,14 +496,17 @@ def reproduce(args) -> str:
     if rows: _train.write_text(out/f'{args.protocol}-results.csv', bench.results_csv(rows))
     print(table)
     if failed := len(results) - len(rows):
-        print(f'\n{failed} of {len(results)} runs failed (see their log.txt; `vlprompt table {args.out}` lists them). '
+        print(f'\n{failed} of {len(results)} runs failed (see their log.txt; `vlprompt table '
+              f'{args.out}` lists them). '
               'Rerun the same command to retry them.', file=sys.stderr)
         sys.exit(1)
     return table
 
 def table(args) -> str:
-    "`vlprompt table RUNS_DIR`: one table from every run under a folder, written as markdown and CSV."
-    if not Path(args.runs).is_dir(): raise _kit.VLPromptError(f'{args.runs} is not a folder of runs.')
+    """`vlprompt table RUNS_DIR`: one table from every run under a folder, written as markdown and
+    CSV."""
+    if not Path(args.runs).is_dir():
+        raise _kit.VLPromptError(f'{args.runs} is not a folder of runs.')
     if args.out is not None:
         if not args.out.strip() or Path(args.out).is_dir():
             what = 'a folder' if args.out.strip() else 'empty'
@@ -387,78 +532,137 @@ def exercises(args):
         return rows
     paths = classroom.write_exercises(args.out, args.nbs, args.only, args.overwrite)
     for p in paths: print(f'wrote {p}')
-    print(f'Students: run each notebook top to bottom; it stops at the first exercise not done yet. Grade with: vlprompt exercises --grade {Path(args.out)}/*.ipynb')
+    print(f'Students: run each notebook top to bottom; it stops at the first exercise not done '
+          f'yet. Grade with: vlprompt exercises --grade {Path(args.out)}/*.ipynb')
     return paths
 
 # %% ../nbs/40_cli.ipynb #da7acd02
 def add_data_parser(sub):
     "`vlprompt data check`: the data doctor."
-    p = sub.add_parser('data', help='check the dataset folders (missing, empty or unreadable images; counts; where to get them)',
+    p = sub.add_parser('data', help='check the dataset folders (missing, empty or unreadable '
+                                    'images; counts; where to get them)',
                        description='Tools for the datasets on disk.')
     what = p.add_subparsers(dest='data_command', required=True, metavar='ACTION')
-    c = what.add_parser('check', help='check each CoOp dataset folder and split file; print one table',
-                        description="Check each dataset folder against the papers' counts, find missing, empty (0-byte) and "
-                                    'undecodable images (a sample is decoded), and say where its files come from today.')
+    c = what.add_parser('check', help='check each CoOp dataset folder and split file; print one '
+                                      'table',
+                        description="Check each dataset folder against the papers' counts, find "
+                                    "missing, empty (0-byte) and "
+                                    'undecodable images (a sample is decoded), and say where its '
+                                    'files come from today.')
     c.add_argument('--data-root', help='folder holding the CoOp datasets (default $VLPROMPT_DATA)')
-    c.add_argument('--datasets', nargs='+', metavar='NAME', help='datasets to check (default: the fifteen CoOp datasets); folder:PATH too')
-    c.add_argument('--sample', type=int, default=64, help='images decoded per dataset (default 64); every file is checked for size')
+    c.add_argument('--datasets', nargs='+', metavar='NAME', help='datasets to check (default: the '
+                                                                 'fifteen CoOp datasets); '
+                                                                 'folder:PATH too')
+    c.add_argument('--sample', type=int, default=64, help='images decoded per dataset (default '
+                                                          '64); every file is checked for size')
     return p
 
 def data_command(args) -> list[dict]:
     "Print the data doctor's table; exit with status 1 when a dataset fails."
     from vlprompt.data import data_check, format_check
-    if args.sample < 0: raise _kit.VLPromptError(f'--sample must be 0 or more images, not {args.sample}.')
+    if args.sample < 0:
+        raise _kit.VLPromptError(f'--sample must be 0 or more images, not {args.sample}.')
     rows = data_check(args.data_root, args.datasets, args.sample)
     print(format_check(rows))
     if failed := [r['dataset'] for r in rows if r['status'] != 'ok']:
-        print(f'\n{len(failed)} of {len(rows)} datasets need attention: {", ".join(failed)}.', file=sys.stderr)
+        print(
+            f'\n{len(failed)} of {len(rows)} datasets need attention: {", ".join(failed)}.',
+            file=sys.stderr,
+        )
         sys.exit(1)
     print(f'\nAll {len(rows)} datasets look complete.')
     return rows
 
 # %% ../nbs/40_cli.ipynb #5a3f71c6
-COMMANDS = ('demo', 'train', 'eval', 'import-checkpoint', 'reproduce', 'table', 'bench', 'data', 'exercises')
+COMMANDS = (
+    'demo',
+    'train',
+    'eval',
+    'import-checkpoint',
+    'reproduce',
+    'table',
+    'bench',
+    'data',
+    'exercises',
+)
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    "The parser; with `command`, only that subcommand gets its options (the others' need torch to describe them)."
+    """The parser; with `command`, only that subcommand gets its options (the others' need torch to
+    describe them)."""
     full = lambda name: command is None or command == name
-    ap = argparse.ArgumentParser(prog='vlprompt', description='Prompt learning on CLIP: lessons, methods and reproductions.')
+    ap = argparse.ArgumentParser(prog='vlprompt', description='Prompt learning on CLIP: lessons, '
+                                                              'methods and reproductions.')
     sub = ap.add_subparsers(dest='command', required=True, metavar='COMMAND')
     p = sub.add_parser('demo', help=f'run the micro-world demo (offline, CPU; {DEMO_TIME})',
-                       description='Zero-shot micro CLIP on every micro task and domain-shifted test set, then base-to-new for every '
-                                   f'prompt method, one line per method as it finishes ({DEMO_TIME}).')
+                       description='Zero-shot micro CLIP on every micro task and domain-shifted '
+                                   'test set, then base-to-new for every '
+                                   f'prompt method, one line per method as it finishes '
+                                   f'({DEMO_TIME}).')
     p.add_argument('--out', help='also write DIR/demo.json and DIR/demo.png')
     p.add_argument('--device', default='cpu', help="torch device (default 'cpu')")
 
     def backbone_options(p):
-        p.add_argument('--backbone', default='micro', help="'micro' (default, offline) or an open_clip architecture, e.g. ViT-B-16")
-        p.add_argument('--pretrained', help="open_clip pretrained tag, e.g. 'openai' (downloads unless cached)")
+        p.add_argument('--backbone', default='micro', help="'micro' (default, offline) or an "
+                                                           "open_clip architecture, e.g. ViT-B-16")
+        p.add_argument('--pretrained', help="open_clip pretrained tag, e.g. 'openai' (downloads "
+                                            "unless cached)")
         p.add_argument('--checkpoint', help='a local weights file for --backbone instead of a tag')
-        p.add_argument('--data-root', help='folder holding the CoOp datasets (default $VLPROMPT_DATA); not needed for micro-* datasets')
+        p.add_argument('--data-root', help='folder holding the CoOp datasets (default '
+                                           '$VLPROMPT_DATA); not needed for micro-* datasets')
 
     def run_options(p):
-        p.add_argument('--set', nargs='+', metavar='KEY=VALUE', help='override settings: training (epochs=5, lr=0.01) or method options '
-                       '(lam=0.5 for every method that has it, prograd.lam=0.5 for one); each distinct setting gets its own run folder')
-        p.add_argument('--split-indices', metavar='DIR', help='read the few-shot indices from DIR/<dataset>/shot_<K>-seed_<S>.json '
-                       "(e.g. cross_modal_adaptation's indices/, or OUT/cache/indices of an earlier grid) instead of drawing them")
-        p.add_argument('--template', help="the prompt template, with {} for the class name (default: the dataset's; "
+        p.add_argument('--set', nargs='+', metavar='KEY=VALUE', help='override settings: training '
+                                                                     '(epochs=5, lr=0.01) or '
+                                                                     'method options '
+                       '(lam=0.5 for every method that has it, prograd.lam=0.5 for one); each '
+                       'distinct setting gets its own run folder')
+        p.add_argument(
+            '--split-indices',
+            metavar='DIR',
+            help=(
+                'read the few-shot indices from '
+                'DIR/<dataset>/shot_<K>-seed_<S>.json '
+                '(e.g. cross_modal_adaptation\'s indices/, or OUT/cache/indices of an '
+                'earlier grid) instead of drawing them'
+            ),
+        )
+        p.add_argument('--template', help="the prompt template, with {} for the class name "
+                                          "(default: the dataset's; "
                        "'a photo of a {}.' for folder:PATH)")
-        p.add_argument('--rule', help=f"a gradient rule around the method ({', '.join(bench.GRADIENT_RULES)}), e.g. "
-                       '--method maple --rule prograd; its options through --set (lam=0.8); part of the run\'s identity')
+        p.add_argument('--rule', help=f"a gradient rule around the method "
+                                      f"({', '.join(bench.GRADIENT_RULES)}), e.g. "
+                       '--method maple --rule prograd; its options through --set (lam=0.8); part '
+                       'of the run\'s identity')
 
-    p = sub.add_parser('train', help='train one method on one dataset; writes OUT/metrics.json',
-                       description='Train one (method, protocol, dataset, shots, seed) run in --out, resuming it if unfinished.',
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=set_options_help() if full('train') else None)
+    p = sub.add_parser(
+        'train',
+        help='train one method on one dataset; writes OUT/metrics.json',
+        description=(
+            'Train one (method, protocol, dataset, shots, seed) run in '
+            '--out, resuming it if unfinished.'
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=set_options_help() if full('train') else None,
+    )
     if full('train'):
-        p.add_argument('--method', required=True, help=f"one of: {', '.join(bench.METHODS)} (their --set options: below)")
-        p.add_argument('--dataset', required=True, help='a CoOp dataset name (e.g. oxford_pets), a micro task (e.g. micro-pairs) or '
-                       'folder:PATH, your own images (PATH/<class>/<image>, or a path,label[,split] listing)')
-        p.add_argument('--protocol', default='fewshot', choices=bench.PROTOCOLS, help='fewshot (default), base2new, xd or dg')
-        p.add_argument('--shots', type=int, default=16, help='training images per class (default 16)')
-        p.add_argument('--seed', type=int, default=1, help='seed of the few-shot draw and the training (default 1)')
+        p.add_argument('--method', required=True, help=f"one of: {', '.join(bench.METHODS)} (their "
+                                                       f"--set options: below)")
+        p.add_argument('--dataset', required=True, help='a CoOp dataset name (e.g. oxford_pets), a '
+                                                        'micro task (e.g. micro-pairs) or '
+                       'folder:PATH, your own images (PATH/<class>/<image>, or a '
+                       'path,label[,split] listing)')
+        p.add_argument('--protocol', default='fewshot', choices=bench.PROTOCOLS, help='fewshot '
+                                                                                      '(default), '
+                                                                                      'base2new, '
+                                                                                      'xd or dg')
+        p.add_argument('--shots', type=int, default=16, help='training images per class (default '
+                                                             '16)')
+        p.add_argument('--seed', type=int, default=1, help='seed of the few-shot draw and the '
+                                                           'training (default 1)')
         p.add_argument('--out', required=True, help='the run folder')
         p.add_argument('--cache', help='feature and few-shot cache folder (default OUT/cache)')
-        p.add_argument('--overwrite', action='store_true', help='train again in a folder that holds a finished run')
+        p.add_argument('--overwrite', action='store_true', help='train again in a folder that '
+                                                                'holds a finished run')
         run_options(p)
         backbone_options(p)
 
@@ -468,97 +672,156 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p.add_argument('--run', required=True, help='a folder written by `vlprompt train`')
         p.add_argument('--checkpoint', help='the backbone weights file, if the run used one')
         p.add_argument('--data-root', help='folder holding the CoOp datasets')
-        p.add_argument('--split-indices', metavar='DIR', help='the index set the run was trained with, if it used one')
+        p.add_argument('--split-indices', metavar='DIR', help='the index set the run was trained '
+                                                              'with, if it used one')
 
-    p = sub.add_parser('import-checkpoint', help="evaluate an official trainer's checkpoint with the kit",
-                       description='Load the prompt learner that the official CoOp, CoCoOp, ProGrad, TaskRes or '
-                                   'MaPLe code saved (Dassl: prompt_learner/model.pth.tar-N) into the kit\'s '
-                                   'method for these settings and evaluate it under the protocol; nothing trains.')
+    p = sub.add_parser('import-checkpoint', help="evaluate an official trainer's checkpoint with "
+                                                 "the kit",
+                       description='Load the prompt learner that the official CoOp, CoCoOp, '
+                                   'ProGrad, TaskRes or '
+                                   'MaPLe code saved (Dassl: prompt_learner/model.pth.tar-N) into '
+                                   'the kit\'s '
+                                   'method for these settings and evaluate it under the protocol; '
+                                   'nothing trains.')
     if full('import-checkpoint'):
         p.add_argument('--official', required=True, help='the official checkpoint file')
         p.add_argument('--method', required=True, choices=[m for m, e in bench.ENTRIES.items()
                                                           if e.official_renames is not None])
         p.add_argument('--dataset', required=True, help='the dataset it was trained on')
-        p.add_argument('--protocol', default='base2new', choices=('fewshot', 'base2new', 'xd', 'dg'))
+        p.add_argument('--protocol', default='base2new',
+                       choices=('fewshot', 'base2new', 'xd', 'dg'))
         p.add_argument('--shots', type=int, default=16, help='shots of its training (default 16)')
         p.add_argument('--seed', type=int, default=1, help='its seed (default 1)')
         p.add_argument('--out', help='also write OUT/metrics.json')
         backbone_options(p)
 
-    p = sub.add_parser('reproduce', help='run a grid of methods x datasets x seeds (here, on local GPUs, or on Slurm) and print the table',
-                       description='Run every (method, dataset, shots, seed) of a protocol, one run per folder under --out: finished runs are '
-                                   'skipped, started ones resume, a folder with other settings is refused. Prints mean ± std over seeds.')
+    p = sub.add_parser('reproduce', help='run a grid of methods x datasets x seeds (here, on local '
+                                         'GPUs, or on Slurm) and print the table',
+                       description='Run every (method, dataset, shots, seed) of a protocol, one '
+                                   'run per folder under --out: finished runs are '
+                                   'skipped, started ones resume, a folder with other settings is '
+                                   'refused. Prints mean ± std over seeds.')
     if full('reproduce'):
         p.add_argument('--protocol', required=True, choices=bench.PROTOCOLS)
-        p.add_argument('--methods', nargs='+', required=True, help=f"from: {', '.join(bench.METHODS)}")
-        p.add_argument('--datasets', nargs='+', required=True, help='CoOp datasets, micro tasks or folder:PATH (your own images)')
-        p.add_argument('--no-data-check', action='store_true', help='skip the data check of the datasets before the grid starts')
+        p.add_argument('--methods', nargs='+', required=True, help=f"from: "
+                                                                   f"{', '.join(bench.METHODS)}")
+        p.add_argument('--datasets', nargs='+', required=True, help='CoOp datasets, micro tasks or '
+                                                                    'folder:PATH (your own images)')
+        p.add_argument('--no-data-check', action='store_true', help='skip the data check of the '
+                                                                    'datasets before the grid '
+                                                                    'starts')
         p.add_argument('--seeds', nargs='+', type=int, default=[1, 2, 3])
-        p.add_argument('--shots', nargs='+', type=int, default=[16], help='one or more shot counts (default 16)')
+        p.add_argument('--shots', nargs='+', type=int, default=[16], help='one or more shot counts '
+                                                                          '(default 16)')
         p.add_argument('--out', default='runs', help='root folder of the runs (default runs/)')
         run_options(p)
         backbone_options(p)
         g = p.add_argument_group('launcher')
         g.add_argument('--launcher', choices=('local', 'slurm'), default='local',
-                       help='local (default): this machine, one run after another or a pool of workers; slurm: one job array through submitit')
-        g.add_argument('--workers', type=int, help='local: this many worker processes on CPU (torch threads: cores // workers)')
-        g.add_argument('--gpus', help='local: one worker per GPU, e.g. 0,1,2,3 (each sees only its own: CUDA_VISIBLE_DEVICES)')
-        g.add_argument('--dry-run', action='store_true', help='print the runs (and for slurm the job script) without running or submitting anything')
+                       help='local (default): this machine, one run after another or a pool of '
+                            'workers; slurm: one job array through submitit')
+        g.add_argument('--workers', type=int, help='local: this many worker processes on CPU '
+                                                   '(torch threads: cores // workers)')
+        g.add_argument('--gpus', help='local: one worker per GPU, e.g. 0,1,2,3 (each sees only its '
+                                      'own: CUDA_VISIBLE_DEVICES)')
+        g.add_argument('--dry-run', action='store_true', help='print the runs (and for slurm the '
+                                                              'job script) without running or '
+                                                              'submitting anything')
         g = p.add_argument_group('slurm (pip install "vlprompt[slurm]")')
-        g.add_argument('--time', help='time limit of one run, required for slurm: minutes or HH:MM:SS (a timed-out run is requeued and resumes)')
+        g.add_argument('--time', help='time limit of one run, required for slurm: minutes or '
+                                      'HH:MM:SS (a timed-out run is requeued and resumes)')
         g.add_argument('--partition', help='Slurm partition')
-        g.add_argument('--array-parallelism', type=int, default=64, help='most array tasks running at once (default 64)')
-        g.add_argument('--cpus-per-task', type=int, default=8, help='CPU cores per run (default 8); one GPU per run')
-        g.add_argument('--slurm-option', nargs='+', metavar='KEY=VALUE', help='more sbatch options, e.g. account=mylab qos=normal mem=32G')
+        g.add_argument('--array-parallelism', type=int, default=64, help='most array tasks running '
+                                                                         'at once (default 64)')
+        g.add_argument('--cpus-per-task', type=int, default=8, help='CPU cores per run (default '
+                                                                    '8); one GPU per run')
+        g.add_argument('--slurm-option', nargs='+', metavar='KEY=VALUE', help='more sbatch '
+                                                                              'options, e.g. '
+                                                                              'account=mylab '
+                                                                              'qos=normal mem=32G')
 
-    p = sub.add_parser('table', help='one results table from every run under a folder (markdown and CSV)',
-                       description='Scan RUNS_DIR for metrics.json files; print mean ± std over seeds beside the papers\' numbers, '
-                                   'write RUNS_DIR/results.md and .csv, and list failed or missing runs with the end of their log.')
+    p = sub.add_parser('table', help='one results table from every run under a folder (markdown '
+                                     'and CSV)',
+                       description='Scan RUNS_DIR for metrics.json files; print mean ± std over '
+                                   'seeds beside the papers\' numbers, '
+                                   'write RUNS_DIR/results.md and .csv, and list failed or missing '
+                                   'runs with the end of their log.')
     p.add_argument('runs', metavar='RUNS_DIR', help='a folder of runs (the --out of reproduce)')
     p.add_argument('--out', help='write OUT.md and OUT.csv instead of RUNS_DIR/results.md and .csv')
 
     if full('bench'):
         from vlprompt.speed import add_bench_parser
         add_bench_parser(sub)
-    else: sub.add_parser('bench', help='time every method: the kit vs the official reference path (a script, not a test)')
+    else:
+        sub.add_parser('bench', help='time every method: the kit vs the official reference path (a '
+                                     'script, not a test)')
     if full('data'): add_data_parser(sub)
-    else: sub.add_parser('data', help='check the dataset folders (missing, empty or unreadable images; counts; where to get them)')
+    else:
+        sub.add_parser('data', help='check the dataset folders (missing, empty or unreadable '
+                                    'images; counts; where to get them)')
 
-    p = sub.add_parser('exercises', help='write student notebooks with exercises that check themselves, or grade finished ones',
-                       description="Copy the kit's notebooks with the key lines of each method replaced by a stub and a check cell "
-                                   '(nothing in --out is replaced without --overwrite), or run the checks on finished notebooks.')
+    p = sub.add_parser('exercises', help='write student notebooks with exercises that check '
+                                         'themselves, or grade finished ones',
+                       description="Copy the kit's notebooks with the key lines of each method "
+                                   "replaced by a stub and a check cell "
+                                   '(nothing in --out is replaced without --overwrite), or run the '
+                                   'checks on finished notebooks.')
     if full('exercises'):
         from vlprompt.classroom import EXERCISES
         what = p.add_mutually_exclusive_group(required=True)
         what.add_argument('--out', help='folder for the student notebooks')
-        what.add_argument('--grade', nargs='+', metavar='NOTEBOOK', help='run the checks on finished student notebooks')
-        p.add_argument('--only', nargs='+', metavar='NAME', help=f"only these exercises (default: all of {', '.join(EXERCISES)})")
-        p.add_argument('--nbs', help="folder of the kit's solution notebooks (default: nbs/ of the clone the package runs from)")
-        p.add_argument('--overwrite', action='store_true', help='replace files that already exist in --out')
+        what.add_argument('--grade', nargs='+', metavar='NOTEBOOK', help='run the checks on '
+                                                                         'finished student '
+                                                                         'notebooks')
+        p.add_argument('--only', nargs='+', metavar='NAME', help=f"only these exercises (default: "
+                                                                 f"all of {', '.join(EXERCISES)})")
+        p.add_argument('--nbs', help="folder of the kit's solution notebooks (default: nbs/ of the "
+                                     "clone the package runs from)")
+        p.add_argument('--overwrite', action='store_true', help='replace files that already exist '
+                                                                'in --out')
     return ap
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = next((a for a in argv if not a.startswith('-')), None)  # `vlprompt --help` and typos: no torch import
+    # `vlprompt --help` and typos: no torch import
+    command = next((a for a in argv if not a.startswith('-')), None)
     args = build_parser(command if command in COMMANDS else '').parse_args(argv)
     from vlprompt.clip import VLPromptError
     try:
-        {'demo': lambda: demo(args.out, args.device), 'train': lambda: train(args), 'eval': lambda: evaluate_run(args), 'import-checkpoint': lambda: import_checkpoint(args),
-         'reproduce': lambda: reproduce(args), 'table': lambda: table(args), 'exercises': lambda: exercises(args),
-         'data': lambda: data_command(args),
-         'bench': lambda: __import__('vlprompt.speed', fromlist=['bench_command']).bench_command(args)}[args.command]()
+        {
+            'demo': lambda: demo(args.out, args.device),
+            'train': lambda: train(args),
+            'eval': lambda: evaluate_run(args),
+            'import-checkpoint': lambda: import_checkpoint(args),
+            'reproduce': lambda: reproduce(args),
+            'table': lambda: table(args),
+            'exercises': lambda: exercises(args),
+            'data': lambda: data_command(args),
+            'bench': (
+                lambda: __import__('vlprompt.speed', fromlist=['bench_command']).bench_command(args)
+            ),
+        }[args.command]()
     except VLPromptError as e:
         print(f'vlprompt {args.command}: error: {e}', file=sys.stderr)
         sys.exit(2)
     except PermissionError as e:  # a read-only folder: say which, not a traceback
-        print(f'vlprompt {args.command}: error: cannot write {e.filename or "a file"} ({e.strerror}). '
-              'Choose another --out (or --cache) folder that you can write to, or fix its permissions.', file=sys.stderr)
+        print(
+            f'vlprompt {args.command}: error: cannot write {e.filename or "a file"} ({e.strerror}).'
+            ' Choose another --out (or --cache) folder that you can write to, or fix its'
+            ' permissions.',
+            file=sys.stderr,
+        )
         sys.exit(2)
     except OSError as e:
         if e.filename is None: raise
-        print(f'vlprompt {args.command}: error: {e.filename}: {e.strerror}. Check that path (--out, --cache, --data-root, '
+        print(f'vlprompt {args.command}: error: {e.filename}: {e.strerror}. Check that path '
+              f'(--out, --cache, --data-root, '
               '--checkpoint, --run).', file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f'vlprompt {args.command}: stopped (Ctrl-C). Run the same command again to continue where it stopped.', file=sys.stderr)
+        print(
+            f'vlprompt {args.command}: stopped (Ctrl-C). Run the same command again to continue'
+            ' where it stopped.',
+            file=sys.stderr,
+        )
         sys.exit(130)

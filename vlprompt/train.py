@@ -41,27 +41,50 @@ class TrainConfig:
     amp: bool = True  # autocast (bf16) on CUDA; fp32 parameters always
 
     def __post_init__(self):
-        for f in fields(self):  # each field's declared type first: 1.5 epochs or lam=true never reach the loop
-            setattr(self, f.name, typed_setting(f.name, getattr(self, f.name), f.type, TRAIN_RANGES.get(f.name)))
+        for f in fields(self):
+            # each field's declared type first: 1.5 epochs or lam=true never reach the loop
+            setattr(
+                self,
+                f.name,
+                typed_setting(f.name, getattr(self, f.name), f.type, TRAIN_RANGES.get(f.name)),
+            )
         if self.optimizer not in ('sgd', 'adam', 'adamw'):
-            raise VLPromptError(f"optimizer must be 'sgd', 'adam' or 'adamw', not {self.optimizer!r}.")
+            raise VLPromptError(f"optimizer must be 'sgd', 'adam' or 'adamw', not "
+                                f"{self.optimizer!r}.")
         for name in ('epochs', 'batch_size', 'views'):
-            if getattr(self, name) < 1: raise VLPromptError(f'{name} must be at least 1, not {getattr(self, name)}.')
-        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf): raise VLPromptError(f'lr must be a positive number, not {self.lr!r}.')
-        if not 0 <= self.weight_decay < math.inf: raise VLPromptError(f'weight_decay must be a number >= 0, not {self.weight_decay!r}.')
-        if not 0 <= self.momentum < 1: raise VLPromptError(f'momentum must be in [0, 1), not {self.momentum!r}.')
+            if getattr(self, name) < 1:
+                raise VLPromptError(f'{name} must be at least 1, not {getattr(self, name)}.')
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
+            raise VLPromptError(f'lr must be a positive number, not {self.lr!r}.')
+        if not 0 <= self.weight_decay < math.inf:
+            raise VLPromptError(f'weight_decay must be a number >= 0, not {self.weight_decay!r}.')
+        if not 0 <= self.momentum < 1:
+            raise VLPromptError(f'momentum must be in [0, 1), not {self.momentum!r}.')
 
-TRAIN_RANGES = dict(epochs=(1, 100_000), batch_size=(1, 1_000_000), warmup_epochs=(0, 100_000), views=(1, 100))
+TRAIN_RANGES = dict(
+    epochs=(1, 100_000), batch_size=(1, 1_000_000), warmup_epochs=(0, 100_000), views=(1, 100)
+)
 
 def typed_setting(name: str, value, kind: str, bounds: tuple | None = None):
-    """`value` as a setting of type `kind` ('int', 'float', 'bool' or 'str') within `bounds` (low, high), or a
-    VLPromptError saying what it must be. Whole numbers pass as floats; nothing else is converted."""
+    """`value` as a setting of type `kind` ('int', 'float', 'bool' or 'str') within `bounds` (low,
+    high), or a
+    VLPromptError saying what it must be. Whole numbers pass as floats; nothing else is
+    converted."""
     kind = kind.split('|')[0].strip()
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = dict(int=isinstance(value, int) and not isinstance(value, bool), bool=isinstance(value, bool), str=isinstance(value, str),
-              float=number and math.isfinite(value)).get(kind, True)
+    ok = dict(
+        int=isinstance(value, int) and not isinstance(value, bool),
+        bool=isinstance(value, bool),
+        str=isinstance(value, str),
+        float=number and math.isfinite(value),
+    ).get(kind, True)
     if not ok:
-        what = dict(int='a whole number (e.g. 5)', float='a finite number (e.g. 0.5)', bool='true or false', str='text')[kind]
+        what = dict(
+            int='a whole number (e.g. 5)',
+            float='a finite number (e.g. 0.5)',
+            bool='true or false',
+            str='text',
+        )[kind]
         raise VLPromptError(f'{name} must be {what}, not {value!r}.')
     if kind == 'float': value = float(value)
     if bounds and not bounds[0] <= value <= bounds[1]:
@@ -79,8 +102,12 @@ def lr_at_epoch(cfg: TrainConfig, epoch: int) -> float:
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     "SGD (momentum) or Adam/AdamW with the config's weight decay."
-    if cfg.optimizer == 'sgd': return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == 'adam': return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == 'sgd':
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    if cfg.optimizer == 'adam':
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 # %% ../nbs/03_train.ipynb #b2d9cf96
@@ -90,14 +117,20 @@ class RunBusy(VLPromptError):
 _HELD: dict[str, int] = {}  # run folders this process holds: path -> open descriptor
 
 class run_lock:
-    "Hold an exclusive lock on `folder/.lock` while writing a run folder; raise RunBusy if another process holds it."
+    """Hold an exclusive lock on `folder/.lock` while writing a run folder; raise RunBusy if another
+    process holds it."""
     def __init__(self, folder: str | Path): self.path = Path(folder).resolve()/'.lock'
     def __enter__(self):
         self.nested = str(self.path) in _HELD  # this process holds it already (a run inside a run)
         if self.nested: return self
         try: import fcntl
         except ImportError:  # not POSIX (Windows): no lock, say so once
-            warnings.warn('run folders are not locked on this system: do not start two launchers on the same grid.'); self.fd = None; return self
+            warnings.warn(
+                'run folders are not locked on this system: do not start two launchers on the same '
+                'grid.'
+            )
+            self.fd = None
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -106,25 +139,37 @@ class run_lock:
             try: holder = json.loads(self.path.read_text())
             except (OSError, ValueError): holder = {}
             job = f", Slurm job {holder['slurm_job']}" if holder.get('slurm_job') else ''
-            raise RunBusy(f"{self.path.parent} is being written by another process (pid {holder.get('pid', '?')} on "
-                          f"{holder.get('host', '?')}{job}, since {holder.get('since', '?')}). Wait for it to finish; a run "
+            raise RunBusy(f"{self.path.parent} is being written by another process (pid "
+                          f"{holder.get('pid', '?')} on "
+                          f"{holder.get('host', '?')}{job}, since {holder.get('since', '?')}). "
+                          f"Wait for it to finish; a run "
                           f"that has ended holds no lock.") from None
         except OSError as e:  # the file system has no flock (some network mounts)
             os.close(fd)
-            warnings.warn(f'cannot lock {self.path} ({e}): do not start two launchers on the same grid.'); self.fd = None; return self
+            warnings.warn(f'cannot lock {self.path} ({e}): do not start two launchers on the same '
+                          f'grid.')
+            self.fd = None
+            return self
         import socket
-        me = dict(host=socket.gethostname(), pid=os.getpid(), slurm_job=os.environ.get('SLURM_JOB_ID'), since=time.strftime('%Y-%m-%d %H:%M:%S'))
+        me = dict(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            slurm_job=os.environ.get('SLURM_JOB_ID'),
+            since=time.strftime('%Y-%m-%d %H:%M:%S'),
+        )
         os.ftruncate(fd, 0); os.write(fd, json.dumps(me).encode())
         self.fd = _HELD[str(self.path)] = fd
         return self
     def __exit__(self, *exc):
         if self.nested or self.fd is None: return
         del _HELD[str(self.path)]
-        os.close(self.fd)  # closing drops the lock; the file stays (removing it would race with a waiting writer)
+        # closing drops the lock; the file stays (removing it would race with a waiting writer)
+        os.close(self.fd)
 
 # %% ../nbs/03_train.ipynb #998dea97
 def weights_fingerprint(model: nn.Module) -> str:
-    "SHA-256 of every byte of a model's weights (names, shapes, dtypes, values): backbones differing in one weight differ."
+    """SHA-256 of every byte of a model's weights (names, shapes, dtypes, values): backbones
+    differing in one weight differ."""
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
         t = t.detach()
@@ -138,28 +183,37 @@ def backbone_id(clip: LoadedCLIP) -> dict:
     return dict(name=clip.name, pretrained=clip.pretrained, weights=clip._fingerprint)
 
 class FeatureCache:
-    "Image features on disk, one file per (backbone, dataset, split, items, transform, view); safe to interrupt."
+    """Image features on disk, one file per (backbone, dataset, split, items, transform, view); safe
+    to interrupt."""
     def __init__(self, root: str | Path): self.root = Path(root)
 
     def path(self, key: dict) -> Path:
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[
+            :20
+        ]
         return self.root/f"{key.get('dataset', 'data')}-{key.get('split', '')}-{digest}.pt"
 
     def load(self, key: dict) -> torch.Tensor | None:
-        "The cached features for `key`, or None if absent or unreadable (then the bad file is removed)."
+        """The cached features for `key`, or None if absent or unreadable (then the bad file is
+        removed)."""
         path = self.path(key)
         if not path.exists(): return None
         try:
             payload = torch.load(path, map_location='cpu', weights_only=True)
-            if payload['key'] != json.loads(json.dumps(key, default=str)): raise ValueError('key mismatch')
+            if payload['key'] != json.loads(json.dumps(key, default=str)):
+                raise ValueError('key mismatch')
             return payload['features']
         except Exception as e:
-            warnings.warn(f'Feature cache file {path} is unreadable or stale ({type(e).__name__}); rebuilding it.')
+            warnings.warn(f'Feature cache file {path} is unreadable or stale ({type(e).__name__}); '
+                          f'rebuilding it.')
             path.unlink(missing_ok=True)
             return None
 
     def save(self, key: dict, features: torch.Tensor):
-        save_atomic({'key': json.loads(json.dumps(key, default=str)), 'features': features.cpu()}, self.path(key))
+        save_atomic(
+            {'key': json.loads(json.dumps(key, default=str)), 'features': features.cpu()},
+            self.path(key),
+        )
 
     def get(self, key: dict, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         "Cached features for `key`, computing and storing them on a miss."
@@ -171,11 +225,17 @@ class FeatureCache:
 
 # %% ../nbs/03_train.ipynb #a24f11c1
 def _hash_cache_path() -> Path:
-    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'vlprompt'/'file-sha256.json'
+    return (
+        Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache')
+        / 'vlprompt'
+        / 'file-sha256.json'
+    )
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of all of a file's bytes (a weights file's identity), remembered by (path, size, mtime) in
-    ~/.cache/vlprompt/file-sha256.json so that a multi-GB checkpoint is read once, not once per run."""
+    """SHA-256 of all of a file's bytes (a weights file's identity), remembered by (path, size,
+    mtime) in
+    ~/.cache/vlprompt/file-sha256.json so that a multi-GB checkpoint is read once, not once per
+    run."""
     path = Path(path).expanduser().resolve()
     st = path.stat()
     key, memo = f'{path}|{st.st_size}|{st.st_mtime_ns}', _hash_cache_path()
@@ -194,13 +254,16 @@ def file_sha256(path: str | Path) -> str:
 # %% ../nbs/03_train.ipynb #752cb522
 @dataclass
 class TrainSet:
-    "Training inputs: cached features (views, N, D), or images (N, C, H, W) / image files with an `augment` function."
+    """Training inputs: cached features (views, N, D), or images (N, C, H, W) / image files with an
+    `augment` function."""
     inputs: torch.Tensor | list
     labels: torch.Tensor
-    augment: Callable | None = None  # images only: batch of images (or of file paths) -> augmented, preprocessed tensor
+    # images only: batch of images (or of file paths) -> augmented, preprocessed tensor
+    augment: Callable | None = None
 
     @property
-    def is_features(self) -> bool: return self.augment is None and torch.is_tensor(self.inputs) and self.inputs.dim() == 3
+    def is_features(self) -> bool:
+        return self.augment is None and torch.is_tensor(self.inputs) and self.inputs.dim() == 3
 
     def __len__(self): return len(self.labels)
 
@@ -208,7 +271,11 @@ class TrainSet:
         if self.is_features:
             view = torch.randint(self.inputs.shape[0], (len(idx),), generator=g)
             return self.inputs[view, idx]
-        images = self.inputs[idx] if torch.is_tensor(self.inputs) else [self.inputs[i] for i in idx.tolist()]
+        images = (
+            self.inputs[idx]
+            if torch.is_tensor(self.inputs)
+            else [self.inputs[i] for i in idx.tolist()]
+        )
         return self.augment(images) if self.augment else images
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -226,31 +293,52 @@ def learnable_state(method: nn.Module) -> dict:
     "The method's trainable tensors by name (what a checkpoint stores)."
     return {n: p.detach().clone() for n, p in method.named_parameters() if p.requires_grad}
 
-def _learnable_shapes(method) -> dict: return {n: list(p.shape) for n, p in method.named_parameters() if p.requires_grad}
+
+def _learnable_shapes(method) -> dict:
+    return {n: list(p.shape) for n, p in method.named_parameters() if p.requires_grad}
+
 
 def _load_checkpoint(path: Path, cfg: TrainConfig, method: nn.Module, identity: dict | None):
-    "The checkpoint at `path` if it belongs to this run; None (after moving it aside) if it is damaged."
+    """The checkpoint at `path` if it belongs to this run; None (after moving it aside) if it is
+    damaged."""
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
-        if not isinstance(ckpt, dict) or not {'epoch', 'learnable', 'optimizer', 'config'} <= ckpt.keys(): raise ValueError('not a vlprompt checkpoint')
-    except Exception as e:  # truncated or damaged: never trusted, kept for inspection, the run starts again
+        if (
+            not isinstance(ckpt, dict)
+            or not {'epoch', 'learnable', 'optimizer', 'config'} <= ckpt.keys()
+        ):
+            raise ValueError('not a vlprompt checkpoint')
+    except Exception as e:
+        # truncated or damaged: never trusted, kept for inspection, the run starts again
         aside = path.with_name(f'{path.name}.damaged-{time.strftime("%Y%m%d-%H%M%S")}')
         os.replace(path, aside)
-        warnings.warn(f'Checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:80]}); moved it to {aside.name} and training from epoch 0.')
+        warnings.warn(f'Checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:80]}); moved '
+                      f'it to {aside.name} and training from epoch 0.')
         return None
     name = type(method).__name__
     if ckpt.get('method') != name:
-        raise VLPromptError(f"Checkpoint {path} belongs to method {ckpt.get('method')!r}, not {name!r}; use another --out folder.")
+        raise VLPromptError(f"Checkpoint {path} belongs to method {ckpt.get('method')!r}, not "
+                            f"{name!r}; use another --out folder.")
     if identity is not None and ckpt.get('identity', identity) != identity:
-        diff = ', '.join(f'{k}: {ckpt["identity"].get(k)} there, {v} now' for k, v in identity.items() if ckpt['identity'].get(k) != v)
-        raise VLPromptError(f'Checkpoint {path} was trained with another backbone or data ({diff}); use another --out folder.')
+        diff = ', '.join(
+            f'{k}: {ckpt["identity"].get(k)} there, {v} now'
+            for k, v in identity.items()
+            if ckpt['identity'].get(k) != v
+        )
+        raise VLPromptError(f'Checkpoint {path} was trained with another backbone or data '
+                            f'({diff}); use another --out folder.')
     if ckpt.get('shapes', _learnable_shapes(method)) != _learnable_shapes(method):
-        raise VLPromptError(f"Checkpoint {path} holds tensors of other shapes ({ckpt['shapes']}) than this {name} "
-                            f'({_learnable_shapes(method)}): it was trained with other options; use another --out folder.')
-    diff = {k: (ckpt['config'].get(k), v) for k, v in asdict(cfg).items() if ckpt['config'].get(k) != v}
+        raise VLPromptError(f"Checkpoint {path} holds tensors of other shapes ({ckpt['shapes']}) "
+                            f"than this {name} "
+                            f'({_learnable_shapes(method)}): it was trained with other options; '
+                            f'use another --out folder.')
+    diff = {
+        k: (ckpt['config'].get(k), v) for k, v in asdict(cfg).items() if ckpt['config'].get(k) != v
+    }
     if diff:
         said = ', '.join(f'{k}: {a} there, {b} now' for k, (a, b) in diff.items())
-        raise VLPromptError(f'{path.parent} holds a run with other settings ({said}); use another --out folder or the same settings.')
+        raise VLPromptError(f'{path.parent} holds a run with other settings ({said}); use another '
+                            f'--out folder or the same settings.')
     return ckpt
 
 # %% ../nbs/03_train.ipynb #8bad25ed
@@ -335,7 +423,8 @@ class Checkpoint(Callback):
         saved = ckpt.get('callbacks', {})
         for name, cb in self._stateful().items():
             if name not in saved:
-                raise VLPromptError(f'Checkpoint {self.path} holds no state of the callback {name}: it '
+                raise VLPromptError(f'Checkpoint {self.path} holds no state of the callback '
+                                    f'{name}: it '
                                     'was trained without it; use another --out folder.')
             cb.load_state_dict(saved[name])
     def epoch_end(self, s: FitState):
@@ -373,7 +462,8 @@ def fit(method: nn.Module, data: TrainSet, cfg: TrainConfig, out: str | Path | N
     must match); `method.callbacks()` and `callbacks` add hooks."""
     params = [p for p in method.parameters() if p.requires_grad]
     if not params:
-        raise VLPromptError(f'{type(method).__name__} has no learnable parameters: nothing to train.')
+        raise VLPromptError(f'{type(method).__name__} has no learnable parameters: nothing to '
+                            f'train.')
     cbs = [NaNGuard(), RecordLoss(), *([ShowProgress()] if progress else [])]
     cbs += [*getattr(method, 'callbacks', list)(), *callbacks]
     if stop_after is not None: cbs.append(StopAfter(stop_after))
@@ -389,7 +479,9 @@ def fit(method: nn.Module, data: TrainSet, cfg: TrainConfig, out: str | Path | N
         torch.manual_seed(epoch_seed(cfg.seed, s.epoch))
         g = torch.Generator().manual_seed(epoch_seed(cfg.seed, s.epoch))
         method.train()
-        for s.step, s.batch in enumerate(torch.randperm(len(data), generator=g).split(cfg.batch_size)):
+        for s.step, s.batch in enumerate(
+            torch.randperm(len(data), generator=g).split(cfg.batch_size)
+        ):
             x = data.batch(s.batch, g).to(device)
             with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
                 s.loss = rule(method, x, labels[s.batch.to(device)])
@@ -408,8 +500,11 @@ def module_device(module: nn.Module) -> torch.device:
     for t in itertools.chain(module.parameters(), module.buffers()): return t.device
     return torch.device('cpu')
 
+
 @torch.no_grad()
-def evaluate(method: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
+def evaluate(
+    method: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 512
+) -> float:
     "Top-1 accuracy (%) of `method` on features or preprocessed images."
     method.eval()
     device = module_device(method)
@@ -421,31 +516,64 @@ def evaluate(method: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batc
 def _one_view(features):
     if features is None or features.dim() == 2: return features
     if features.shape[0] != 1:
-        raise VLPromptError(f'Val features must be one un-augmented view, (N, D) or (1, N, D); got {tuple(features.shape)}.')
+        raise VLPromptError(f'Val features must be one un-augmented view, (N, D) or (1, N, D); got '
+                            f'{tuple(features.shape)}.')
     return features[0]
 
-def train_method(method: nn.Module, train_inputs, train_labels: torch.Tensor, val_inputs=None, val_labels: torch.Tensor | None = None,
-                 cfg: TrainConfig | None = None, out=None, rule: Callable = cross_entropy_rule, augment: Callable | None = None,
-                 progress: bool = False, identity: dict | None = None, prepare_inputs=None) -> list[dict]:
-    """Prepare (cache, probe, prompt init), train if it has learnable tensors, then calibrate on val; returns fit's history.
-    Inputs are cached features ((views, N, D) or (N, D)), or images / image files with `augment`; then `prepare` gets
-    `prepare_inputs` if given (e.g. the un-augmented, preprocessed training images), else the training inputs."""
+
+def train_method(
+    method: nn.Module,
+    train_inputs,
+    train_labels: torch.Tensor,
+    val_inputs=None,
+    val_labels: torch.Tensor | None = None,
+    cfg: TrainConfig | None = None,
+    out=None,
+    rule: Callable = cross_entropy_rule,
+    augment: Callable | None = None,
+    progress: bool = False,
+    identity: dict | None = None,
+    prepare_inputs=None,
+) -> list[dict]:
+    """Prepare (cache, probe, prompt init), train if it has learnable tensors, then calibrate on
+    val; returns fit's history.
+    Inputs are cached features ((views, N, D) or (N, D)), or images / image files with `augment`;
+    then `prepare` gets
+    `prepare_inputs` if given (e.g. the un-augmented, preprocessed training images), else the
+    training inputs."""
     on_features = augment is None and torch.is_tensor(train_inputs) and train_inputs.dim() in (2, 3)
     if on_features:
         if train_inputs.dim() == 2: train_inputs = train_inputs.unsqueeze(0)
         val_inputs = _one_view(val_inputs)
-    if hasattr(method, 'prepare'): method.prepare(train_inputs if prepare_inputs is None else prepare_inputs, train_labels, val_inputs, val_labels)
+    if hasattr(method, 'prepare'):
+        method.prepare(
+            train_inputs if prepare_inputs is None else prepare_inputs,
+            train_labels,
+            val_inputs,
+            val_labels,
+        )
     history = []
     if any(p.requires_grad for p in method.parameters()):
-        history = fit(method, TrainSet(train_inputs, train_labels, augment), cfg or TrainConfig(), out=out, rule=rule, progress=progress, identity=identity)
+        history = fit(
+            method,
+            TrainSet(train_inputs, train_labels, augment),
+            cfg or TrainConfig(),
+            out=out,
+            rule=rule,
+            progress=progress,
+            identity=identity,
+        )
     if hasattr(method, 'calibrate'):
-        if val_inputs is None: raise VLPromptError(f'{type(method).__name__} calibrates on the val split: pass val_inputs and val_labels.')
+        if val_inputs is None:
+            raise VLPromptError(f'{type(method).__name__} calibrates on the val split: pass '
+                                f'val_inputs and val_labels.')
         method.calibrate(val_inputs, val_labels)
     return history
 
 # %% ../nbs/03_train.ipynb #6b0bd7a4
 def augment_micro(images: torch.Tensor) -> torch.Tensor:
-    "The micro world's train transform: random horizontal flip, then normalisation for the micro CLIP."
+    """The micro world's train transform: random horizontal flip, then normalisation for the micro
+    CLIP."""
     flip = torch.rand(len(images)) < 0.5
     return micro_preprocess(torch.where(flip[:, None, None, None], images.flip(-1), images))
 

@@ -19,55 +19,85 @@ class Choices(NamedTuple):
     value: Any
 
 def choices(*values, value=None) -> Choices:
-    "A slider over exactly these values (ipywidgets' SelectionSlider), e.g. `n_ctx=choices(1, 2, 4, 8, 16, value=4)`: a sweep's positions."
+    """A slider over exactly these values (ipywidgets' SelectionSlider), e.g. `n_ctx=choices(1, 2,
+    4, 8, 16, value=4)`: a sweep's positions."""
     if not values: raise VLPromptError('choices needs at least one value, e.g. choices(1, 2, 4).')
     value = values[0] if value is None else value
-    if value not in values: raise VLPromptError(f'The starting value {value!r} is not one of the choices {values}; pick one of them.')
+    if value not in values:
+        raise VLPromptError(f'The starting value {value!r} is not one of the choices {values}; '
+                            f'pick one of them.')
     return Choices(tuple(values), value)
 
 def _control(name: str, spec):
     "The ipywidgets control for one `explorer` keyword."
     import ipywidgets as widgets
     if isinstance(spec, Choices):
-        return widgets.SelectionSlider(options=list(spec.values), value=spec.value, description=name, continuous_update=False)
+        return widgets.SelectionSlider(
+            options=list(spec.values), value=spec.value, description=name, continuous_update=False
+        )
     if isinstance(spec, list):
         return widgets.Dropdown(options=spec, value=spec[0], description=name)
     if not (isinstance(spec, tuple) and len(spec) == 4):
-        raise VLPromptError(f'Slider {name}={spec!r}: give (min, max, step, value), a list of options, or choices(...).')
+        raise VLPromptError(f'Slider {name}={spec!r}: give (min, max, step, value), a list of '
+                            f'options, or choices(...).')
     lo, hi, step, value = spec
     kind = widgets.IntSlider if all(isinstance(v, int) for v in spec) else widgets.FloatSlider
     return kind(value=value, min=lo, max=hi, step=step, description=name, continuous_update=False)
 
 def positions(control) -> list:
-    "Every value a control can take: a dropdown's or `choices` slider's options, an IntSlider's min to max by step."
+    """Every value a control can take: a dropdown's or `choices` slider's options, an IntSlider's
+    min to max by step."""
     if hasattr(control, 'options'): return list(control.options)
-    if type(control).__name__ == 'IntSlider': return list(range(control.min, control.max + 1, control.step))
-    raise VLPromptError(f'The slider {control.description} has no fixed positions to fill: make it choices(...) or an int slider.')
+    if type(control).__name__ == 'IntSlider':
+        return list(range(control.min, control.max + 1, control.step))
+    raise VLPromptError(f'The slider {control.description} has no fixed positions to fill: make it '
+                        f'choices(...) or an int slider.')
 
 def settings_key(settings: dict) -> tuple:
     "The memo key of one setting of the sliders."
     return tuple(sorted(settings.items()))
 
-def explorer(run: Callable[..., dict], fmt: str, plot: Callable | None = None, memo: bool = True, sweep=(), fill: bool = False,
-             **sliders):
-    """Sliders for `run`'s keyword arguments; on each change prints `fmt.format(**run(...))` and, with `plot(result, ax)`, draws it.
-    Each slider is `name=(min, max, step, value)` (floats make a FloatSlider, ints an IntSlider), a list (a dropdown, first option
-    selected) or `choices(...)`. With `memo`, a setting already seen is answered from memory (the function must be pure); `sweep`
-    is results already computed (each holds its settings under the sliders' names); `fill` computes every setting of the grid now."""
+def explorer(
+    run: Callable[..., dict],
+    fmt: str,
+    plot: Callable | None = None,
+    memo: bool = True,
+    sweep=(),
+    fill: bool = False,
+    **sliders
+):
+    """Sliders for `run`'s keyword arguments; on each change prints `fmt.format(**run(...))` and,
+    with `plot(result, ax)`, draws it.
+    Each slider is `name=(min, max, step, value)` (floats make a FloatSlider, ints an IntSlider), a
+    list (a dropdown, first option
+    selected) or `choices(...)`. With `memo`, a setting already seen is answered from memory (the
+    function must be pure); `sweep`
+    is results already computed (each holds its settings under the sliders' names); `fill` computes
+    every setting of the grid now."""
     import ipywidgets as widgets
     from IPython.display import display
     controls = {name: _control(name, spec) for name, spec in sliders.items()}
     seen = {}
     for r in sweep:
         missing = [n for n in controls if n not in r]
-        if missing: raise VLPromptError(f'A sweep result has no {missing[0]!r}: each result must hold its setting of every slider ({", ".join(controls)}).')
+        if missing:
+            raise VLPromptError(f'A sweep result has no {missing[0]!r}: each result must hold its '
+                                f'setting of every slider ({", ".join(controls)}).')
         seen[settings_key({n: r[n] for n in controls})] = r
     if fill:
-        grid = [dict(zip(controls, values)) for values in itertools.product(*(positions(c) for c in controls.values()))]
+        grid = [
+            dict(zip(controls, values))
+            for values in itertools.product(*(positions(c) for c in controls.values()))
+        ]
         todo = [s for s in grid if settings_key(s) not in seen]
         if todo:
             start = time.time()
-            print(f'computing {len(todo)} of the {len(grid)} settings once; every move then answers from memory ...', flush=True)
+            print(
+                f'computing {len(todo)} of the {len(grid)} settings once; every move then answers '
+                f'from'
+                ' memory ...',
+                flush=True,
+            )
             for s in todo: seen[settings_key(s)] = run(**s)
             print(f'done in {time.time() - start:.0f}s')
     if not memo: seen.clear()
@@ -79,7 +109,8 @@ def explorer(run: Callable[..., dict], fmt: str, plot: Callable | None = None, m
         except Exception as e:
             with out:
                 out.clear_output(wait=True)
-                print(f'{type(e).__name__}: {e}')  # shown under the sliders; raised on (to the caller, or the kernel's log)
+                # shown under the sliders; raised on (to the caller, or the kernel's log)
+                print(f'{type(e).__name__}: {e}')
             raise
         if memo: seen[key] = result
         with out:
@@ -102,23 +133,38 @@ def bars(*keys: str, ylim=(0, 100), ylabel: str = 'accuracy (%)'):
         ax.bar(keys, values, color=[f'C{i}' for i in range(len(keys))])
         for i, v in enumerate(values): ax.text(i, v, f'{v:.1f}', ha='center', va='bottom')
         ax.set_ylim(*ylim); ax.set_ylabel(ylabel)
-        ax.set_title(', '.join(f'{k}={v}' for k, v in result.items() if isinstance(v, (int, float)) and k not in keys and k != 'seconds')[:80], fontsize=8)
+        ax.set_title(
+            ', '.join(
+                f'{k}={v}'
+                for k, v in result.items()
+                if isinstance(v, (int, float)) and k not in keys and k != 'seconds'
+            )[:80],
+            fontsize=8,
+        )
     return plot
 
 # %% ../nbs/30_widgets.ipynb #a1c0e7d4
 def maple_setting(depth: int = 3, n_ctx: int = 2, seed: int = 1, **train) -> dict:
-    "MaPLe base-to-new on micro-pairs (`vlprompt.bench.base_to_new`) at prompt depth J and length n_ctx, with its learnable numbers."
+    """MaPLe base-to-new on micro-pairs (`vlprompt.bench.base_to_new`) at prompt depth J and length
+    n_ctx, with its learnable numbers."""
     from vlprompt.bench import base_to_new, get_clip
     from vlprompt.methods.maple import MaPLe
     from vlprompt.micro import get_task
     r = base_to_new('maple', seed=seed, depth=depth, n_ctx=n_ctx, **train)
-    method = MaPLe(get_clip('micro'), get_task('micro-pairs').classnames[:1], n_ctx=n_ctx, depth=depth)
+    method = MaPLe(
+        get_clip('micro'), get_task('micro-pairs').classnames[:1], n_ctx=n_ctx, depth=depth
+    )
     return dict(r, params=sum(p.numel() for p in method.parameters() if p.requires_grad))
 
+
 @functools.lru_cache(maxsize=None)
-def micro_taskres(alpha: float = 0.5, epochs: int = 200, views: int = 10, shots: int = 16, seed: int = 1) -> dict:
-    """TaskRes trained at `alpha` on micro-pairs' base classes as 13_taskres does (Adam lr 2e-3, batch 256, weight decay 5e-4,
-    `views` flipped views of `shots` images per class), and the tests it is read on: {'base'|'new': (TaskRes, features, labels)}."""
+def micro_taskres(
+    alpha: float = 0.5, epochs: int = 200, views: int = 10, shots: int = 16, seed: int = 1
+) -> dict:
+    """TaskRes trained at `alpha` on micro-pairs' base classes as 13_taskres does (Adam lr 2e-3,
+    batch 256, weight decay 5e-4,
+    `views` flipped views of `shots` images per class), and the tests it is read on: {'base'|'new':
+    (TaskRes, features, labels)}."""
     from vlprompt.bench import dataset_features, get_clip
     from vlprompt.data import fewshot_splits, load_dataset, subsample_classes
     from vlprompt.methods.taskres import train_taskres
@@ -127,21 +173,31 @@ def micro_taskres(alpha: float = 0.5, epochs: int = 200, views: int = 10, shots:
     data = fewshot_splits(load_dataset('micro-pairs'), shots, seed=seed, cache_dir=None)
     base, new = subsample_classes(data, 'base'), subsample_classes(data, 'new')
     train = dataset_features(clip, base, 'train', views=views, augment=True)
-    cfg = TrainConfig(optimizer='adam', lr=2e-3, batch_size=256, epochs=epochs, weight_decay=5e-4, seed=seed)
+    cfg = TrainConfig(
+        optimizer='adam', lr=2e-3, batch_size=256, epochs=epochs, weight_decay=5e-4, seed=seed
+    )
     method = train_taskres(clip, base.classnames, base.template, *train, alpha=alpha, cfg=cfg)
     (base_f, base_y), (new_f, new_y) = [dataset_features(clip, d, 'test') for d in (base, new)]
-    return {'base': (method, base_f[0], base_y), 'new': (method.for_classes(new.classnames), new_f[0], new_y)}
+    return {
+        'base': (method, base_f[0], base_y),
+        'new': (method.for_classes(new.classnames), new_f[0], new_y),
+    }
+
 
 def taskres_setting(alpha: float = 0.5, trained_alpha: float = 0.5, **train) -> dict:
-    "Base and new accuracy of the micro TaskRes trained at `trained_alpha`, read at residual scale `alpha` (no training after the first call)."
+    """Base and new accuracy of the micro TaskRes trained at `trained_alpha`, read at residual scale
+    `alpha` (no training after the first call)."""
     from vlprompt.methods.taskres import taskres_accuracy
     return taskres_accuracy(alpha, micro_taskres(trained_alpha, **train))
 
 def taskres_trained_setting(alpha: float = 0.5, **train) -> dict:
-    "The micro TaskRes trained (once) at `alpha`: base and new accuracy, and the residual's share of the classifier |αx| / |t|."
+    """The micro TaskRes trained (once) at `alpha`: base and new accuracy, and the residual's share
+    of the classifier |αx| / |t|."""
     from vlprompt.methods.taskres import residual_norms, taskres_accuracy
     tests = micro_taskres(alpha, **train)
-    return dict(taskres_accuracy(alpha, tests), relative=residual_norms(tests['base'][0])['mean_relative'])
+    return dict(
+        taskres_accuracy(alpha, tests), relative=residual_norms(tests['base'][0])['mean_relative']
+    )
 
 def sparkline(values, lo=None, hi=None) -> str:
     "A row of block characters, one per value."
@@ -149,12 +205,25 @@ def sparkline(values, lo=None, hi=None) -> str:
     lo, hi = min(values) if lo is None else lo, max(values) if hi is None else hi
     return ''.join(blocks[min(7, int(8 * (v - lo) / (hi - lo + 1e-12)))] for v in values)
 
-def spt_setting(n_prompts: int = 4, depth: str = 'deep', init: str = 'kmeans', *, target: float, **run) -> dict:
-    """One micro VPT/SPT run (`vlprompt.methods.vpt.micro_spt_run`, memoised, seed 1, linear head): test accuracy, the first epoch
-    reaching `target` accuracy, and the NMI and accuracy by epoch as sparklines. `run` overrides micro_spt_run's sizes (epochs, shots)."""
+
+def spt_setting(
+    n_prompts: int = 4, depth: str = 'deep', init: str = 'kmeans', *, target: float, **run
+) -> dict:
+    """One micro VPT/SPT run (`vlprompt.methods.vpt.micro_spt_run`, memoised, seed 1, linear head):
+    test accuracy, the first epoch
+    reaching `target` accuracy, and the NMI and accuracy by epoch as sparklines. `run` overrides
+    micro_spt_run's sizes (epochs, shots)."""
     from vlprompt.methods.vpt import epochs_to, micro_spt_run
     r = micro_spt_run(init, n_prompts=n_prompts, deep=depth == 'deep', head='linear', seed=1, **run)
     nmi = [sum(row['nmi']) / len(row['nmi']) for row in r['curve']]
-    return dict(n_prompts=n_prompts, depth=depth, init=init, accuracy=r['accuracy'], reach=epochs_to(r['curve'], target),
-                nmi_start=nmi[0], nmi_end=nmi[-1], nmi_curve=sparkline(nmi, 0, max(0.2, max(nmi))),
-                acc_curve=sparkline([row['accuracy'] for row in r['curve']], 0, 100))
+    return dict(
+        n_prompts=n_prompts,
+        depth=depth,
+        init=init,
+        accuracy=r['accuracy'],
+        reach=epochs_to(r['curve'], target),
+        nmi_start=nmi[0],
+        nmi_end=nmi[-1],
+        nmi_curve=sparkline(nmi, 0, max(0.2, max(nmi))),
+        acc_curve=sparkline([row['accuracy'] for row in r['curve']], 0, 100),
+    )
