@@ -24,32 +24,12 @@ from vlprompt.data import (
     CROSS_DATASET,
 )
 from .data import DATASETS
-from vlprompt.data import (
-    FOLDER_PREFIX,
-    check_shots,
-    dataset_key,
-    folder_dataset_name,
-    is_folder_dataset,
-    load_folder,
-    require_data,
-    save_split,
-    split_hash,
-)
+from .data import (FOLDER_PREFIX, check_shots, dataset_key, folder_dataset_name,
+                           is_folder_dataset, load_folder, require_data, save_split, split_hash)
 from .train import Method, Rule
-from vlprompt.train import (
-    FeatureCache,
-    TrainConfig,
-    TrainSet,
-    augment_micro,
-    backbone_id,
-    cross_entropy_rule,
-    epochs_for_shots,
-    evaluate,
-    fit,
-    module_device,
-    train_method,
-    write_json,
-)
+from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone_id,
+                            cross_entropy_rule, epochs_for_shots, evaluate, fit, module_device,
+                            train_method, write_json)
 
 # %% auto #0
 __all__ = ['METHOD_MODULES', 'PROTOCOLS', 'ENTRIES', 'METHODS', 'CONFIGS', 'RULES', 'GRADIENT_RULES', 'PAPER_BASE2NEW',
@@ -117,29 +97,17 @@ def _one_slot(template: str) -> bool:
     try: return template.format('\0').count('\0') == 1
     except (IndexError, KeyError, ValueError): return False
 
-
-def run_settings(
-    method: str,
-    protocol: str,
-    dataset: str,
-    shots: int,
-    seed: int,
-    backbone: str = 'micro',
-    pretrained: str | None = None,
-    train: dict | None = None,
-    method_options: dict | None = None,
-    template: str | None = None,
-    rule: str | None = None,
-) -> dict:
+def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int,
+                 backbone: str = 'micro', pretrained: str | None = None, train: dict | None = None,
+                 method_options: dict | None = None, template: str | None = None,
+                 rule: str | None = None) -> dict:
     """Every setting of one run: the method's config for this protocol and dataset, then your
     `train` / `method_options` overrides.
     `rule` wraps the method in a gradient rule (`GRADIENT_RULES`); its options, with their
-    defaults, join
-    the method options.
+    defaults, join the method options.
     `template` replaces the dataset's prompt template ('folder:PATH' datasets: 'a photo of a {}.'
-    without it). The `micro` entry
-    applies to the micro tasks and to a folder on the micro CLIP (whose 4 layers cannot take the
-    papers' prompt depths)."""
+    without it). The `micro` entry applies to the micro tasks and to a folder on the micro CLIP
+    (whose 4 layers cannot take the papers' prompt depths)."""
     if method not in METHODS:
         raise VLPromptError(f'Unknown method {method!r}.{suggest(method, METHODS)} Methods: '
                             f'{", ".join(METHODS)}.')
@@ -175,21 +143,11 @@ def run_settings(
         raise VLPromptError(f'Unknown training setting {unknown[0]!r}.{suggest(unknown[0], known)} '
                             f'Training settings: {", ".join(sorted(known))}.')
     resolved['seed'] = seed
-    return dict(
-        method=method,
-        protocol=protocol,
-        dataset=dataset,
-        shots=shots,
-        seed=seed,
-        backbone=backbone,
-        pretrained=pretrained,
-        train=asdict(TrainConfig(**resolved)),
-        method_options=options,
-        source=cfg.get('source', ''),
-        **({'template': template} if template is not None else {}),
-        **({'rule': rule} if rule else {}),
-    )
-
+    return dict(method=method, protocol=protocol, dataset=dataset, shots=shots, seed=seed,
+                backbone=backbone, pretrained=pretrained, train=asdict(TrainConfig(**resolved)),
+                method_options=options, source=cfg.get('source', ''),
+                **({'template': template} if template is not None else {}),
+                **({'rule': rule} if rule else {}))
 
 def _rule_defaults(method: str, rule: str | None, cfg: dict) -> dict:
     "The options of run setting `rule` with their defaults, checked against the method."
@@ -205,8 +163,7 @@ def _rule_defaults(method: str, rule: str | None, cfg: dict) -> dict:
     defaults = GRADIENT_RULES[rule].options
     if both := sorted(set(defaults) & set(cfg.get('method', {}))):
         raise VLPromptError(f'{method} has an option {both[0]!r} of its own, as the {rule} rule '
-                            f'does: '
-                            'they cannot be told apart.')
+                            f'does: they cannot be told apart.')
     return dict(defaults)
 
 # %% ../nbs/20_benchmark.ipynb #ddbc927f
@@ -215,8 +172,8 @@ OFFICIAL_FIXED = ('token_prefix', 'token_suffix')
 
 def read_official_checkpoint(path: str | Path) -> dict:
     """The state dict in a checkpoint the official (Dassl) trainers save (`model.pth.tar-N`), read
-    with
-    weights_only=True; objects it also pickled (schedulers) become inert stand-ins, never run."""
+    with weights_only=True; objects it also pickled (schedulers) become inert stand-ins, never
+    run."""
     path = Path(path)
     if not path.is_file(): raise VLPromptError(f'Official checkpoint {str(path)!r} not found.')
     try:
@@ -286,14 +243,11 @@ def dassl_train_transform(clip: LoadedCLIP):
     size = clip.model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     normalize = next(t for t in clip.preprocess.transforms if isinstance(t, T.Normalize))
-    return T.Compose(
-        [
-            T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            normalize,
-        ]
-    )
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(), normalize
+    ])
 
 _MEMO: dict = {}  # in-process copies of recently used features (sliders re-read the same splits)
 _MEMO_MAX_NUMEL = 50_000_000
@@ -306,16 +260,9 @@ def _remember(key: str, compute):
     if value.numel() <= _MEMO_MAX_NUMEL: _MEMO[key] = value
     return value
 
-
-def dataset_features(
-    clip: LoadedCLIP,
-    dataset,
-    split: str,
-    views: int = 1,
-    augment: bool = False,
-    cache: FeatureCache | None = None,
-    batch_size: int = 256,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def dataset_features(clip: LoadedCLIP, dataset, split: str, views: int = 1, augment: bool = False,
+                     cache: FeatureCache | None = None,
+                     batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised image features (views, N, D) and labels of a split, through the feature cache (and
     an in-process memo)."""
     items = dataset.split(split).items
@@ -334,50 +281,37 @@ def dataset_features(
             if dataset.source == 'micro':
                 images = load_images(dataset, split)
                 return image_features(
-                    clip, augment_micro(images) if augment else micro_preprocess(images), batch_size
-                )
+                    clip,
+                    augment_micro(images) if augment else micro_preprocess(images), batch_size)
             tf = dassl_train_transform(clip) if augment else clip.preprocess
-            return torch.cat(
-                [
-                    image_features(
-                        clip,
-                        load_images(dataset, split, range(i, min(i + batch_size, len(items))), tf),
-                        batch_size,
-                    )
-                    for i in range(0, len(items), batch_size)
-                ]
-            )
+            return torch.cat([
+                image_features(
+                    clip, load_images(dataset, split, range(i, min(i + batch_size, len(items))),
+                                      tf), batch_size) for i in range(0, len(items), batch_size)
+            ])
     def get(view):
         k = {**key, 'view': view}
-        return _remember(
-            json.dumps(k, sort_keys=True, default=str),
-            lambda: cache.get(k, lambda: compute(view)) if cache else compute(view),
-        )
+        return _remember(json.dumps(k, sort_keys=True, default=str),
+                         lambda: cache.get(k, lambda: compute(view)) if cache else compute(view))
     views = views if augment else 1
     return torch.stack([get(v) for v in range(views)]), labels
 
 
-def train_inputs(
-    clip: LoadedCLIP, method, dataset, cfg: TrainConfig, cache: FeatureCache | None = None
-) -> TrainSet:
+def train_inputs(clip: LoadedCLIP, method, dataset, cfg: TrainConfig,
+                 cache: FeatureCache | None = None) -> TrainSet:
     """What `fit` trains `method` on: cached features of `cfg.views` augmented views, or images
     augmented on the fly (visual prompts)."""
     if not getattr(method, 'needs_images', False):
         # the linear probe fits on un-augmented features
         augment = getattr(method, 'train_augment', True)
-        return TrainSet(
-            *dataset_features(
-                clip, dataset, 'train', cfg.views if augment else 1, augment=augment, cache=cache
-            )
-        )
+        return TrainSet(*dataset_features(clip, dataset, 'train', cfg.views if augment else 1,
+                                          augment=augment, cache=cache))
     labels = torch.tensor(dataset.train.labels)
     if dataset.source == 'micro':
         return TrainSet(load_images(dataset, 'train'), labels, augment=augment_micro)
     tf = dassl_train_transform(clip)
-    return TrainSet(
-        list(range(len(labels))), labels, augment=lambda idx: load_images(dataset, 'train', idx, tf)
-    )
-
+    return TrainSet(list(range(len(labels))), labels,
+                    augment=lambda idx: load_images(dataset, 'train', idx, tf))
 
 def split_inputs(clip: LoadedCLIP, method, dataset, split: str, cache: FeatureCache | None = None):
     """Test-time inputs of a split for `method`, with labels: features (N, D), preprocessed micro
@@ -389,16 +323,9 @@ def split_inputs(clip: LoadedCLIP, method, dataset, split: str, cache: FeatureCa
         return None, labels  # real images are read in chunks (see `accuracy`)
     return micro_preprocess(load_images(dataset, split)), labels
 
-
 @torch.no_grad()
-def accuracy(
-    clip: LoadedCLIP,
-    method,
-    dataset,
-    split: str = 'test',
-    cache: FeatureCache | None = None,
-    batch_size: int = 256,
-) -> float:
+def accuracy(clip: LoadedCLIP, method, dataset, split: str = 'test',
+             cache: FeatureCache | None = None, batch_size: int = 256) -> float:
     """Top-1 accuracy (%) of `method` on a split: from cached features, or through its own
     (prompted) image path."""
     inputs, labels = split_inputs(clip, method, dataset, split, cache)
@@ -435,23 +362,14 @@ def overrides(s: dict) -> dict:
     ('train.epochs', 'method_options.lam', ...)."""
     try:
         default = _flat(
-            run_settings(
-                s['method'],
-                s['protocol'],
-                s['dataset'],
-                s['shots'],
-                s['seed'],
-                s['backbone'],
-                s.get('pretrained'),
-            )
-        )
+            run_settings(s['method'], s['protocol'], s['dataset'], s['shots'], s['seed'],
+                         s['backbone'], s.get('pretrained')))
     except (VLPromptError, KeyError):
         default = {}  # a method or protocol no longer configured: every setting counts
     mine = _flat(json.loads(json.dumps(s)))
     return {
         k: mine.get(k)
-        for k in sorted(mine.keys() | default.keys())
-        if mine.get(k) != default.get(k)
+        for k in sorted(mine.keys() | default.keys()) if mine.get(k) != default.get(k)
     }
 
 def _token(key: str, value) -> str:
@@ -463,21 +381,17 @@ def _token(key: str, value) -> str:
 
 def run_name(s: dict) -> str:
     """`<backbone>[.<pretrained>]-shots<K>-seed<S>`; when settings differ from the method's
-    configuration, up to three
-    of them (`-epochs4`, `-lam0.5`) and a hash of all of them, so that every distinct run has its
-    own folder."""
-    name = re.sub(
-        r'[^A-Za-z0-9._+-]',
-        '_',
-        f"{s['backbone']}{'.' + s['pretrained'] if s.get('pretrained') else ''}",
-    )
+    configuration, up to three of them (`-epochs4`, `-lam0.5`) and a hash of all of them, so that
+    every distinct run has its own folder."""
+    name = re.sub(r'[^A-Za-z0-9._+-]', '_',
+                  f"{s['backbone']}{'.' + s['pretrained'] if s.get('pretrained') else ''}")
     name = f"{name}-shots{s['shots']}-seed{s['seed']}"
     ov = overrides(s)
     if not ov: return name
     tokens = list(dict.fromkeys(_token(k, v) for k, v in ov.items()))[:3]
     return '-'.join(
-        [name, *tokens, hashlib.sha1(json.dumps(ov, sort_keys=True).encode()).hexdigest()[:8]]
-    )
+        [name, *tokens,
+         hashlib.sha1(json.dumps(ov, sort_keys=True).encode()).hexdigest()[:8]])
 
 def run_dir(root: str | Path, s: dict) -> Path:
     """A run's folder, named from all its settings: protocol/dataset/method/`run_name(s)` (a
@@ -501,8 +415,7 @@ def config_differences(folder: str | Path, settings: dict) -> list[str]:
     # a damaged config.json: one sentence
     a, b = _flat(read_config(folder)), _flat(json.loads(json.dumps(settings)))
     return [
-        f'{k}: {a.get(k)} there, {b.get(k)} now'
-        for k in sorted(a.keys() | b.keys())
+        f'{k}: {a.get(k)} there, {b.get(k)} now' for k in sorted(a.keys() | b.keys())
         if a.get(k) != b.get(k)
     ]
 
@@ -515,33 +428,24 @@ def _check_config(folder: Path, settings: dict):
 class RunLog:
     """A run's `log.txt`: append-only, one stamped line per event, flushed to disk at once (readable
     during the run and after a crash)."""
+
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path is not None else None
-
     def __call__(self, message: str):
         if self.path is None: return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, 'a') as f:
-            f.write(
-                ''.join(
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n"
-                    for line in str(message).splitlines() or ['']
-                )
-            )
+            f.write(''.join(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n"
+                            for line in str(message).splitlines() or ['']))
             f.flush(); os.fsync(f.fileno())
 
 def checkpoint_epoch(folder: str | Path) -> int | None:
     """Epochs finished by the run in `folder` (from its checkpoint), or None without a readable
     checkpoint."""
     try:
-        return (
-            torch.load(Path(folder) / 'checkpoint.pt', map_location='cpu', weights_only=True)[
-                'epoch'
-            ]
-            + 1
-        )
-    except Exception:
-        return None
+        return torch.load(Path(folder) / 'checkpoint.pt', map_location='cpu',
+                          weights_only=True)['epoch'] + 1
+    except Exception: return None
 
 def use_split_indices(s: dict, root: str | Path) -> dict:
     """Settings `s` with their shots read from the index set in `root`: the file's name and SHA-256
@@ -554,10 +458,8 @@ def use_split_indices(s: dict, root: str | Path) -> dict:
                             f'draw of {s["dataset"]}. Its layout is '
                             f'<dataset>/shot_<K>-seed_<S>.json.')
     return {
-        **s,
-        'split_indices': dict(
-            file=f"{s['dataset']}/{path.name}", sha256=hashlib.sha256(path.read_bytes()).hexdigest()
-        ),
+        **s, 'split_indices': dict(file=f"{s['dataset']}/{path.name}",
+                                   sha256=hashlib.sha256(path.read_bytes()).hexdigest())
     }
 
 def _index_dir(s: dict, split_indices) -> Path | None:
@@ -567,8 +469,7 @@ def _index_dir(s: dict, split_indices) -> Path | None:
     if want is None:
         if split_indices is not None:
             raise VLPromptError('These settings draw their own shots; to read an index set, make '
-                                'them with '
-                                '`use_split_indices(settings, DIR)` (or `plan(..., '
+                                'them with `use_split_indices(settings, DIR)` (or `plan(..., '
                                 'split_indices=DIR)`).')
         return None
     if split_indices is None:
@@ -582,19 +483,12 @@ def _index_dir(s: dict, split_indices) -> Path | None:
     return Path(split_indices)
 
 
-def run(
-    settings: dict,
-    folder: str | Path | None = None,
-    data_root=None,
-    cache_dir=None,
-    checkpoint: str | None = None,
-    progress: bool = True,
-    split_indices: str | Path | None = None,
-) -> dict:
-    """Run one (method, protocol, dataset, shots, seed); returns its metrics.
-    With a `folder`: skip if finished, resume if started, write config.json first, log.txt as it
-    goes and metrics.json last.
-    Without: all in memory. `split_indices`: the index set the settings name (see
+def run(settings: dict, folder: str | Path | None = None, data_root=None, cache_dir=None,
+        checkpoint: str | None = None, progress: bool = True,
+        split_indices: str | Path | None = None) -> dict:
+    """Run one (method, protocol, dataset, shots, seed); returns its metrics. With a `folder`: skip
+    if finished, resume if started, write config.json first, log.txt as it goes and metrics.json
+    last. Without: all in memory. `split_indices`: the index set the settings name (see
     `use_split_indices`)."""
     folder = Path(folder) if folder is not None else None
     # the weights file the settings name (checked), or recorded now
@@ -611,10 +505,9 @@ def run(
         check_shots(dataset, settings['shots'])
     index_dir = _index_dir(settings, split_indices)
     method, rule = build_run(
-        settings,
-        clip,
-        subsample_classes(dataset, 'base') if settings['protocol'] == 'base2new' else dataset,
-    )  # bad options fail here, before anything is written
+        settings, clip,
+        subsample_classes(dataset, 'base') if settings['protocol'] == 'base2new' else
+        dataset)  # bad options fail here, before anything is written
     with run_lock(folder) if folder is not None else contextlib.nullcontext():
         # one writer per folder (RunBusy names the other)
         if folder is not None and (folder/'metrics.json').exists():  # finished meanwhile
@@ -625,26 +518,13 @@ def run(
         # a folder's drawn split, once every setting was checked (a no-op for the CoOp datasets)
         save_split(dataset)
         done = checkpoint_epoch(folder) if folder is not None else None
-        log(
-            f"start: {settings['method']} {settings['protocol']} {settings['dataset']} "
+        log(f"start: {settings['method']} {settings['protocol']} {settings['dataset']} "
             f"{settings['shots']} shots seed {settings['seed']} "
-            f"on {socket.gethostname()} (pid {os.getpid()})"
-            + (f'; resuming after epoch {done} of {settings["train"]["epochs"]}' if done else '')
-        )
+            f"on {socket.gethostname()} (pid {os.getpid()})" +
+            (f'; resuming after epoch {done} of {settings["train"]["epochs"]}' if done else ''))
         try:
-            metrics = _run(
-                settings,
-                folder,
-                clip,
-                dataset,
-                method,
-                rule,
-                cache_dir,
-                index_dir,
-                data_root,
-                progress,
-                start,
-            )
+            metrics = _run(settings, folder, clip, dataset, method, rule, cache_dir, index_dir,
+                           data_root, progress, start)
         except KeyboardInterrupt:
             log('interrupted: the next run of this folder resumes from its last checkpoint'); raise
         except SystemExit as e:
@@ -654,50 +534,29 @@ def run(
             )
             raise
         except BaseException as e:
-            log(
-                ''.join(
-                    '  | ' + l
-                    for l in ''.join(traceback.format_exception(e)[-4:]).splitlines(keepends=True)
-                )
-            )
+            log(''.join(
+                '  | ' + l
+                for l in ''.join(traceback.format_exception(e)[-4:]).splitlines(keepends=True)))
             log(f'FAILED: {type(e).__name__}: {e}'); raise
         if folder is not None: write_json(folder/'metrics.json', metrics)
-        scores = ', '.join(
-            f'{k} {v:.2f}' for k, v in metrics.items() if k in ('accuracy', 'base', 'new', 'hm')
-        )
+        scores = ', '.join(f'{k} {v:.2f}' for k, v in metrics.items()
+                           if k in ('accuracy', 'base', 'new', 'hm'))
         log(f"finished in {metrics['seconds']:.1f} s: {scores}")
         return metrics
 
-
 def _indices_used(rec: dict | None) -> dict:
     if rec is None: return dict(source='all data')
-    return dict(
-        source=rec['source'],
-        file=rec.get('file'),
-        positions_sha256=rec['positions_sha256'],
-        train=len(rec['train']),
-    )
+    return dict(source=rec['source'], file=rec.get('file'),
+                positions_sha256=rec['positions_sha256'], train=len(rec['train']))
 
 
-def _run(
-    s, folder, clip, dataset, method, rule, cache_dir, index_dir, data_root, progress, start
-) -> dict:
+def _run(s, folder, clip, dataset, method, rule, cache_dir, index_dir, data_root, progress,
+         start) -> dict:
     cache = FeatureCache(Path(cache_dir)/'features') if cache_dir else None
-    rec = fewshot_record(
-        dataset,
-        s['shots'],
-        s['seed'],
-        Path(cache_dir) / 'fewshot' if cache_dir else None,
-        index_dir,
-    )
-    if (
-        rec is not None
-        and rec['source'] == 'sampled'
-        and cache_dir
-        and not index_set_path(
-            Path(cache_dir) / 'indices', dataset.name, s['shots'], s['seed']
-        ).exists()
-    ):
+    rec = fewshot_record(dataset, s['shots'], s['seed'],
+                         Path(cache_dir) / 'fewshot' if cache_dir else None, index_dir)
+    if rec is not None and rec['source'] == 'sampled' and cache_dir and not index_set_path(
+            Path(cache_dir) / 'indices', dataset.name, s['shots'], s['seed']).exists():
         # the kit's draw as an index set, to rerun on the same shots elsewhere
         write_index_set(Path(cache_dir)/'indices', dataset, rec)
     data = apply_fewshot(dataset, rec)
@@ -711,9 +570,7 @@ def _run(
         # which files the numbers come from
         data=dict(folder=dataset.folder, splits_sha256=split_hash(dataset)),
         checkpoint_rule='last epoch' if learnable(method) else 'none (nothing trained)',
-        seconds=time.time() - start,
-    )
-
+        seconds=time.time() - start)
 
 def learnable(method) -> bool: return any(p.requires_grad for p in method.parameters())
 
@@ -728,10 +585,9 @@ def build_method(s: dict, clip: LoadedCLIP, data):
     except TypeError as e:
         if 'unexpected keyword' not in str(e): raise
         bad = str(e).split('argument')[-1].strip().strip("'")
-        known = sorted(
-            {f.name for f in fields(TrainConfig)}
-            | set(CONFIGS[(s['method'], s['protocol'])].get('method', {}))
-        )
+        known = sorted({f.name
+                        for f in fields(TrainConfig)}
+                       | set(CONFIGS[(s['method'], s['protocol'])].get('method', {})))
         raise VLPromptError(f"{s['method']} has no option or training setting "
                             f"{bad!r}.{suggest(bad, known)} "
                             f"Its options include {', '.join(known)}.") from e
@@ -746,13 +602,11 @@ def build_run(s: dict, clip: LoadedCLIP, train_data):
                                 f"would have nothing to "
                                 'change. Leave out --rule.')
         template = run_template(s, train_data)
-        rule = GRADIENT_RULES[s['rule']].build(
-            s['method_options'], clip, train_data, method, template
-        )
+        rule = GRADIENT_RULES[s['rule']].build(s['method_options'], clip, train_data, method,
+                                               template)
     elif s['method'] in RULES and learnable(method):
         rule = RULES[s['method']](s, clip, train_data, method)
-    else:
-        rule = cross_entropy_rule
+    else: rule = cross_entropy_rule
     return method, rule
 
 def check_split(folder: str | Path, dataset) -> None:
@@ -782,34 +636,22 @@ def run_identity(s: dict, clip: LoadedCLIP, train_data) -> dict:
         protocol=s['protocol'],
         classes=hashlib.sha1(json.dumps(list(train_data.classnames)).encode()).hexdigest()[:12],
         # the data root's train / val lists: other files, another run
-        splits=split_hash(train_data)[:16],
-    )
+        splits=split_hash(train_data)[:16])
 
 
-def train_run(
-    method,
-    rule,
-    s: dict,
-    clip: LoadedCLIP,
-    train_data,
-    cache: FeatureCache | None = None,
-    folder: Path | None = None,
-    progress: bool = False,
-) -> dict:
+def train_run(method, rule, s: dict, clip: LoadedCLIP, train_data,
+              cache: FeatureCache | None = None, folder: Path | None = None,
+              progress: bool = False) -> dict:
     """`train_method` (prepare -> fit -> calibrate) on `train_data`; returns extra metrics of the
-    rule.
-    With a `folder` holding the finished run's checkpoint, fit only reloads the learned tensors
-    (what `evaluate_run` relies on)."""
+    rule. With a `folder` holding the finished run's checkpoint, fit only reloads the learned
+    tensors (what `evaluate_run` relies on)."""
     if not (learnable(method) or hasattr(method, 'prepare') or hasattr(method, 'calibrate')):
         return {}
     cfg = TrainConfig(**s['train'])
     train = train_inputs(clip, method, train_data, cfg, cache)
     uses_val = hasattr(method, 'prepare') or hasattr(method, 'calibrate')
-    val_x, val_y = (
-        split_inputs(clip, method, train_data, 'val', cache)
-        if uses_val and train_data.val is not None
-        else (None, None)
-    )
+    val_x, val_y = split_inputs(clip, method, train_data, 'val',
+                                cache) if uses_val and train_data.val is not None else (None, None)
     prepare_x = None
     if hasattr(method, 'prepare') and getattr(method, 'needs_images', False):
         # e.g. SPT's prompts from the un-augmented training images
@@ -818,33 +660,18 @@ def train_run(
             if train_data.source == 'micro'
             else LazyImages(train_data, 'train', clip.preprocess)
         )
-    train_method(
-        method,
-        train.inputs,
-        train.labels,
-        val_x,
-        val_y,
-        cfg,
-        out=folder,
-        rule=rule,
-        augment=train.augment,
-        progress=progress,
-        identity=run_identity(s, clip, train_data),
-        prepare_inputs=prepare_x,
-    )
-    return (
-        dict(conflict_fraction=rule.conflict_fraction) if getattr(rule, 'conflicts', None) else {}
-    )  # of the steps run in this process
-
+    train_method(method, train.inputs, train.labels, val_x, val_y, cfg, out=folder, rule=rule,
+                 augment=train.augment, progress=progress,
+                 identity=run_identity(s, clip, train_data), prepare_inputs=prepare_x)
+    return dict(conflict_fraction=rule.conflict_fraction) if getattr(rule, 'conflicts', None) else {
+    }  # of the steps run in this process
 
 def _for(method, s, clip, data):
     """The method moved to another dataset's classes with what it learned; one with nothing learned
     is rebuilt (with that dataset's template)."""
-    return (
-        method.for_classes(data.classnames)
-        if learnable(method) or hasattr(method, 'prepare')
-        else build_method(s, clip, data)
-    )
+    return method.for_classes(
+        data.classnames) if learnable(method) or hasattr(method, 'prepare') else build_method(
+            s, clip, data)
 
 def evaluate_method(method, s: dict, clip: LoadedCLIP, data, data_root=None, cache=None) -> dict:
     """Test accuracies of a (trained) method under its protocol: base/new/HM, or the dataset and its
@@ -863,12 +690,9 @@ def evaluate_method(method, s: dict, clip: LoadedCLIP, data, data_root=None, cac
         out[name] = accuracy(clip, _for(method, s, clip, target), target, cache=cache)
     return out
 
-def evaluate_run(
-    folder: str | Path,
-    data_root=None,
-    checkpoint: str | None = None,
-    split_indices: str | Path | None = None,
-) -> dict:
+
+def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = None,
+                 split_indices: str | Path | None = None) -> dict:
     """Re-evaluate a run folder from its config and checkpoint (the learnable tensors), without
     training."""
     folder = Path(folder)
@@ -915,11 +739,9 @@ from .train import file_sha256
 
 def use_checkpoint(s: dict, checkpoint: str | Path | None) -> dict:
     """Settings `s` on the backbone weights file `checkpoint`: its path and SHA-256 (of all its
-    bytes) become settings of
-    the run, so other weights get another folder, another row of the table and another cache key.
-    Settings that name
-    a file already are checked against `checkpoint` (the file at hand); without either, `s` is
-    returned unchanged."""
+    bytes) become settings of the run, so other weights get another folder, another row of the
+    table and another cache key. Settings that name a file already are checked against
+    `checkpoint` (the file at hand); without either, `s` is returned unchanged."""
     want = s.get('checkpoint')
     if want is None and checkpoint is None: return s
     if checkpoint is None:
@@ -948,35 +770,21 @@ def read_config(folder: str | Path) -> dict:
     except (ValueError, UnicodeDecodeError) as e:
         raise VLPromptError(
             f'{path} is not valid JSON ({e}); it may have been edited by hand. Restore it or train '
-            f'the run'
-            ' again.'
+            f'the run again.'
         ) from e
     need = {
-        'method',
-        'protocol',
-        'dataset',
-        'shots',
-        'seed',
-        'backbone',
-        'pretrained',
-        'train',
-        'method_options',
+        'method', 'protocol', 'dataset', 'shots', 'seed', 'backbone', 'pretrained', 'train',
+        'method_options'
     }
-    if (
-        not isinstance(s, dict)
-        or not need <= s.keys()
-        or not isinstance(s['train'], dict)
-        or not isinstance(s['method_options'], dict)
-    ):
+    if not isinstance(s, dict) or not need <= s.keys() or not isinstance(
+            s['train'], dict) or not isinstance(s['method_options'], dict):
         raise VLPromptError(f'{path} is not the settings of a run (a JSON object with '
-                            f'{", ".join(sorted(need))}); restore it or '
-                            'train the run again.')
+                            f'{", ".join(sorted(need))}); restore it or train the run again.')
     return s
 
 # %% ../nbs/20_benchmark.ipynb #bc28ee78
-def evaluate_official(
-    s: dict, official: str | Path, data_root=None, checkpoint: str | None = None
-) -> dict:
+def evaluate_official(s: dict, official: str | Path, data_root=None,
+                      checkpoint: str | None = None) -> dict:
     """Test metrics of an official trainer's checkpoint loaded into the kit's method for settings
     `s`."""
     clip = get_clip(s['backbone'], s['pretrained'], checkpoint)
@@ -990,54 +798,27 @@ def evaluate_official(
 # %% ../nbs/20_benchmark.ipynb #7a96257c
 import csv, io
 
-
-def plan(
-    protocol: str,
-    methods: list[str],
-    datasets: list[str],
-    seeds=(1, 2, 3),
-    shots=16,
-    backbone: str = 'micro',
-    pretrained: str | None = None,
-    train: dict | None = None,
-    method_options: dict | None = None,
-    split_indices: str | Path | None = None,
-    template: str | None = None,
-    rule: str | None = None,
-) -> list[dict]:
+def plan(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 2, 3), shots=16,
+         backbone: str = 'micro', pretrained: str | None = None, train: dict | None = None,
+         method_options: dict | None = None, split_indices: str | Path | None = None,
+         template: str | None = None, rule: str | None = None) -> list[dict]:
     """The settings of every run of a grid: datasets × shots × methods × seeds, in that order.
     `shots` is a number or a list;
     `train` overrides go to every method; `method_options` to every method, or per method as
-    {'prograd': {'lam': 0.5}};
-    with `split_indices`, every run reads its shots from that index set; `template` replaces the
-    datasets' templates."""
-    per_method = (
-        bool(method_options)
-        and set(method_options) <= set(methods)
-        and all(isinstance(v, dict) for v in method_options.values())
-    )
+    {'prograd': {'lam': 0.5}}; with `split_indices`, every run reads its shots from that index
+    set; `template` replaces the datasets' templates."""
+    per_method = bool(method_options) and set(method_options) <= set(methods) and all(
+        isinstance(v, dict) for v in method_options.values())
     out = []
     for d in datasets:
         for k in (shots if isinstance(shots, (list, tuple)) else [shots]):
             for m in methods:
                 options = (method_options or {}).get(m, {}) if per_method else method_options
                 for seed in seeds:
-                    s = run_settings(
-                        m,
-                        protocol,
-                        d,
-                        k,
-                        seed,
-                        backbone,
-                        pretrained,
-                        train=train,
-                        method_options=options,
-                        template=template,
-                        rule=rule,
-                    )
+                    s = run_settings(m, protocol, d, k, seed, backbone, pretrained, train=train,
+                                     method_options=options, template=template, rule=rule)
                     out.append(
-                        use_split_indices(s, split_indices) if split_indices is not None else s
-                    )
+                        use_split_indices(s, split_indices) if split_indices is not None else s)
     seen = set()
     for s in out:  # `--seeds 1 1`: one run, never two rows of a table's mean
         if (key := json.dumps(s, sort_keys=True, default=str)) in seen:
@@ -1047,69 +828,40 @@ def plan(
         seen.add(key)
     return out
 
-
 def grid_datasets(runs: list[dict]) -> list[str]:
     """Every dataset a grid reads: its training datasets and their cross-dataset or domain-shift
     targets."""
     out = []
     for s in runs:
         out += [
-            s['dataset'],
-            *{'xd': CROSS_DATASET, 'dg': DOMAIN_SHIFTS}
-            .get(s['protocol'], {})
-            .get(s['dataset'], []),
+            s['dataset'], *{'xd': CROSS_DATASET, 'dg': DOMAIN_SHIFTS}.get(s['protocol'], {}).get(
+                s['dataset'], [])
         ]
     return list(dict.fromkeys(out))
 
 def write_grid(out: str | Path, runs: list[dict]) -> Path:
     "Record a grid's runs in `out/grids/` so that `scan_runs` can list the ones that never started."
     folders = [str(run_dir('', s)) for s in runs]
-    path = (
-        Path(out)
-        / 'grids'
-        / f"{hashlib.sha1(json.dumps(sorted(folders)).encode()).hexdigest()[:12]}.json"
-    )
+    path = Path(
+        out
+    ) / 'grids' / f"{hashlib.sha1(json.dumps(sorted(folders)).encode()).hexdigest()[:12]}.json"
     write_json(path, dict(runs=[dict(folder=f, settings=s) for f, s in zip(folders, runs)]))
     return path
 
-
-def reproduce(
-    protocol: str,
-    methods: list[str],
-    datasets: list[str],
-    seeds=(1, 2, 3),
-    shots: int = 16,
-    out='runs',
-    backbone: str = 'micro',
-    pretrained: str | None = None,
-    checkpoint: str | None = None,
-    data_root=None,
-    progress: bool = True,
-    train: dict | None = None,
-    method_options: dict | None = None,
-    split_indices: str | Path | None = None,
-    check_data: bool = True,
-    rule: str | None = None,
-) -> list[dict]:
+def reproduce(protocol: str, methods: list[str], datasets: list[str], seeds=(1, 2, 3),
+              shots: int = 16, out='runs', backbone: str = 'micro', pretrained: str | None = None,
+              checkpoint: str | None = None, data_root=None, progress: bool = True,
+              train: dict | None = None, method_options: dict | None = None,
+              split_indices: str | Path | None = None, check_data: bool = True,
+              rule: str | None = None) -> list[dict]:
     """Run every (method, dataset, seed) of a protocol under `out`, one by one in this process;
-    returns the metrics of each run.
-    First the data doctor checks every dataset the grid reads (`check_data=False` skips it)."""
+    returns the metrics of each run. First the data doctor checks every dataset the grid reads
+    (`check_data=False` skips it)."""
     out = Path(out)
     runs = [
         use_checkpoint(s, checkpoint)
-        for s in plan(
-            protocol,
-            methods,
-            datasets,
-            seeds,
-            shots,
-            backbone,
-            pretrained,
-            train,
-            method_options,
-            split_indices,
-            rule=rule,
-        )
+        for s in plan(protocol, methods, datasets, seeds, shots, backbone, pretrained, train,
+                      method_options, split_indices, rule=rule)
     ]
     for s in runs: _check_config(run_dir(out, s), s)  # refuse before anything runs
     if check_data: require_data(grid_datasets(runs), data_root)
@@ -1117,72 +869,48 @@ def reproduce(
     rows = []
     for i, s in enumerate(runs):
         if progress:
-            print(
-                f"[{i + 1}/{len(runs)}] {s['method']} on {s['dataset']}, seed {s['seed']}",
-                flush=True,
-            )
+            print(f"[{i + 1}/{len(runs)}] {s['method']} on {s['dataset']}, seed {s['seed']}",
+                  flush=True)
         rows.append(
-            run(s, run_dir(out, s), data_root, out / 'cache', checkpoint, progress, split_indices)
-        )
+            run(s, run_dir(out, s), data_root, out / 'cache', checkpoint, progress, split_indices))
     return rows
 
 
-def base_to_new(
-    method: str = 'coop',
-    dataset: str = 'micro-pairs',
-    shots: int = 16,
-    seed: int = 1,
-    backbone: str = 'micro',
-    **settings,
-) -> dict:
+def base_to_new(method: str = 'coop', dataset: str = 'micro-pairs', shots: int = 16, seed: int = 1,
+                backbone: str = 'micro', **settings) -> dict:
     """One base-to-new run in memory (no files): the pure function under the notebooks' sliders.
     `settings` are training settings (TrainConfig fields, e.g. epochs) or method options (e.g. lam,
     n_ctx), and `rule`
     (e.g. 'prograd') a gradient rule around the method; returns them with base, new, hm."""
     train_keys = {f.name for f in fields(TrainConfig)}
     options = {k: v for k, v in settings.items() if k != 'rule'}
-    s = run_settings(
-        method,
-        'base2new',
-        dataset,
-        shots,
-        seed,
-        backbone,
-        train={k: v for k, v in options.items() if k in train_keys},
-        method_options={k: v for k, v in options.items() if k not in train_keys},
-        rule=settings.get('rule'),
-    )
+    s = run_settings(method, 'base2new', dataset, shots, seed, backbone,
+                     train={k: v
+                            for k, v in options.items() if k in train_keys},
+                     method_options={k: v
+                                     for k, v in options.items()
+                                     if k not in train_keys}, rule=settings.get('rule'))
     metrics = run(s, progress=False)
-    return dict(
-        method=method,
-        shots=shots,
-        seed=seed,
-        **settings,
-        **{k: v for k, v in metrics.items() if k != 'settings'},
-    )
-
+    return dict(method=method, shots=shots, seed=seed, **settings,
+                **{k: v
+                   for k, v in metrics.items() if k != 'settings'})
 
 def _mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def _is_metric(k, v):
-    return (
-        k not in ('seconds', 'conflict_fraction')
-        and isinstance(v, (int, float))
-        and not isinstance(v, bool)
-    )
-
+    return k not in ('seconds', 'conflict_fraction') and isinstance(
+        v, (int, float)) and not isinstance(v, bool)
 
 def _variant(s: dict, trained: bool = True) -> str:
     """The settings a run changed from its method's configuration, in words (index files are named
-    in the shots column;
-    training settings are left out for a method that trained nothing)."""
+    in the shots column; training settings are left out for a method that trained nothing)."""
     ov = {
         k: v
         for k, v in overrides(s).items()
-        if not k.startswith(('split_indices', 'checkpoint.'))
-        and (trained or not k.startswith('train.'))
+        if not k.startswith(('split_indices',
+                             'checkpoint.')) and (trained or not k.startswith('train.'))
     }
     return ', '.join(f"{k.split('.')[-1]}={v}" for k, v in ov.items())
 
@@ -1217,20 +945,19 @@ def _check_one_split(rs: list[dict]) -> str:
 
 def summarize(rows: list[dict]) -> list[dict]:
     """One summary per group of runs that differ only in their seed: mean and std over seeds of each
-    metric, with what
-    every row must say (backbone, shots, seeds, checkpoint rule, how HM was averaged, which shots)
-    and the paper's numbers."""
+    metric, with what every row must say (backbone, shots, seeds, checkpoint rule, how HM was
+    averaged, which shots) and the paper's numbers."""
     groups = {}
     for r in rows:
         s = r['settings']
         key = json.dumps(
             {
-                **{k: v for k, v in s.items() if k not in ('seed', 'split_indices')},
-                'train': {k: v for k, v in s['train'].items() if k != 'seed'},
-                'indices': r.get('indices', {}).get('source', 'sampled'),
-            },
-            sort_keys=True,
-        )
+                **{k: v
+                   for k, v in s.items() if k not in ('seed', 'split_indices')}, 'train': {
+                    k: v
+                    for k, v in s['train'].items() if k != 'seed'
+                }, 'indices': r.get('indices', {}).get('source', 'sampled')
+            }, sort_keys=True)
         groups.setdefault(key, []).append(r)
     out = []
     for rs in groups.values():
@@ -1240,28 +967,16 @@ def summarize(rows: list[dict]) -> list[dict]:
         keys = list(dict.fromkeys(k for r in rs for k, v in r.items() if _is_metric(k, v)))
         trained = rs[0].get('checkpoint_rule', 'last epoch') != 'none (nothing trained)'
         g = dict(
-            protocol=s['protocol'],
-            dataset=s['dataset'],
-            method=s['method'],
-            variant=_variant(s, trained),
-            backbone=s['backbone'],
-            pretrained=', '.join(
-                filter(
-                    None,
-                    [
-                        s.get('pretrained'),
-                        s.get('checkpoint') and f"weights {s['checkpoint']['sha256'][:12]}",
-                    ],
-                )
-            ),
-            shots=s['shots'],
-            n_seeds=len(rs),
+            protocol=s['protocol'], dataset=s['dataset'], method=s['method'],
+            variant=_variant(s, trained), backbone=s['backbone'], pretrained=', '.join(
+                filter(None, [
+                    s.get('pretrained'),
+                    s.get('checkpoint') and f"weights {s['checkpoint']['sha256'][:12]}"
+                ])), shots=s['shots'], n_seeds=len(rs),
             seeds=' '.join(str(r['settings']['seed']) for r in rs),
-            metrics={k: _mean_std([r[k] for r in rs if k in r]) for k in keys},
-            checkpoint=rs[0].get('checkpoint_rule', 'last epoch'),
-            indices=_indices_words(rs),
-            splits=splits,
-        )
+            metrics={k: _mean_std([r[k] for r in rs if k in r])
+                     for k in keys}, checkpoint=rs[0].get('checkpoint_rule', 'last epoch'),
+            indices=_indices_words(rs), splits=splits)
         if s['protocol'] == 'base2new' and {'base', 'new'} <= set(keys):
             g['hm_rule'] = (f"HM per seed, then mean ± std (HM of the mean B and N: "
                             f"{harmonic_mean(g['metrics']['base'][0], g['metrics']['new'][0]):.1f})"
@@ -1279,11 +994,8 @@ def results_table(rows: list[dict]) -> str:
     parts = []
     for protocol in protocols:
         gs = [g for g in groups if g['protocol'] == protocol]
-        keys = (
-            ['base', 'new', 'hm']
-            if protocol == 'base2new'
-            else list(dict.fromkeys(k for g in gs for k in g['metrics']))
-        )
+        keys = ['base', 'new', 'hm'] if protocol == 'base2new' else list(
+            dict.fromkeys(k for g in gs for k in g['metrics']))
         head = (
             ['dataset', 'method', 'seeds']
             + keys
@@ -1295,18 +1007,15 @@ def results_table(rows: list[dict]) -> str:
         lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
         for g in gs:
             cells = [
-                g['dataset'],
-                g['method'] + (f" ({g['variant']})" if g['variant'] else ''),
-                str(g['n_seeds']),
+                g['dataset'], g['method'] + (f" ({g['variant']})" if g['variant'] else ''),
+                str(g['n_seeds'])
             ]
             # one seed has no spread to show
             spread = lambda m, sd: f'{m:.1f}' if g['n_seeds'] == 1 else f'{m:.1f} ± {sd:.1f}'
             cells += [spread(*g['metrics'][k]) if k in g['metrics'] else '—' for k in keys]
             cells += [
                 g['backbone'] + (f" ({g['pretrained']})" if g['pretrained'] else ''),
-                str(g['shots']),
-                g['seeds'],
-                g['checkpoint'],
+                str(g['shots']), g['seeds'], g['checkpoint']
             ]
             if protocol == 'base2new':
                 cells.append(g.get('hm_rule', '—'))
@@ -1324,17 +1033,8 @@ def results_csv(rows: list[dict]) -> str:
     for g in groups:
         rec = {
             k: g[k]
-            for k in (
-                'protocol',
-                'dataset',
-                'method',
-                'variant',
-                'backbone',
-                'pretrained',
-                'shots',
-                'n_seeds',
-                'seeds',
-            )
+            for k in ('protocol', 'dataset', 'method', 'variant', 'backbone', 'pretrained', 'shots',
+                      'n_seeds', 'seeds')
         }
         for k, (m, sd) in g['metrics'].items():
             rec[f'{k}_mean'], rec[f'{k}_std'] = round(m, 4), round(sd, 4)
@@ -1355,10 +1055,8 @@ def _tail(path: Path, n: int = 4) -> list[str]:
 
 def scan_runs(root: str | Path) -> tuple[list[dict], list[dict]]:
     """The metrics of every finished run under `root`, and the others: folders with config.json but
-    no metrics.json
-    ('failed', 'stopped' or 'unfinished', with the epochs done and the last lines of log.txt) and
-    runs of a recorded grid
-    that never started ('not started')."""
+    no metrics.json ('failed', 'stopped' or 'unfinished', with the epochs done and the last lines
+    of log.txt) and runs of a recorded grid that never started ('not started')."""
     root = Path(root)
     rows, others, seen = [], [], set()
     for cfg in sorted(root.rglob('config.json')):
@@ -1376,52 +1074,28 @@ def scan_runs(root: str | Path) -> tuple[list[dict], list[dict]]:
         except (VLPromptError, ValueError, UnicodeDecodeError) as e:
             # listed as damaged, not a traceback
             others.append(
-                dict(
-                    folder=str(folder.relative_to(root)),
-                    settings={},
-                    status=f'damaged ({str(e)[:120]})',
-                    epochs_done=None,
-                    log=_tail(folder / 'log.txt'),
-                )
-            )
+                dict(folder=str(folder.relative_to(root)), settings={},
+                     status=f'damaged ({str(e)[:120]})', epochs_done=None,
+                     log=_tail(folder / 'log.txt')))
             continue
         log = _tail(folder/'log.txt')
         last = next(
-            (
-                m.group(1)
-                for l in reversed(log)
-                if (m := re.match(r'\S+ \S+ (start|FAILED|interrupted|stopped|pre-empted)', l))
-            ),
-            '',
-        )
+            (m.group(1) for l in reversed(log)
+             if (m := re.match(r'\S+ \S+ (start|FAILED|interrupted|stopped|pre-empted)', l))), '')
         status = {
-            'FAILED': 'failed',
-            'interrupted': 'stopped',
-            'stopped': 'stopped',
-            'pre-empted': 'requeued',
+            'FAILED': 'failed', 'interrupted': 'stopped', 'stopped': 'stopped',
+            'pre-empted': 'requeued'
         }.get(last, 'unfinished')
         others.append(
-            dict(
-                folder=str(folder.relative_to(root)),
-                settings=s,
-                status=status,
-                epochs_done=checkpoint_epoch(folder),
-                log=log,
-            )
-        )
+            dict(folder=str(folder.relative_to(root)), settings=s, status=status,
+                 epochs_done=checkpoint_epoch(folder), log=log))
     for grid in sorted((root/'grids').glob('*.json')):
         for r in json.loads(grid.read_text())['runs']:
             if (root/r['folder']).resolve() not in seen:
                 seen.add((root/r['folder']).resolve())
                 others.append(
-                    dict(
-                        folder=r['folder'],
-                        settings=r['settings'],
-                        status='not started',
-                        epochs_done=None,
-                        log=[],
-                    )
-                )
+                    dict(folder=r['folder'], settings=r['settings'], status='not started',
+                         epochs_done=None, log=[]))
     return rows, others
 
 def unfinished_report(others: list[dict]) -> str:
@@ -1442,9 +1116,8 @@ def write_tables(root: str | Path, out: str | Path | None = None) -> str:
     rows, others = scan_runs(root)
     rows, copies = merge_duplicates(rows)
     out = Path(out) if out is not None else Path(root)/'results'
-    md = (results_table(rows) if rows else 'No finished runs.') + (
-        '\n\n' + unfinished_report(others) if others else ''
-    )
+    md = (results_table(rows)
+          if rows else 'No finished runs.') + ('\n\n' + unfinished_report(others) if others else '')
     if copies:
         md += '\n\n**Copies of one run, counted once:**\n\n' + '\n'.join(f'- {n}' for n in copies)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1455,9 +1128,8 @@ def write_tables(root: str | Path, out: str | Path | None = None) -> str:
 # %% ../nbs/20_benchmark.ipynb #a24b0003
 def merge_duplicates(rows: list[dict]) -> tuple[list[dict], list[str]]:
     """Finished runs with the same settings and seed are one run found twice (a copied folder):
-    identical copies count
-    once, and are named; copies whose results differ are refused, since no table can say which one
-    is right."""
+    identical copies count once, and are named; copies whose results differ are refused, since no
+    table can say which one is right."""
     seen, out, notes = {}, [], []
     for r in rows:
         key = json.dumps(r['settings'], sort_keys=True, default=str)

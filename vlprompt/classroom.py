@@ -40,10 +40,7 @@ EXERCISES = {
     e.name: e
     for e in (
         Exercise(
-            'fewshot',
-            '02_data.ipynb',
-            'fewshot_indices',
-            'check_fewshot',
+            'fewshot', '02_data.ipynb', 'fewshot_indices', 'check_fewshot',
             'Group the positions of `labels` by label, in the order the labels first appear '
             '(`by_label`, label -> positions); '
             'then for each label take `rng.sample(positions, shots)`, or all its positions when '
@@ -52,13 +49,9 @@ EXERCISES = {
             'class with too few items in `short`: '
             'the warning below uses `by_label`, `chosen` and `short`.',
             'group positions by label in first-occurrence order, then take rng.sample(positions, '
-            'shots) per label (all of them if fewer)',
-        ),
+            'shots) per label (all of them if fewer)'),
         Exercise(
-            'prompt_assembly',
-            '11_coop.ipynb',
-            'CoOp.prompts',
-            'check_prompt_assembly',
+            'prompt_assembly', '11_coop.ipynb', 'CoOp.prompts', 'check_prompt_assembly',
             'Build the context `ctx` of shape (K, M, d): the unified context `self.ctx` (M, d) '
             'expanded over the K classes, or the '
             'class-specific one (K, M, d) as it is (`self.csc`), in the dtype of the buffers. '
@@ -68,83 +61,55 @@ EXERCISES = {
             '[SOS], context, suffix concatenated along the sequence; the lines below use ctx, '
             'prefix and suffix for "middle" and "front".',
             'expand the unified context to (K, M, d), then concatenate [SOS], context and suffix '
-            'along the sequence (dim 1)',
-        ),
+            'along the sequence (dim 1)'),
         Exercise(
-            'prograd_project',
-            '12_prograd.ipynb',
-            'prograd_project',
-            'check_prograd',
+            'prograd_project', '12_prograd.ipynb', 'prograd_project', 'check_prograd',
             'Return G_d unchanged when it agrees with G_g (G_d . G_g >= 0, the dot product over '
             'all elements of the tensors); '
             'otherwise remove lam times its component along G_g: G_d - lam (G_d . G_g / |G_g|^2) '
             'G_g.',
             "keep G_d when G_d . G_g >= 0; otherwise remove lam times G_d's component along G_g "
-            "(the equation above)",
-        ),
+            "(the equation above)"),
         Exercise(
-            'taskres_classifier',
-            '13_taskres.ipynb',
-            'TaskRes.classifier',
+            'taskres_classifier', '13_taskres.ipynb', 'TaskRes.classifier',
             'check_taskres_classifier',
             'Return the classifier t + alpha x of shape (K, D), before normalisation (clip_logits '
             'normalises it): t is the frozen '
             'base `self.base`, x the learned residual `self.task_residual`, and alpha the '
-            'argument `alpha`, or the module\'s own '
-            '`self.alpha` when it is None.',
+            'argument `alpha`, or the module\'s own `self.alpha` when it is None.',
             "the classifier is t + alpha x before normalisation; alpha=None means the module's "
-            "own self.alpha",
-        ),
+            "own self.alpha"),
         Exercise(
-            'maple_coupling',
-            '14_maple.ipynb',
-            'MaPLe.vision_layer_prompts',
-            'check_coupling',
+            'maple_coupling', '14_maple.ipynb', 'MaPLe.vision_layer_prompts', 'check_coupling',
             'With coupling (`self.coupled`) return the vision prompts F_i(P_i), one per coupling '
             'layer: `self.couplings[i]` applied '
             'to the language prompt of the same depth, `self.text_layer_prompts()[i]`. Without '
-            'coupling let the line below '
-            'return the independent prompts.',
+            'coupling let the line below return the independent prompts.',
             'with coupling, vision prompt i is F_i(P_i): coupling layer i applied to the language '
-            'prompt of depth i',
-        ),
+            'prompt of depth i'),
         Exercise(
-            'spt_pooling',
-            '15_vpt_spt.ipynb',
-            'pool_windows',
-            'check_pooling_init',
+            'spt_pooling', '15_vpt_spt.ipynb', 'pool_windows', 'check_pooling_init',
             'Cut each image\'s sequence (B, L, d) into n windows of consecutive tokens and pool '
             'each one. split="official" (SPT\'s '
             'code): n-1 windows of w = L // (n-1) tokens, then a last window of the last L % w '
             'tokens (all L tokens when that is 0). '
             'split="even", or n == 1: torch.tensor_split(tokens, n, dim=1). Reduce each window by '
-            'its mean (how="mean") or '
-            'maximum ("max") over its tokens and stack them: (B, n, d).',
+            'its mean (how="mean") or maximum ("max") over its tokens and stack them: (B, n, d).',
             'n-1 windows of w = L // (n-1) tokens, then the last L % w tokens (all L when 0); '
-            'mean or max over each window',
-        ),
+            'mean or max over each window'),
         Exercise(
-            'nmi',
-            '15_vpt_spt.ipynb',
-            'nmi_from_joint',
-            'check_nmi',
+            'nmi', '15_vpt_spt.ipynb', 'nmi_from_joint', 'check_nmi',
             'Normalise the joint so that it sums to 1 over its last two axes; take the marginals '
             'pi(p_k) (sum over patches) and '
             'pi(e_j) (sum over prompts); I = sum pi log(pi / (pi(p) pi(e))), H(p) = -sum pi(p) '
             'log pi(p), H(e) likewise, with '
             '0 log 0 = 0; return I / sqrt(H(p) H(e)), and 0 where that denominator is 0.',
             'normalise the joint, take its two marginals, then I(p; e) / sqrt(H(p) H(e)), with 0 '
-            'log 0 = 0',
-        ),
+            'log 0 = 0'),
         Exercise(
-            'harmonic_mean',
-            '20_benchmark.ipynb',
-            'harmonic_mean',
-            'check_harmonic_mean',
+            'harmonic_mean', '20_benchmark.ipynb', 'harmonic_mean', 'check_harmonic_mean',
             'Return the harmonic mean HM = 2 B N / (B + N) of the base and new accuracies, and '
-            '0.0 when B + N is 0.',
-            '2BN / (B + N), and 0.0 when B + N is 0',
-        ),
+            '0.0 when B + N is 0.', '2BN / (B + N), and 0.0 when B + N is 0'),
     )
 }
 
@@ -192,11 +157,11 @@ def stub_lines(exercise: Exercise, indent: str) -> list[str]:
     """The lines that replace a marked region: the task as a comment, then the NotImplementedError
     with the hint."""
     wrapped = textwrap.wrap(exercise.task, width=max(40, 110 - len(indent)))
-    return (
-        [f'{indent}# TODO: {wrapped[0]}']
-        + [f'{indent}#       {line}' for line in wrapped[1:]]
-        + [f'{indent}raise NotImplementedError({f"Exercise {exercise.name}: {exercise.hint}"!r})']
-    )
+    return ([f'{indent}# TODO: {wrapped[0]}'] +
+            [f'{indent}#       {line}' for line in wrapped[1:]] + [
+                f'{indent}raise '
+                f'NotImplementedError({f"Exercise {exercise.name}: {exercise.hint}"!r})'
+            ])
 
 def stub_source(source: str, names=None, where: str = 'the cell') -> tuple[str, list[str]]:
     """`source` with every marked region (of `names`; all if None) replaced by its stub, and the
@@ -214,14 +179,9 @@ def stub_source(source: str, names=None, where: str = 'the cell') -> tuple[str, 
 def _source(cell) -> str:
     return ''.join(cell['source']) if isinstance(cell['source'], list) else cell['source']
 
-
 def _cell(kind: str, source: str, key: str) -> dict:
-    cell = dict(
-        cell_type=kind,
-        id=hashlib.sha1(key.encode()).hexdigest()[:8],
-        metadata={},
-        source=source.splitlines(keepends=True),
-    )
+    cell = dict(cell_type=kind, id=hashlib.sha1(key.encode()).hexdigest()[:8], metadata={},
+                source=source.splitlines(keepends=True))
     if kind == 'code': cell.update(execution_count=None, outputs=[])
     return cell
 
@@ -234,9 +194,8 @@ def _directives(source: str) -> dict:
     return out
 
 def _exported(cell) -> bool:
-    return cell['cell_type'] == 'code' and bool(
-        {'export', 'exports', 'exporti'} & _directives(_source(cell)).keys()
-    )
+    return cell['cell_type'] == 'code' and bool({'export', 'exports', 'exporti'}
+                                                & _directives(_source(cell)).keys())
 
 def read_notebook(path: str | Path) -> dict:
     "A notebook's JSON."
@@ -247,9 +206,7 @@ def read_notebook(path: str | Path) -> dict:
 def notebook_exercises(nb: dict, where: str = 'the notebook') -> list[str]:
     "Names of the exercises marked in a notebook's exported cells, in order."
     return [
-        r['name']
-        for i, c in enumerate(nb['cells'])
-        if _exported(c)
+        r['name'] for i, c in enumerate(nb['cells']) if _exported(c)
         for r in find_exercises(_source(c), f'{where}, cell {i}')
     ]
 
@@ -280,22 +237,15 @@ def student_notebook(nb: dict, names=None, notebook: str = 'the notebook') -> di
             ex = EXERCISES[name]
             cells.append(
                 _cell(
-                    'markdown',
-                    f'**Exercise `{name}`.** {ex.task}\n\nReplace the '
-                    '`raise NotImplementedError(...)` between '
+                    'markdown', f'**Exercise `{name}`.** {ex.task}\n\nReplace the '
+                    f'`raise NotImplementedError(...)` between '
                     f'`# exercise: {name}` and `# end exercise` above by your lines, '
-                    'run that cell, then this check: it calls '
+                    f'run that cell, then this check: it calls '
                     f'your `{ex.target}` on cases you cannot see and says what is wrong.',
-                    f'{notebook}:{name}:md',
-                )
-            )
+                    f'{notebook}:{name}:md'))
             cells.append(
-                _cell(
-                    'code',
-                    f'from vlprompt.classroom import {ex.check}\n{ex.check}({ex.target})',
-                    f'{notebook}:{name}:check',
-                )
-            )
+                _cell('code', f'from vlprompt.classroom import {ex.check}\n{ex.check}({ex.target})',
+                      f'{notebook}:{name}:check'))
         found += done
     if found:
         first = next(i for i, c in enumerate(cells) if c['cell_type'] == 'markdown')
@@ -321,10 +271,8 @@ def student_notebook(nb: dict, names=None, notebook: str = 'the notebook') -> di
         )
         first_code = next(i for i, c in enumerate(cells) if c['cell_type'] == 'code')
         install = 'google.colab' in _source(cells[first_code])
-        cells.insert(
-            first_code + 1 if install else first_code,
-            _cell('code', QUICK_CELL, f'{notebook}:quick'),
-        )
+        cells.insert(first_code + 1 if install else first_code,
+                     _cell('code', QUICK_CELL, f'{notebook}:quick'))
     nb['cells'] = cells
     nb['metadata'].pop('widgets', None)
     return nb
@@ -338,11 +286,10 @@ def solution_dir(nbs: str | Path | None = None, notebooks=None) -> Path:
     """The folder holding the solution notebooks (`notebooks`, default those of every exercise):
     `nbs`, else the clone's nbs/ or the current folder."""
     needed = sorted(set(notebooks or (e.notebook for e in EXERCISES.values())))
-    candidates = (
-        [Path(nbs)]
-        if nbs is not None
-        else [_package_root() / 'nbs', Path.cwd() / 'nbs', Path.cwd()]
-    )
+    candidates = [Path(nbs)] if nbs is not None else [
+        _package_root() / 'nbs', Path.cwd() /
+        'nbs', Path.cwd()
+    ]
     for folder in candidates:
         if all((folder/n).is_file() for n in needed): return folder
     if nbs is not None:
@@ -351,17 +298,13 @@ def solution_dir(nbs: str | Path | None = None, notebooks=None) -> Path:
                             f"{', '.join(missing)}): pass the nbs/ "
                             'folder of a clone of https://github.com/vlprompt/vlprompt.')
     raise VLPromptError('The solution notebooks are not part of the installed package. Clone the '
-                        'kit '
-                        '(git clone https://github.com/vlprompt/vlprompt) and pass --nbs '
+                        'kit (git clone https://github.com/vlprompt/vlprompt) and pass --nbs '
                         'vlprompt/nbs, or run the command inside the clone.')
 
 def _readme(written: dict) -> str:
-    rows = '\n'.join(
-        f'| `{nb}` | '
-        + ', '.join(f'`{n}` (`{EXERCISES[n].check}({EXERCISES[n].target})`)' for n in names)
-        + ' |'
-        for nb, names in written.items()
-    )
+    rows = '\n'.join(f'| `{nb}` | ' +
+                     ', '.join(f'`{n}` (`{EXERCISES[n].check}({EXERCISES[n].target})`)'
+                               for n in names) + ' |' for nb, names in written.items())
     return ('# Exercises\n\nStudent notebooks made by `vlprompt exercises` from the vlprompt kit. '
             'In each, the key lines of a method '
             'are replaced by a stub that raises `NotImplementedError`; write them, then run the '
@@ -370,13 +313,11 @@ def _readme(written: dict) -> str:
             'Needs the kit: `pip install git+https://github.com/vlprompt/vlprompt` (a CPU is '
             'enough). Each notebook starts in quick mode '
             '(`QUICK = True`: shorter sweeps, as the kit\'s tests run them). A teacher can grade '
-            'finished '
-            'notebooks with `vlprompt exercises --grade *.ipynb`.\n')
+            'finished notebooks with `vlprompt exercises --grade *.ipynb`.\n')
 
 
-def write_exercises(
-    out: str | Path, nbs: str | Path | None = None, names=None, overwrite: bool = False
-) -> list[Path]:
+def write_exercises(out: str | Path, nbs: str | Path | None = None, names=None,
+                    overwrite: bool = False) -> list[Path]:
     """Write student notebooks for `names` (all exercises if None) and a README.md into `out`;
     refuses to replace files unless `overwrite`."""
     names = list(EXERCISES) if not names else [get_exercise(n).name for n in names]
@@ -416,8 +357,8 @@ def _fail(check: str, message: str, case: str = ''):
 
 def _call(check: str, fn: Callable, case: str, *args, explain: dict | None = None, **kwargs):
     """Run the student's function; NotImplementedError (not done yet) passes through, any other
-    error fails the check with the
-    case (and, for an error type in `explain`, that explanation instead of the bare error)."""
+    error fails the check with the case (and, for an error type in `explain`, that explanation
+    instead of the bare error)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
@@ -425,11 +366,8 @@ def _call(check: str, fn: Callable, case: str, *args, explain: dict | None = Non
     except NotImplementedError: raise
     except Exception as e:
         why = next((text for kind, text in (explain or {}).items() if isinstance(e, kind)), None)
-        raise CheckFailed(
-            f'{check}: '
-            + (why or f'your function raised {type(e).__name__}: {e}')
-            + f'\n  (hidden case: {case})'
-        ) from e
+        raise CheckFailed(f'{check}: ' + (why or f'your function raised {type(e).__name__}: {e}') +
+                          f'\n  (hidden case: {case})') from e
 
 def _passed(check: str, fn: Callable, n: int):
     print(f"✓ {check}: {getattr(fn, '__qualname__', 'your function')} passes all {n} hidden cases.")
@@ -439,18 +377,13 @@ def _close(a, b, tol: float = 1e-5) -> bool:
         return False
     a, b = a.detach().double(), b.detach().double()
     return bool(
-        torch.allclose(
-            a, b, rtol=tol, atol=tol * max(1.0, b.abs().max().item() if b.numel() else 1.0)
-        )
-    )
+        torch.allclose(a, b, rtol=tol, atol=tol * max(1.0,
+                                                      b.abs().max().item() if b.numel() else 1.0)))
 
 def _show(x) -> str:
     if isinstance(x, torch.Tensor):
-        return (
-            f'tensor{tuple(x.shape)}'
-            if x.numel() > 6
-            else str([round(v, 4) for v in x.detach().double().flatten().tolist()])
-        )
+        return f'tensor{tuple(x.shape)}' if x.numel() > 6 else str(
+            [round(v, 4) for v in x.detach().double().flatten().tolist()])
     return f'{type(x).__name__} {x!r}'[:80]
 
 @functools.lru_cache(maxsize=1)
@@ -475,22 +408,15 @@ def check_prograd(fn: Callable, seed: int = 0) -> None:
         if (dot < 0) != conflict:
             gd = gd - 2 * dot / gg.pow(2).sum() * gg  # reflect: flips the sign of G_d . G_g
         return gd - (0.1 if conflict else -0.1) * gg, gg
-    cases = [
-        ('conflicting', *pair(shape, True), lam)
-        for shape in ((2,), (8,), (4, 8), (3, 5, 2))
-        for lam in (1.0, 0.5, 0.0, 0.25)
-    ]
-    cases += [('agreeing', *pair(shape, False), lam)
-              for shape in ((3,), (4, 8)) for lam in (1.0, 0.5)]
-    cases += [
-        ('G_g is zero', torch.randn(6, generator=g), torch.zeros(6), 1.0),
-        (
-            'conflicting in total, one row agreeing',
-            torch.tensor([[-2.0, 0.0], [0.0, 1.0]]),
-            torch.eye(2),
-            1.0,
-        ),
-    ]
+
+    cases = [('conflicting', *pair(shape, True), lam) for shape in ((2, ), (8, ), (4, 8), (3, 5, 2))
+             for lam in (1.0, 0.5, 0.0, 0.25)]
+    cases += [('agreeing', *pair(shape, False), lam) for shape in ((3, ), (4, 8))
+              for lam in (1.0, 0.5)]
+    cases += [('G_g is zero', torch.randn(6, generator=g), torch.zeros(6), 1.0),
+              ('conflicting in total, one row agreeing', torch.tensor([[-2., 0.],
+                                                                       [0.,
+                                                                        1.]]), torch.eye(2), 1.0)]
     for kind, gd, gg, lam in cases:
         case = f'{kind} gradients of shape {tuple(gd.shape)}, lam = {lam}'
         gd0, gg0 = gd.clone(), gg.clone()
@@ -499,8 +425,7 @@ def check_prograd(fn: Callable, seed: int = 0) -> None:
             _fail(
                 name,
                 'your function changed its inputs in place; return a new tensor (the rule still '
-                'needs both'
-                ' gradients).',
+                'needs both gradients).',
                 case,
             )
         want, dot = solution(gd0, gg0, lam), (gd0 * gg0).sum()
@@ -520,22 +445,20 @@ def check_prograd(fn: Callable, seed: int = 0) -> None:
         if dot >= 0:
             msg = 'when G_d . G_g >= 0 the gradients agree, and ProGrad keeps G_d unchanged.'
         elif lam == 0: msg = 'lam = 0 is plain CoOp: the result should be G_d, whatever G_g is.'
-        elif gd0.dim() > 1 and _close(
-                got, torch.stack([solution(a, b, lam) for a, b in zip(gd0, gg0)])):
+        elif gd0.dim() > 1 and _close(got,
+                                      torch.stack([solution(a, b, lam) for a, b in zip(gd0, gg0)])):
             msg = (f'the dot product G_d . G_g runs over all elements of the tensor (here of shape '
                    f'{tuple(gd0.shape)}), as ProGrad\'s '
                    'code does per parameter tensor, not row by row.')
         elif lam == 1 and abs(along) > 1e-4 * gd0.norm().item() * gg0.norm().item():
             msg = (
                 'when the gradients conflict (G_d . G_g < 0) and lam = 1, the result should be '
-                'orthogonal to'
-                f' G_g; yours gives G . G_g = {along:.3g}.'
+                f'orthogonal to G_g; yours gives G . G_g = {along:.3g}.'
             )
         elif lam == 1:
             msg = (
                 "with lam = 1 the result is G_d minus its component along G_g: keep the part of "
-                "G_d orthogonal"
-                " to G_g as it is."
+                "G_d orthogonal to G_g as it is."
             )
         else:
             msg = (f"with lam = {lam} only the fraction lam of G_d's component along G_g is "
@@ -549,30 +472,23 @@ def check_taskres_classifier(fn: Callable, seed: int = 0) -> None:
     """Check `fn(self, alpha=None)`, TaskRes's classifier t + alpha x, on TaskRes modules with
     hidden residuals; raises CheckFailed."""
     from vlprompt.methods.taskres import TaskRes
-    name, g, clip, pool = (
-        'check_taskres_classifier',
-        torch.Generator().manual_seed(seed),
-        _micro_clip(),
-        _micro_names(),
-    )
+    name, g, clip, pool = 'check_taskres_classifier', torch.Generator().manual_seed(
+        seed), _micro_clip(), _micro_names()
     def module(k, alpha, residual=True):
         names = [pool[i] for i in torch.randperm(len(pool), generator=g)[:k].tolist()]
         m = TaskRes(clip, names, alpha=alpha)
         if residual:
             with torch.no_grad():
                 m.task_residual.copy_(
-                    torch.randn(m.base.shape, generator=g) * m.base.norm(dim=-1, keepdim=True) / 8
-                )
+                    torch.randn(m.base.shape, generator=g) * m.base.norm(dim=-1, keepdim=True) / 8)
         return m
     m_zero, m_half, m_one = module(5, 0.5, residual=False), module(7, 0.5), module(4, 1.0)
-    cases = [
-        ('the residual x is zero (its initial value)', m_zero, None),
-        ("alpha=None: the module's alpha = 0.5", m_half, None),
-        ('alpha = 0 given explicitly', m_half, 0.0),
-        ("alpha = 1.7 given (the module's is 0.5)", m_half, 1.7),
-        ("alpha=None: the module's alpha = 1.0", m_one, None),
-        ("alpha = 0.25 given (the module's is 1.0)", m_one, 0.25),
-    ]
+    cases = [('the residual x is zero (its initial value)', m_zero, None),
+             ("alpha=None: the module's alpha = 0.5", m_half, None),
+             ('alpha = 0 given explicitly', m_half, 0.0),
+             ("alpha = 1.7 given (the module's is 0.5)", m_half, 1.7),
+             ("alpha=None: the module's alpha = 1.0", m_one, None),
+             ("alpha = 0.25 given (the module's is 1.0)", m_one, 0.25)]
     for case, m, alpha in cases:
         base, residual = m.base.clone(), m.task_residual.detach().clone()
         got = _call(name, fn, case, m) if alpha is None else _call(name, fn, case, m, alpha)
@@ -592,11 +508,8 @@ def check_taskres_classifier(fn: Callable, seed: int = 0) -> None:
                 case,
             )
         if _close(got, want):
-            if a != 0 and not (
-                got.requires_grad
-                and torch.autograd.grad(got.sum(), m.task_residual, allow_unused=True)[0]
-                is not None
-            ):
+            if a != 0 and not (got.requires_grad and torch.autograd.grad(
+                    got.sum(), m.task_residual, allow_unused=True)[0] is not None):
                 _fail(
                     name,
                     'the classifier must stay a function of the residual (no .detach(), no'
@@ -647,28 +560,15 @@ def check_prompt_assembly(fn: Callable, seed: int = 0) -> None:
     if isinstance(fn, type): fn = fn.prompts
     name, g, clip = 'check_prompt_assembly', torch.Generator().manual_seed(seed), _micro_clip()
     pool = [
-        'dog',
-        'red star',
-        'golden retriever',
-        'small blue ring',
-        'airliner',
-        'green square',
-        'sunflower',
-        'a very long flower name',
+        'dog', 'red star', 'golden retriever', 'small blue ring', 'airliner', 'green square',
+        'sunflower', 'a very long flower name'
     ]
     cases = []
-    for i, (position, csc) in enumerate(
-        [(p, c) for p in ('end', 'middle', 'front') for c in (False, True)] + [('end', False)]
-    ):
+    for i, (position, csc) in enumerate([(p, c) for p in ('end', 'middle', 'front')
+                                         for c in (False, True)] + [('end', False)]):
         names = [pool[j] for j in torch.randperm(len(pool), generator=g)[:2 + i % 3].tolist()]
-        coop = CoOp(
-            clip,
-            names,
-            n_ctx=[4, 3, 2, 5, 1, 6, 8][i],
-            csc=csc,
-            class_token_position=position,
-            seed=seed * 10 + i,
-        )
+        coop = CoOp(clip, names, n_ctx=[4, 3, 2, 5, 1, 6, 8][i], csc=csc,
+                    class_token_position=position, seed=seed * 10 + i)
         cases.append(
             (
                 (
@@ -678,12 +578,8 @@ def check_prompt_assembly(fn: Callable, seed: int = 0) -> None:
                 coop,
             )
         )
-    cases.append(
-        (
-            "context from 'a photo of a', class_token_position='end'",
-            CoOp(clip, pool[:3], ctx_init='a photo of a'),
-        )
-    )
+    cases.append(("context from 'a photo of a', class_token_position='end'",
+                  CoOp(clip, pool[:3], ctx_init='a photo of a')))
     for case, coop in cases:
         ctx = coop.ctx.detach().clone()
         got = _call(name, fn, case, coop)
@@ -699,10 +595,8 @@ def check_prompt_assembly(fn: Callable, seed: int = 0) -> None:
                 case,
             )
         if _close(got, want):
-            if not (
-                got.requires_grad
-                and torch.autograd.grad(got.sum(), coop.ctx, allow_unused=True)[0] is not None
-            ):
+            if not (got.requires_grad
+                    and torch.autograd.grad(got.sum(), coop.ctx, allow_unused=True)[0] is not None):
                 _fail(
                     name,
                     'the prompts must stay a function of self.ctx (no .detach(), no'
@@ -730,8 +624,7 @@ def check_prompt_assembly(fn: Callable, seed: int = 0) -> None:
         else:
             msg = (
                 "after the context come the fixed tokens of self.token_suffix: the class name, "
-                "'.', [EOS] and"
-                " padding."
+                "'.', [EOS] and padding."
             )
         _fail(name, msg, case)
     _passed(name, fn, len(cases))
@@ -741,12 +634,8 @@ def check_coupling(fn: Callable, seed: int = 0) -> None:
     """Check `fn(self)`, MaPLe's vision prompts F_i(P_i) (`MaPLe.vision_layer_prompts`), on MaPLe
     modules with hidden weights."""
     from vlprompt.methods.maple import MaPLe
-    name, g, clip, names = (
-        'check_coupling',
-        torch.Generator().manual_seed(seed),
-        _micro_clip(),
-        _micro_names()[:3],
-    )
+    name, g, clip, names = 'check_coupling', torch.Generator().manual_seed(
+        seed), _micro_clip(), _micro_names()[:3]
     settings = [
         dict(n_ctx=2, depth=3),
         dict(n_ctx=2, depth=1),
@@ -754,7 +643,7 @@ def check_coupling(fn: Callable, seed: int = 0) -> None:
         dict(n_ctx=1, depth=2),
         dict(n_ctx=2, depth=3, vision='shallow'),
         dict(n_ctx=2, depth=2, coupling=False),
-        dict(n_ctx=2, depth=2, coupling=False, vision='none'),
+        dict(n_ctx=2, depth=2, coupling=False, vision='none')
     ]
     for i, options in enumerate(settings):
         m = MaPLe(clip, names, seed=seed * 10 + i, **options)
@@ -762,17 +651,15 @@ def check_coupling(fn: Callable, seed: int = 0) -> None:
             for p in m.parameters():
                 # the deeper couplings no longer start alike
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
-        case = ', '.join(f'{k}={v!r}' for k, v in options.items()) + (
-            f' ({len(m.couplings)} coupling layers)' if m.coupled else ''
-        )
+        case = ', '.join(f'{k}={v!r}'
+                         for k, v in options.items()) + (f' ({len(m.couplings)} coupling layers)'
+                                                         if m.coupled else '')
         got = _call(name, fn, case, m)
         want = MaPLe.vision_layer_prompts(m)
         if not isinstance(got, (list, tuple)):
-            _fail(
-                name,
-                f'return a list of tensors, one per prompted vision layer, not {_show(got)}.',
-                case,
-            )
+            _fail(name,
+                  f'return a list of tensors, one per prompted vision layer, not {_show(got)}.',
+                  case)
         if len(got) != len(want):
             what = (
                 'one per coupling layer F_0 .. F_{J-1}'
@@ -782,8 +669,7 @@ def check_coupling(fn: Callable, seed: int = 0) -> None:
             _fail(
                 name,
                 f'there should be {len(want)} vision prompts here ({what}); yours has {len(got)}.',
-                case,
-            )
+                case)
         P = m.text_layer_prompts()
         for d, (v, w) in enumerate(zip(got, want)):
             if not isinstance(v, torch.Tensor) or v.shape != w.shape:
@@ -816,11 +702,8 @@ def check_coupling(fn: Callable, seed: int = 0) -> None:
             _fail(name, msg, case)
         if m.coupled:
             total = sum(v.sum() for v in got)
-            grads = (
-                torch.autograd.grad(total, [m.ctx, m.couplings[0].weight], allow_unused=True)
-                if total.requires_grad
-                else [None]
-            )
+            grads = torch.autograd.grad(total, [m.ctx, m.couplings[0].weight],
+                                        allow_unused=True) if total.requires_grad else [None]
             if any(gr is None or not gr.any() for gr in grads):
                 _fail(name, 'the vision prompts must stay functions of the language prompts and '
                             'the coupling layers (no .detach()): '
@@ -840,28 +723,15 @@ def check_pooling_init(fn: Callable, seed: int = 0) -> None:
     on hidden token sequences."""
     from vlprompt.methods.vpt import pool_windows as solution
     name, g, r = 'check_pooling_init', torch.Generator().manual_seed(seed), random.Random(seed)
-    cases = [
-        (1, 16, 1, 4, 'mean', 'official'),
-        (1, 16, 2, 5, 'max', 'official'),
-        (2, 16, 3, 4, 'mean', 'even'),
-        (1, 16, 2, 1, 'mean', 'official'),
-        (2, 7, 2, 7, 'max', 'official'),
-        (3, 10, 2, 3, 'mean', 'official'),
-        (1, 17, 2, 4, 'max', 'official'),
-        (2, 9, 2, 4, 'max', 'even'),
-    ]
+    cases = [(1, 16, 1, 4, 'mean', 'official'), (1, 16, 2, 5, 'max', 'official'),
+             (2, 16, 3, 4, 'mean', 'even'), (1, 16, 2, 1, 'mean', 'official'),
+             (2, 7, 2, 7, 'max', 'official'), (3, 10, 2, 3, 'mean', 'official'),
+             (1, 17, 2, 4, 'max', 'official'), (2, 9, 2, 4, 'max', 'even')]
     for _ in range(10):
         L = r.randint(5, 20)
-        cases.append(
-            (
-                r.randint(1, 3),
-                L,
-                r.randint(1, 4),
-                r.randint(1, L),
-                r.choice(['mean', 'max']),
-                r.choice(['official', 'even']),
-            )
-        )
+        cases.append((r.randint(1, 3), L, r.randint(1, 4), r.randint(1,
+                                                                     L), r.choice(['mean', 'max']),
+                      r.choice(['official', 'even'])))
     for B, L, d, n, how, split in cases:
         case = f'tokens of shape (B, L, d) = {(B, L, d)}, n = {n}, how={how!r}, split={split!r}'
         tokens = torch.randn(B, L, d, generator=g)
@@ -871,8 +741,7 @@ def check_pooling_init(fn: Callable, seed: int = 0) -> None:
             if split == 'official' and n > 1 and L % (L // (n - 1)) == 0:
                 raise CheckFailed(
                     f"{e}\n  Here L % w = 0, so the last window is the whole sequence (SPT's x[:, "
-                    f"-0:]), never"
-                    " empty."
+                    f"-0:]), never empty."
                 ) from e.__cause__
             raise
         if not torch.equal(tokens, t0):
@@ -882,8 +751,7 @@ def check_pooling_init(fn: Callable, seed: int = 0) -> None:
             _fail(
                 name,
                 f'the pooled tokens should be (B, n, d) = {tuple(want.shape)}, one per window and '
-                f'image; yours'
-                f' are {_show(got)}.',
+                f'image; yours are {_show(got)}.',
                 case,
             )
         if _close(got, want): continue
@@ -893,8 +761,7 @@ def check_pooling_init(fn: Callable, seed: int = 0) -> None:
         if _close(got[:, k], other):
             msg = (
                 f"how={how!r} takes the {'mean' if how == 'mean' else 'maximum'} of each window's "
-                f"tokens,"
-                f" coordinate by coordinate; yours took the "
+                f"tokens, coordinate by coordinate; yours took the "
                 f"{'maximum' if how == 'mean' else 'mean'}."
             )
         elif n == 1: msg = 'with n = 1 there is one window: the whole sequence.'
@@ -928,14 +795,10 @@ def _nmi_variants(joint: torch.Tensor) -> dict:
     "The NMI with other normalisations, and the MI itself: the usual slips, to name them."
     def parts(j):
         pk, pe = j.sum(-1, keepdim=True), j.sum(-2, keepdim=True)
-        xlogy = lambda a, b: torch.where(
-            a > 0, a * torch.log(b.clamp_min(1e-300)), torch.zeros_like(a)
-        )
-        return (
-            xlogy(j, j / (pk * pe)).sum((-2, -1)),
-            -xlogy(pk, pk).sum((-2, -1)),
-            -xlogy(pe, pe).sum((-2, -1)),
-        )
+        xlogy = lambda a, b: torch.where(a > 0, a * torch.log(b.clamp_min(1e-300)),
+                                         torch.zeros_like(a))
+        return xlogy(j, j / (pk * pe)).sum((-2, -1)), -xlogy(pk, pk).sum(
+            (-2, -1)), -xlogy(pe, pe).sum((-2, -1))
     mi, hp, he = parts(joint / joint.sum((-2, -1), keepdim=True))
     raw_mi, raw_hp, raw_he = parts(joint)
     return {
@@ -966,33 +829,21 @@ def check_nmi(fn: Callable, seed: int = 0) -> None:
     name, g = 'check_nmi', torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.rand(shape, generator=g, dtype=torch.float64)
     sparse = rand(4, 6) * (rand(4, 6) > 0.5); sparse[0, 0] = sparse[1, 1] = 1.0
-    cases = [
-        (
-            'a diagonal joint: each prompt goes with exactly one patch',
-            torch.eye(5, dtype=torch.float64) / 5,
-        ),
-        ('a permuted diagonal',
-         torch.eye(4, dtype=torch.float64)[torch.randperm(4, generator=g)] * 3),
-        ('an independent joint: pi(p, e) = pi(p) pi(e)', torch.outer(rand(4), rand(7))),
-        ('one prompt (K = 1): H(p) = 0', rand(1, 6)),
-        ('one patch (M = 1): H(e) = 0', rand(5, 1)),
-        ('a joint with zero entries', sparse),
-        ('a joint that sums to 37, not 1', rand(3, 8) * 37 / 12),
-        ('a batch of joints of shape (2, 3, 4, 5)', rand(2, 3, 4, 5)),
-    ]
-    cases += [
-        (
-            f'sigmoid(p_k . e_j) of {k} prompts and {m} patches, tokens of norm ~{s}',
-            torch.sigmoid(
-                torch.einsum(
-                    'kd,bmd->bkm',
-                    torch.randn(k, 8, generator=g, dtype=torch.float64) * s,
-                    torch.randn(2, m, 8, generator=g, dtype=torch.float64) * s,
-                )
-            ),
-        )
-        for k, m, s in ((3, 16, 1.0), (8, 16, 3.0), (4, 9, 0.3))
-    ]
+    cases = [('a diagonal joint: each prompt goes with exactly one patch',
+              torch.eye(5, dtype=torch.float64) / 5),
+             ('a permuted diagonal',
+              torch.eye(4, dtype=torch.float64)[torch.randperm(4, generator=g)] * 3),
+             ('an independent joint: pi(p, e) = pi(p) pi(e)', torch.outer(rand(4), rand(7))),
+             ('one prompt (K = 1): H(p) = 0', rand(1, 6)),
+             ('one patch (M = 1): H(e) = 0', rand(5, 1)), ('a joint with zero entries', sparse),
+             ('a joint that sums to 37, not 1', rand(3, 8) * 37 / 12),
+             ('a batch of joints of shape (2, 3, 4, 5)', rand(2, 3, 4, 5))]
+    cases += [(f'sigmoid(p_k . e_j) of {k} prompts and {m} patches, tokens of norm ~{s}',
+               torch.sigmoid(
+                   torch.einsum('kd,bmd->bkm',
+                                torch.randn(k, 8, generator=g, dtype=torch.float64) * s,
+                                torch.randn(2, m, 8, generator=g, dtype=torch.float64) * s)))
+              for k, m, s in ((3, 16, 1.0), (8, 16, 3.0), (4, 9, 0.3))]
     for case, joint in cases:
         j0 = joint.clone()
         got = _call(name, fn, case, joint)
@@ -1003,27 +854,19 @@ def check_nmi(fn: Callable, seed: int = 0) -> None:
             _fail(
                 name,
                 f'one NMI per joint: a joint of shape {tuple(j0.shape)} (..., K, M) gives NMIs of '
-                f'shape'
-                f' {tuple(want.shape)}, not {_show(got)}.',
+                f'shape {tuple(want.shape)}, not {_show(got)}.',
                 case,
             )
         if torch.isnan(got).any():
             _fail(
                 name,
                 'the NMI has NaNs: entries with pi = 0 contribute 0 (0 log 0 = 0), and where an '
-                'entropy is 0'
-                ' the NMI is 0 by the kit\'s convention.',
+                'entropy is 0 the NMI is 0 by the kit\'s convention.',
                 case,
             )
         if _close(got, want, 1e-6): continue
-        slip = next(
-            (
-                text
-                for text, v in _nmi_variants(j0).items()
-                if torch.isfinite(v).all() and _close(got, v, 1e-6)
-            ),
-            None,
-        )
+        slip = next((text for text, v in _nmi_variants(j0).items()
+                     if torch.isfinite(v).all() and _close(got, v, 1e-6)), None)
         if slip: msg = f'your value is {slip}.'
         elif 'diagonal' in case:
             msg = ('a diagonal joint shares all its information: the NMI should be 1, yours is '
@@ -1031,8 +874,7 @@ def check_nmi(fn: Callable, seed: int = 0) -> None:
         elif 'independent' in case:
             msg = (
                 'independent prompts and patches share nothing, I(p; e) = 0: the NMI should be 0, '
-                'yours is'
-                f' {_show(got)}.'
+                f'yours is {_show(got)}.'
             )
         elif 'H(' in case:
             msg = (
@@ -1049,33 +891,17 @@ def check_harmonic_mean(fn: Callable, seed: int = 0) -> None:
     CheckFailed with what is wrong."""
     from vlprompt.bench import harmonic_mean as solution
     name, r = 'check_harmonic_mean', random.Random(seed)
-    cases = [
-        (80.0, 60.0),
-        (60.0, 80.0),
-        (70.0, 70.0),
-        (100.0, 0.0),
-        (0.0, 100.0),
-        (0.0, 0.0),
-        (0.9, 0.45),
-    ]
+    cases = [(80.0, 60.0), (60.0, 80.0), (70.0, 70.0), (100.0, 0.0), (0.0, 100.0), (0.0, 0.0),
+             (0.9, 0.45)]
     cases += [(round(r.uniform(0, 100), 2), round(r.uniform(0, 100), 2)) for _ in range(10)]
     for b, n in cases:
         case = f'base = {b}, new = {n}'
         got = _call(
-            name,
-            fn,
-            case,
-            b,
-            n,
-            explain={
-                ZeroDivisionError: (
-                    f'HM({b}, {n}) divided by '
-                    'zero: when B + N = 0 the '
-                    'HM is 0.0 by '
-                    'convention (a method that gets nothing right). Guard the division.'
-                )
-            },
-        )
+            name, fn, case, b, n, explain={
+                ZeroDivisionError: f'HM({b}, {n}) divided by '
+                f'zero: when B + N = 0 the HM is 0.0 by '
+                'convention (a method that gets nothing right). Guard the division.'
+            })
         try: got = float(got)
         except (TypeError, ValueError):
             _fail(name, f'the harmonic mean should be a number, not {_show(got)}.', case)
@@ -1092,14 +918,12 @@ def check_harmonic_mean(fn: Callable, seed: int = 0) -> None:
         elif near(math.sqrt(b * n)):
             msg = (
                 f'HM({b}, {n}) should be 2BN/(B + N) = {want:.4g}; yours, {got:.4g}, is the '
-                f'geometric mean'
-                ' sqrt(BN).'
+                f'geometric mean sqrt(BN).'
             )
         elif min(b, n) == 0 and b + n > 0:
             msg = (
                 f"a method with {'new' if n == 0 else 'base'} accuracy 0 has HM 0, whatever the "
-                f"other accuracy:"
-                f" HM({b}, {n}) should be 0.0, yours is {got:.4g}."
+                f"other accuracy: HM({b}, {n}) should be 0.0, yours is {got:.4g}."
             )
         elif b + n == 0:
             msg = f'HM(0, 0) should be 0.0 (nothing right on either side), yours is {got:.4g}.'
@@ -1113,11 +937,8 @@ def check_fewshot(fn: Callable, seed: int = 0) -> None:
     hidden label lists; raises CheckFailed."""
     from vlprompt.data import fewshot_indices as solution
     name, r = 'check_fewshot', random.Random(seed)
-    cases = [
-        ([0, 0, 0, 1, 1, 1, 2, 2, 2], 2),
-        ([2, 0, 2, 1, 0, 2, 1, 0, 2, 0, 1, 2], 2),
-        ([5, 5, 3, 3, 3, 9], 2),
-    ]
+    cases = [([0, 0, 0, 1, 1, 1, 2, 2, 2], 2), ([2, 0, 2, 1, 0, 2, 1, 0, 2, 0, 1, 2], 2),
+             ([5, 5, 3, 3, 3, 9], 2)]
     for _ in range(9):
         classes = r.sample(range(100), r.randint(1, 6))
         labels = [c for c in classes for _ in range(r.randint(1, 12))]
@@ -1148,12 +969,9 @@ def check_fewshot(fn: Callable, seed: int = 0) -> None:
             count = sum(labels[i] == y for i in got)
             if count != min(len(idx), shots):
                 _fail(
-                    name,
-                    f'class {y} has {len(idx)} items and shots = {shots}: it should get '
+                    name, f'class {y} has {len(idx)} items and shots = {shots}: it should get '
                     f'{min(len(idx), shots)} positions, yours has {count} '
-                    '(a class with fewer than K items keeps all of them, as Dassl does).',
-                    case,
-                )
+                    '(a class with fewer than K items keeps all of them, as Dassl does).', case)
         order = list(dict.fromkeys(labels[i] for i in got))
         if order != list(by_label):
             hint = ', not sorted' if order == sorted(by_label) else ''
@@ -1166,17 +984,14 @@ def check_fewshot(fn: Callable, seed: int = 0) -> None:
                 case,
             )
         if got != want:
-            y = next(
-                y for y in by_label
-                if [i for i in got if labels[i] == y] != [i for i in want if labels[i] == y]
-            )
+            y = next(y for y in by_label
+                     if [i for i in got if labels[i] == y] != [i for i in want if labels[i] == y])
             _fail(
                 name,
                 f"class {y}: the draw differs from Dassl's. Take rng.sample(positions of class {y} "
                 f"in split"
                 f" order, {shots}), one call per class in first-occurrence order: the same calls "
-                f"on the same"
-                " random state give the same images on every machine.",
+                f"on the same random state give the same images on every machine.",
                 case,
             )
         if rng.getstate() != ref.getstate():
@@ -1198,8 +1013,7 @@ def notebook_module(nb: dict | str | Path, name: str | None = None) -> types.Mod
     nb = nb if isinstance(nb, dict) else read_notebook(nb)
     source = '\n\n'.join(_source(c) for c in nb['cells'] if _exported(c))
     module = types.ModuleType(
-        name or f'_vlprompt_notebook_{hashlib.sha1(source.encode()).hexdigest()[:12]}'
-    )
+        name or f'_vlprompt_notebook_{hashlib.sha1(source.encode()).hexdigest()[:12]}')
     module.__file__ = where
     sys.modules[module.__name__] = module
     exec(compile(source, where, 'exec'), module.__dict__)
@@ -1222,13 +1036,8 @@ def grade_notebook(path: str | Path, quiet: bool = False) -> list[dict]:
     try: module = notebook_module(nb)
     except Exception as e:  # the student's code does not even run as a module
         rows = [
-            dict(
-                notebook=Path(path).name,
-                exercise=n,
-                passed=False,
-                message=f'the exported cells do not run: {type(e).__name__}: {e}',
-            )
-            for n in names
+            dict(notebook=Path(path).name, exercise=n, passed=False,
+                 message=f'the exported cells do not run: {type(e).__name__}: {e}') for n in names
         ]
     else:
         for n in names:
@@ -1288,14 +1097,9 @@ class World:
     def micro(self) -> bool: return self.backbone == 'micro'
 
 
-def pick_world(
-    dataset: str = 'oxford_pets',
-    backbone: str = 'ViT-B-16',
-    pretrained: str | None = 'openai',
-    data_root=None,
-    fallback: str = 'micro-pairs',
-    quiet: bool = False,
-) -> World:
+def pick_world(dataset: str = 'oxford_pets', backbone: str = 'ViT-B-16',
+               pretrained: str | None = 'openai', data_root=None, fallback: str = 'micro-pairs',
+               quiet: bool = False) -> World:
     """The GPU check: `backbone` on `dataset` when a GPU and the dataset are there, else the micro
     world (`fallback`) on the CPU; says why."""
     from vlprompt.data import data_root as find_root, load_dataset
@@ -1306,14 +1110,8 @@ def pick_world(
         try:
             root = find_root(data_root)
             load_dataset(dataset, root)
-            world = World(
-                backbone,
-                pretrained,
-                dataset,
-                root,
-                'cuda',
-                f'GPU {torch.cuda.get_device_name()}; {dataset} found under {root}',
-            )
+            world = World(backbone, pretrained, dataset, root, 'cuda', f'GPU '
+                          f'{torch.cuda.get_device_name()}; {dataset} found under {root}')
         except VLPromptError as e:
             world = World('micro', None, fallback, None, 'cuda', f'{dataset} is not available. {e}')
     if not quiet:
@@ -1326,15 +1124,8 @@ def pick_world(
     return world
 
 
-def real_run(
-    method: str,
-    world: World | None = None,
-    protocol: str = 'base2new',
-    shots: int = 16,
-    seed: int = 1,
-    out: str | Path | None = 'runs',
-    **settings,
-) -> dict:
+def real_run(method: str, world: World | None = None, protocol: str = 'base2new', shots: int = 16,
+             seed: int = 1, out: str | Path | None = 'runs', **settings) -> dict:
     """One run of `method` in `world` (the paper's configuration; the micro schedule on the micro
     world), printed beside the paper's numbers."""
     from dataclasses import fields
@@ -1343,23 +1134,13 @@ def real_run(
     world = world or pick_world()
     train_keys = {f.name for f in fields(TrainConfig)}
     s = bench.run_settings(
-        method,
-        protocol,
-        world.dataset,
-        shots,
-        seed,
-        world.backbone,
-        world.pretrained,
-        train={k: v for k, v in settings.items() if k in train_keys},
-        method_options={k: v for k, v in settings.items() if k not in train_keys},
-    )
+        method, protocol, world.dataset, shots, seed, world.backbone, world.pretrained,
+        train={k: v
+               for k, v in settings.items() if k in train_keys},
+        method_options={k: v
+                        for k, v in settings.items() if k not in train_keys})
     folder = bench.run_dir(out, s) if out is not None else None
-    metrics = bench.run(
-        s,
-        folder,
-        world.data_root,
-        Path(out) / 'cache' if out is not None else None,
-        progress=not world.micro,
-    )
+    metrics = bench.run(s, folder, world.data_root,
+                        Path(out) / 'cache' if out is not None else None, progress=not world.micro)
     print(bench.results_table([metrics]))
     return metrics

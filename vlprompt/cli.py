@@ -26,8 +26,8 @@ __all__ = ['bench', 'micro', 'REPLACED', 'RUN_FILES', 'DEMO_TIME', 'COMMANDS', '
 # %% ../nbs/40_cli.ipynb #a24c0001
 def check_out(path, what: str = '--out') -> Path:
     """Refuse an output folder that is a file, lies under a file, or cannot be created or written
-    in, before anything is
-    written (a folder is made and removed in its first existing ancestor to find out)."""
+    in, before anything is written (a folder is made and removed in its first existing ancestor
+    to find out)."""
     if not str(path).strip():  # `--out "$DIR"` with DIR unset: never the current folder by accident
         raise _kit.VLPromptError(f'{what} is empty (an unset shell variable?): name the folder, '
                                  f'e.g. {what} runs/mine.')
@@ -53,8 +53,7 @@ def check_device(device: str):
     try: d = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
         raise _kit.VLPromptError(
-            f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N."
-        ) from None
+            f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N.") from None
     have = torch.cuda.device_count() if d.type == 'cuda' and torch.cuda.is_available() else 0
     if d.type == 'cuda' and (d.index or 0) >= have:
         where = (
@@ -105,9 +104,8 @@ def check_shots(dataset, shots: int):
 
 def preflight(runs: list[dict], data_root=None, checkpoint=None, split_indices=None, device=None):
     """Everything a list of runs needs, checked before the first one starts or anything is written
-    or removed: the
-    backbone and its weights, every dataset and the shots each run asks for, the index files, every
-    method's options."""
+    or removed: the backbone and its weights, every dataset and the shots each run asks for, the
+    index files, every method's options."""
     from vlprompt.data import load_dataset, subsample_classes
     s = runs[0]
     check_backbone(s['backbone'], s['pretrained'], checkpoint)
@@ -122,14 +120,14 @@ def preflight(runs: list[dict], data_root=None, checkpoint=None, split_indices=N
         data = datasets[s['dataset']]
         check_shots(data, s['shots'])
         bench._index_dir(s, split_indices)
-        what = json.dumps(
-            {k: v for k, v in s.items() if k not in ('seed', 'train')}, sort_keys=True, default=str
-        )
+        what = json.dumps({k: v
+                           for k, v in s.items() if k not in ('seed', 'train')}, sort_keys=True,
+                          default=str)
         if what not in built:
             built.add(what)
             bench.build_run(
-                s, clip, subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
-            )
+                s, clip,
+                subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data)
     return datasets
 
 # where --overwrite keeps the finished run it replaces until the new one has finished
@@ -138,9 +136,8 @@ RUN_FILES = ('metrics.json', 'checkpoint.pt', 'config.json', 'log.txt')
 
 def replace_run(out: Path, run):
     """`run()` in place of the finished run in `out`: its files are moved to out/.replaced first,
-    deleted once the new run
-    has finished, and put back if it fails or is stopped (so --overwrite never loses a run for
-    nothing)."""
+    deleted once the new run has finished, and put back if it fails or is stopped (so --overwrite
+    never loses a run for nothing)."""
     aside = out/REPLACED
     with _train.run_lock(out):  # never while another process writes there
         if aside.exists(): shutil.rmtree(aside)
@@ -158,41 +155,28 @@ def replace_run(out: Path, run):
         shutil.rmtree(aside, ignore_errors=True)
     return metrics
 
-_KIND_WORDS = dict(
-    int='whole number',
-    float='number',
-    bool='true/false',
-    str='text',
-    none='text or null',
-    list='JSON list',
-)
+
+_KIND_WORDS = dict(int='whole number', float='number', bool='true/false', str='text',
+                   none='text or null', list='JSON list')
 
 def set_options_help() -> str:
     """The `--set` keys every method takes and those of each method (from its configurations), with
     their types: `train --help`."""
     import textwrap
-    said = (
-        lambda kinds: ', '.join(f'{k} ({_KIND_WORDS.get(v, v)})' for k, v in kinds.items())
-        or 'none'
-    )
+    said = lambda kinds: ', '.join(f'{k} ({_KIND_WORDS.get(v, v)})'
+                                   for k, v in kinds.items()) or 'none'
     lines = ['--set KEY=VALUE options and the type each value must have:']
-    lines += textwrap.wrap(
-        f'every method: {said(setting_kinds([], "fewshot")[0])}',
-        100,
-        initial_indent='  ',
-        subsequent_indent='    ',
-    )
+    lines += textwrap.wrap(f'every method: {said(setting_kinds([], "fewshot")[0])}', 100,
+                           initial_indent='  ', subsequent_indent='    ')
     for m in bench.METHODS:
         kinds = {}
         for protocol in bench.PROTOCOLS: kinds.update(setting_kinds([m], protocol)[1].get(m, {}))
-        lines += textwrap.wrap(
-            f'{m}: {said(kinds)}', 100, initial_indent='  ', subsequent_indent='    '
-        )
+        lines += textwrap.wrap(f'{m}: {said(kinds)}', 100, initial_indent='  ',
+                               subsequent_indent='    ')
     for name, rule in bench.GRADIENT_RULES.items():
         kinds = {k: type(v).__name__ for k, v in rule.options.items()}
-        lines += textwrap.wrap(
-            f'--rule {name}: {said(kinds)}', 100, initial_indent='  ', subsequent_indent='    '
-        )
+        lines += textwrap.wrap(f'--rule {name}: {said(kinds)}', 100, initial_indent='  ',
+                               subsequent_indent='    ')
     return '\n'.join(lines + ['The seed is --seed. Options a configuration does not name take the '
                               'method first: coop.csc=true.'])
 
@@ -228,9 +212,8 @@ def demo(out: str | None = None, device: str = 'cpu', methods=None) -> dict:
         runs = Path(out)/'runs' if out else Path(tmp)
         for m in methods:  # a line per method as it finishes: progress, not minutes of silence
             t = time.time()
-            b2n += bench.reproduce(
-                'base2new', [m], ['micro-pairs'], seeds=(1,), out=runs, progress=False
-            )
+            b2n += bench.reproduce('base2new', [m], ['micro-pairs'], seeds=(1, ), out=runs,
+                                   progress=False)
             r = b2n[-1]
             print(f"  [{len(b2n)}/{len(methods)}] {m:14s} base {r['base']:5.1f}  new "
                   f"{r['new']:5.1f}  HM {r['hm']:5.1f}"
@@ -239,12 +222,9 @@ def demo(out: str | None = None, device: str = 'cpu', methods=None) -> dict:
     print('\n' + table)
     result = dict(
         zeroshot=rows,
-        base2new=[
-            {k: r[k] for k in ('base', 'new', 'hm')} | {'method': r['settings']['method']}
-            for r in b2n
-        ],
-        seconds=time.time() - start,
-    )
+        base2new=[{k: r[k]
+                   for k in ('base', 'new', 'hm')} | {'method': r['settings']['method']}
+                  for r in b2n], seconds=time.time() - start)
     print(f'\ndemo finished in {result["seconds"]:.0f} s on {device}.')
     if out:
         out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -281,16 +261,15 @@ def plot_demo(rows, b2n, path):
 # %% ../nbs/40_cli.ipynb #fbf977ea
 def setting_kinds(methods, protocol: str, rule: str | None = None) -> tuple[dict, dict]:
     """The type of every `--set` key: TrainConfig's fields (declared), and each method's options
-    (the type of the value its
-    configuration gives; None: text or null). The seed is `--seed`, not a setting."""
+    (the type of the value its configuration gives; None: text or null). The seed is `--seed`,
+    not a setting."""
     from dataclasses import fields
     train = {f.name: f.type for f in fields(_train.TrainConfig) if f.name != 'seed'}
     options = {}
     for m in methods:
         cfg = bench.CONFIGS.get((m, protocol), {})
-        for d in [cfg.get('method', {})] + [
-            x.get('method', {}) for x in cfg.get('datasets', {}).values()
-        ]:
+        for d in [cfg.get('method', {})
+                  ] + [x.get('method', {}) for x in cfg.get('datasets', {}).values()]:
             for k, v in d.items():
                 options.setdefault(m, {})[k] = 'none' if v is None else type(v).__name__
         if rule in bench.GRADIENT_RULES:  # the rule's options are the run's too
@@ -317,12 +296,10 @@ def parse_value(pair: str, name: str, text: str, kind: str | None):
 
 def parse_sets(pairs, methods, protocol: str, rule: str | None = None) -> tuple[dict, dict]:
     """`--set KEY=VALUE ...` as training overrides (TrainConfig fields, for every method) and method
-    options: `lam=0.5` goes
-    to the methods whose configuration has that option, `prograd.lam=0.5` to one method. Each value
-    is read as its
-    setting's type (a whole number, a number, true/false, text) or refused; an option a
-    configuration does not name
-    (`coop.foo=1`) is JSON (5, 0.5, true, null), else text."""
+    options: `lam=0.5` goes to the methods whose configuration has that option, `prograd.lam=0.5`
+    to one method. Each value is read as its setting's type (a whole number, a number,
+    true/false, text) or refused; an option a configuration does not name (`coop.foo=1`) is JSON
+    (5, 0.5, true, null), else text."""
     train_kinds, option_kinds = setting_kinds(methods, protocol, rule)
     train, options = {}, {}
     for pair in pairs or []:
@@ -342,9 +319,10 @@ def parse_sets(pairs, methods, protocol: str, rule: str | None = None) -> tuple[
                                      f'({", ".join(methods)}).')
         targets = [target] if target else [m for m in methods if name in option_kinds.get(m, {})]
         if not targets:
-            known = sorted(
-                train_kinds.keys() | {k for m in methods for k in option_kinds.get(m, {})}
-            )
+            known = sorted(train_kinds.keys()
+                           | {k
+                              for m in methods
+                              for k in option_kinds.get(m, {})})
             raise _kit.VLPromptError(f'--set {pair}: {name!r} is neither a training setting nor an '
                                      f'option in the configuration of '
                                      f'{", ".join(methods)}.{_kit.suggest(name, known)} Settings: '
@@ -352,27 +330,17 @@ def parse_sets(pairs, methods, protocol: str, rule: str | None = None) -> tuple[
                                      f'To pass an option the configuration does not name, prefix '
                                      f'the method ({methods[0]}.{name}=...).')
         for m in targets:
-            options.setdefault(m, {})[name] = parse_value(
-                pair, name, text, option_kinds.get(m, {}).get(name)
-            )
+            options.setdefault(m, {})[name] = parse_value(pair, name, text,
+                                                          option_kinds.get(m, {}).get(name))
     return train, options
 
 def train(args) -> dict:
     rule = getattr(args, 'rule', None)
     t, o = parse_sets(getattr(args, 'set', None), [args.method], args.protocol, rule)
-    settings = bench.run_settings(
-        args.method,
-        args.protocol,
-        args.dataset,
-        args.shots,
-        args.seed,
-        args.backbone,
-        args.pretrained,
-        train=t,
-        method_options=o.get(args.method),
-        template=getattr(args, 'template', None),
-        rule=rule,
-    )
+    settings = bench.run_settings(args.method, args.protocol, args.dataset, args.shots, args.seed,
+                                  args.backbone, args.pretrained, train=t,
+                                  method_options=o.get(args.method),
+                                  template=getattr(args, 'template', None), rule=rule)
     if getattr(args, 'split_indices', None):
         settings = bench.use_split_indices(settings, args.split_indices)
     settings = bench.use_checkpoint(settings, args.checkpoint)
@@ -395,15 +363,10 @@ def train(args) -> dict:
 
 def evaluate_run(args) -> dict:
     s = bench.read_config(args.run)  # a damaged config.json is one sentence
-    preflight(
-        [bench.use_checkpoint(s, args.checkpoint)],
-        args.data_root,
-        args.checkpoint,
-        getattr(args, 'split_indices', None),
-    )
-    result = bench.evaluate_run(
-        args.run, args.data_root, args.checkpoint, getattr(args, 'split_indices', None)
-    )
+    preflight([bench.use_checkpoint(s, args.checkpoint)], args.data_root, args.checkpoint,
+              getattr(args, 'split_indices', None))
+    result = bench.evaluate_run(args.run, args.data_root, args.checkpoint,
+                                getattr(args, 'split_indices', None))
     print(json.dumps(result, indent=1))
     return result
 
@@ -429,20 +392,10 @@ def reproduce(args) -> str:
     from vlprompt import launch
     rule = getattr(args, 'rule', None)
     t, o = parse_sets(args.set, args.methods, args.protocol, rule)
-    runs = bench.plan(
-        args.protocol,
-        args.methods,
-        args.datasets,
-        args.seeds,
-        args.shots,
-        args.backbone,
-        args.pretrained,
-        train=t,
-        method_options=o,
-        split_indices=args.split_indices,
-        template=getattr(args, 'template', None),
-        rule=rule,
-    )
+    runs = bench.plan(args.protocol, args.methods, args.datasets, args.seeds, args.shots,
+                      args.backbone, args.pretrained, train=t, method_options=o,
+                      split_indices=args.split_indices, template=getattr(args, 'template',
+                                                                         None), rule=rule)
     runs = [bench.use_checkpoint(s, args.checkpoint) for s in runs]
     if not getattr(args, 'no_data_check', False):
         # before anything trains: every dataset of the grid is complete
@@ -453,9 +406,8 @@ def reproduce(args) -> str:
         raise _kit.VLPromptError(f'--workers {args.workers}: give at least 1 worker process (leave '
                                  'it out for one run after another).')
     if args.gpus: launch.check_gpus([g.strip() for g in args.gpus.split(',') if g.strip()])
-    common = dict(
-        data_root=args.data_root, checkpoint=args.checkpoint, split_indices=args.split_indices
-    )
+    common = dict(data_root=args.data_root, checkpoint=args.checkpoint,
+                  split_indices=args.split_indices)
     if not args.dry_run:
         # every dataset, backbone and option of the grid, before its first run starts
         here = args.launcher == 'local' and not args.gpus and (args.workers or 1) == 1
@@ -471,17 +423,8 @@ def reproduce(args) -> str:
                 raise _kit.VLPromptError(f'--slurm-option takes KEY=VALUE pairs (account=mylab), '
                                          f'not {kv!r}.')
             options[key] = value
-        launch.run_slurm(
-            runs,
-            args.out,
-            args.time,
-            args.partition,
-            args.array_parallelism,
-            args.cpus_per_task,
-            options,
-            args.dry_run,
-            **common,
-        )
+        launch.run_slurm(runs, args.out, args.time, args.partition, args.array_parallelism,
+                         args.cpus_per_task, options, args.dry_run, **common)
         return ''
     if args.dry_run:
         states = launch.survey(runs, args.out)
@@ -565,26 +508,15 @@ def data_command(args) -> list[dict]:
     rows = data_check(args.data_root, args.datasets, args.sample)
     print(format_check(rows))
     if failed := [r['dataset'] for r in rows if r['status'] != 'ok']:
-        print(
-            f'\n{len(failed)} of {len(rows)} datasets need attention: {", ".join(failed)}.',
-            file=sys.stderr,
-        )
+        print(f'\n{len(failed)} of {len(rows)} datasets need attention: {", ".join(failed)}.',
+              file=sys.stderr)
         sys.exit(1)
     print(f'\nAll {len(rows)} datasets look complete.')
     return rows
 
 # %% ../nbs/40_cli.ipynb #5a3f71c6
-COMMANDS = (
-    'demo',
-    'train',
-    'eval',
-    'import-checkpoint',
-    'reproduce',
-    'table',
-    'bench',
-    'data',
-    'exercises',
-)
+COMMANDS = ('demo', 'train', 'eval', 'import-checkpoint', 'reproduce', 'table', 'bench', 'data',
+            'exercises')
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with `command`, only that subcommand gets its options (the others' need torch to
@@ -617,15 +549,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        '(lam=0.5 for every method that has it, prograd.lam=0.5 for one); each '
                        'distinct setting gets its own run folder')
         p.add_argument(
-            '--split-indices',
-            metavar='DIR',
-            help=(
-                'read the few-shot indices from '
-                'DIR/<dataset>/shot_<K>-seed_<S>.json '
-                '(e.g. cross_modal_adaptation\'s indices/, or OUT/cache/indices of an '
-                'earlier grid) instead of drawing them'
-            ),
-        )
+            '--split-indices', metavar='DIR', help='read the few-shot indices from '
+            'DIR/<dataset>/shot_<K>-seed_<S>.json '
+            "(e.g. cross_modal_adaptation's indices/, or OUT/cache/indices of an "
+            "earlier grid) instead of drawing them")
         p.add_argument('--template', help="the prompt template, with {} for the class name "
                                           "(default: the dataset's; "
                        "'a photo of a {}.' for folder:PATH)")
@@ -635,15 +562,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        'of the run\'s identity')
 
     p = sub.add_parser(
-        'train',
-        help='train one method on one dataset; writes OUT/metrics.json',
-        description=(
-            'Train one (method, protocol, dataset, shots, seed) run in '
-            '--out, resuming it if unfinished.'
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=set_options_help() if full('train') else None,
-    )
+        'train', help='train one method on one dataset; writes OUT/metrics.json',
+        description='Train one (method, protocol, dataset, shots, seed) run in '
+        '--out, resuming it if unfinished.', formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=set_options_help() if full('train') else None)
     if full('train'):
         p.add_argument('--method', required=True, help=f"one of: {', '.join(bench.METHODS)} (their "
                                                        f"--set options: below)")
@@ -789,17 +711,13 @@ def main(argv=None):
     from vlprompt.clip import VLPromptError
     try:
         {
-            'demo': lambda: demo(args.out, args.device),
-            'train': lambda: train(args),
+            'demo': lambda: demo(args.out, args.device), 'train': lambda: train(args),
             'eval': lambda: evaluate_run(args),
             'import-checkpoint': lambda: import_checkpoint(args),
-            'reproduce': lambda: reproduce(args),
-            'table': lambda: table(args),
+            'reproduce': lambda: reproduce(args), 'table': lambda: table(args),
             'exercises': lambda: exercises(args),
-            'data': lambda: data_command(args),
-            'bench': (
-                lambda: __import__('vlprompt.speed', fromlist=['bench_command']).bench_command(args)
-            ),
+            'data': lambda: data_command(args), 'bench': lambda: __import__(
+                'vlprompt.speed', fromlist=['bench_command']).bench_command(args)
         }[args.command]()
     except VLPromptError as e:
         print(f'vlprompt {args.command}: error: {e}', file=sys.stderr)

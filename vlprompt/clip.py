@@ -26,9 +26,8 @@ __all__ = ['MICRO_CLIP_CONFIG', 'BACKBONES', 'DATASET_TEMPLATES', 'IMAGENET_TEMP
            'write_text']
 
 # %% ../nbs/00_clip.ipynb #0df6b2f3
-def clip_logits(
-    image_features: torch.Tensor, class_weights: torch.Tensor, logit_scale
-) -> torch.Tensor:
+def clip_logits(image_features: torch.Tensor, class_weights: torch.Tensor,
+                logit_scale) -> torch.Tensor:
     "Logits `logit_scale * cos(f, w)`: (N, D) image features against (K, D) class weights."
     f = F.normalize(image_features, dim=-1)
     w = F.normalize(class_weights, dim=-1)
@@ -157,8 +156,7 @@ def model_config(name: str, config: dict | str | Path | None = None) -> dict | N
     config = dict(config.get('model_cfg', config))  # open_clip_config.json nests it
     if not {'embed_dim', 'vision_cfg', 'text_cfg'} <= set(config):
         raise VLPromptError('A model config needs embed_dim, vision_cfg and text_cfg (as '
-                            'open_clip\'s '
-                            f'model_configs/*.json); got keys {sorted(config)}.')
+                            f'open_clip\'s model_configs/*.json); got keys {sorted(config)}.')
     return config
 
 def build_from_config(config: dict, quick_gelu: bool) -> nn.Module:
@@ -212,8 +210,7 @@ def _load_open_clip(name, pretrained, checkpoint, state_dict, config, quick_gelu
         except Exception as e:
             raise VLPromptError(
                 f'The weights do not fit {name}: {str(e).splitlines()[0][:300]} '
-                'Name the architecture they were saved for (or pass its config=).'
-            ) from e
+                'Name the architecture they were saved for (or pass its config=).') from e
     from open_clip.transform import PreprocessCfg, image_transform_v2
     cfg = {**getattr(model.visual, 'preprocess_cfg', {}), 'size': model.visual.image_size}
     preprocess = image_transform_v2(PreprocessCfg(**cfg), is_train=False)  # as open_clip's own
@@ -362,11 +359,8 @@ def eot_positions(token_ids: torch.Tensor) -> torch.Tensor:
 def project_text(model, x: torch.Tensor) -> torch.Tensor:
     "CLIP's final text projection (a matrix, or a Linear in some open_clip models)."
     if model.text_projection is None: return x
-    return (
-        model.text_projection(x)
-        if isinstance(model.text_projection, nn.Linear)
-        else x @ model.text_projection
-    )
+    return model.text_projection(x) if isinstance(model.text_projection,
+                                                  nn.Linear) else x @ model.text_projection
 
 _REFERENCE = [False]  # True inside `reference_path()`
 
@@ -378,25 +372,15 @@ def reference_path():
     try: yield
     finally: _REFERENCE.pop()
 
-
-def encode_text_prompted(
-    model,
-    token_embeds: torch.Tensor,
-    eot: torch.Tensor,
-    layer_prompts: Sequence[torch.Tensor | None] | None = None,
-    prompt_start: int = 1,
-    normalize: bool = False,
-    chunk_size: int | None = None,
-    prefix_groups: int = 1,
-) -> torch.Tensor:
+def encode_text_prompted(model, token_embeds: torch.Tensor, eot: torch.Tensor,
+                         layer_prompts: Sequence[torch.Tensor | None] | None = None,
+                         prompt_start: int = 1, normalize: bool = False,
+                         chunk_size: int | None = None, prefix_groups: int = 1) -> torch.Tensor:
     """Text features from token embeddings (N, L, d), pooled at `eot` (N,), with optional per-layer
-    prompts.
-    Runs only to the longest EOT; a prefix shared by all sequences runs once; with `chunk_size`,
-    sequences run in
-    chunks (recomputed in backward, so K = 1000 classes fit in memory). All three are exact. With
-    `prefix_groups` G,
-    the sequences come as G equal consecutive groups (CoCoOp: one per image), and each group's
-    shared prefix runs once."""
+    prompts. Runs only to the longest EOT; a prefix shared by all sequences runs once; with
+    `chunk_size`, sequences run in chunks (recomputed in backward, so K = 1000 classes fit in
+    memory). All three are exact. With `prefix_groups` G, the sequences come as G equal
+    consecutive groups (CoCoOp: one per image), and each group's shared prefix runs once."""
     if getattr(model, 'text_pool_type', 'argmax') != 'argmax':
         raise VLPromptError(f"Prompted text encoding needs CLIP's EOT pooling; this model pools "
                             f"with {model.text_pool_type!r}.")
@@ -423,9 +407,8 @@ def encode_text_prompted(
         x = x[:, P:]
     else:
         mask = model.attn_mask[:n_tokens, :n_tokens] if model.attn_mask is not None else None
-        run = lambda xs, e, sl: _pool_text(
-            model, _full_blocks(model, xs, mask, deep, prompt_start, sl), e
-        )
+        run = lambda xs, e, sl: _pool_text(model,
+                                           _full_blocks(model, xs, mask, deep, prompt_start, sl), e)
     if reference or not chunk_size or len(x) <= chunk_size:
         out = run(x, eot, slice(None))
     else:
@@ -434,13 +417,10 @@ def encode_text_prompted(
             sl = slice(i, i + chunk_size)
             fn = lambda xs, e, sl=sl: run(xs, e, sl)
             out.append(
-                checkpoint(fn, x[sl], eot[sl], use_reentrant=False)
-                if torch.is_grad_enabled()
-                else fn(x[sl], eot[sl])
-            )
+                checkpoint(fn, x[sl], eot[sl], use_reentrant=False) if torch.is_grad_enabled(
+                ) else fn(x[sl], eot[sl]))
         out = torch.cat(out)
     return F.normalize(out, dim=-1) if normalize else out
-
 
 def _pool_text(model, x, eot):
     x = model.ln_final(x)
@@ -457,13 +437,9 @@ def _full_blocks(model, x, mask, deep, prompt_start, sl):
 
 def _plain_block(block) -> bool:
     attn = getattr(block, 'attn', None)
-    return (
-        type(block).__name__ == 'ResidualAttentionBlock'
-        and isinstance(attn, nn.MultiheadAttention)
-        and attn.batch_first
-        and attn._qkv_same_embed_dim
-        and not hasattr(block, 'ln_1_kv')
-    )
+    return (type(block).__name__ == 'ResidualAttentionBlock'
+            and isinstance(attn, nn.MultiheadAttention) and attn.batch_first
+            and attn._qkv_same_embed_dim and not hasattr(block, 'ln_1_kv'))
 
 def _shared_prefix(model, x, eot, deep, prompt_start, groups: int = 1) -> int:
     """How many leading positions are the same in every sequence of each of `groups` groups (and so
@@ -485,10 +461,8 @@ def _attention(block, h, k_prefix=None, v_prefix=None):
     """The block's multi-head self-attention on normalised inputs h (B, S, d), causal, after an
     optional prefix: shared (1, ...) or one per sequence (B, ...)."""
     attn = block.attn
-    q, k, v = (
-        _heads(t, attn.num_heads)
-        for t in F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    )
+    q, k, v = (_heads(t, attn.num_heads)
+               for t in F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
     S = h.shape[1]
     if k_prefix is None:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -528,32 +502,25 @@ def _suffix_blocks(model, x, kv, per_group: int = 1, sl: slice = slice(None)):
 def encode_text_ids(model, token_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     """Text features of token ids through the shared (EOT-truncated) path: equals
     `model.encode_text`."""
-    return encode_text_prompted(
-        model, model.token_embedding(token_ids), eot_positions(token_ids), normalize=normalize
-    )
+    return encode_text_prompted(model, model.token_embedding(token_ids), eot_positions(token_ids),
+                                normalize=normalize)
 
 # %% ../nbs/00_clip.ipynb #0dd41520
-def encode_image_prompted(
-    model,
-    images: torch.Tensor,
-    layer_prompts: Sequence[torch.Tensor | None] | None = None,
-    placement: str = 'after_cls',
-    normalize: bool = False,
-    return_layer_inputs: bool = False,
-):
+def encode_image_prompted(model, images: torch.Tensor,
+                          layer_prompts: Sequence[torch.Tensor | None] | None = None,
+                          placement: str = 'after_cls', normalize: bool = False,
+                          return_layer_inputs: bool = False):
     """Image features (N, D), with optional prompt tokens inserted at the input and replaced in
     later layers.
-    `model` is an open_clip CLIP or a timm VisionTransformer (then the features are its pre-logits).
-    With
-    `return_layer_inputs`, also a list of token sequences (N, L, width): [0] the embedded input with
-    the prompts
-    inserted (before any pre-norm), [i] the input of block i after its prompts were replaced."""
+    `model` is an open_clip CLIP or a timm VisionTransformer (then the features are its
+    pre-logits). With
+    `return_layer_inputs`, also a list of token sequences (N, L, width): [0] the embedded input
+    with the prompts inserted (before any pre-norm), [i] the input of block i after its prompts
+    were replaced."""
     if not layer_prompts and not return_layer_inputs:
-        x = (
-            model.forward_head(model.forward_features(images), pre_logits=True)
-            if _is_timm_vit(model)
-            else model.encode_image(images)
-        )
+        x = model.forward_head(
+            model.forward_features(images),
+            pre_logits=True) if _is_timm_vit(model) else model.encode_image(images)
         return F.normalize(x, dim=-1) if normalize else x
     embed, pre_norm, blocks, head, n_prefix = _vit_parts(model)
     if placement not in ('after_cls', 'append'):
@@ -579,11 +546,9 @@ def encode_image_prompted(
     if normalize: pooled = F.normalize(pooled, dim=-1)
     return (pooled, layer_inputs) if return_layer_inputs else pooled
 
-
 def _is_timm_vit(model) -> bool:
-    return (
-        hasattr(model, 'patch_embed') and hasattr(model, '_pos_embed') and hasattr(model, 'blocks')
-    )
+    return hasattr(model, 'patch_embed') and hasattr(model, '_pos_embed') and hasattr(
+        model, 'blocks')
 
 def _vit_parts(model):
     """(embed, pre-norm, blocks, head, number of prefix tokens) of a timm ViT or of an open_clip
@@ -602,13 +567,11 @@ def _vit_parts(model):
         x = x.flatten(2).transpose(1, 2)  # (N, n_patches, width)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         return visual.patch_dropout(
-            torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-        )
+            torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype))
     def head(x):
         if getattr(visual, 'final_ln_after_pool', False):
             pooled = visual.ln_post(_pool_image(visual, x))
-        else:
-            pooled = _pool_image(visual, visual.ln_post(x))
+        else: pooled = _pool_image(visual, visual.ln_post(x))
         return pooled @ visual.proj if visual.proj is not None else pooled
     return embed, visual.ln_pre, visual.transformer.resblocks, head, 1
 
@@ -626,54 +589,42 @@ def clean_classname(name: str) -> str:
     "Class names as CoOp writes them into prompts: underscores become spaces."
     return name.replace('_', ' ').strip()
 
-
 @torch.no_grad()
-def text_features(
-    clip: LoadedCLIP, texts: Sequence[str], batch_size: int = 256, normalize: bool = True
-) -> torch.Tensor:
+def text_features(clip: LoadedCLIP, texts: Sequence[str], batch_size: int = 256,
+                  normalize: bool = True) -> torch.Tensor:
     "Features (N, D) of plain texts through the shared text path, in chunks."
     device = next(clip.model.parameters()).device
     out = [
-        encode_text_ids(
-            clip.model,
-            clip.tokenizer(list(texts[i : i + batch_size])).to(device),
-            normalize=normalize,
-        )
-        for i in range(0, len(texts), batch_size)
+        encode_text_ids(clip.model,
+                        clip.tokenizer(list(texts[i:i + batch_size])).to(device),
+                        normalize=normalize) for i in range(0, len(texts), batch_size)
     ]
     return torch.cat(out).float()
 
-
 @torch.no_grad()
-def image_features(
-    clip: LoadedCLIP, images: torch.Tensor, batch_size: int = 256, normalize: bool = True
-) -> torch.Tensor:
+def image_features(clip: LoadedCLIP, images: torch.Tensor, batch_size: int = 256,
+                   normalize: bool = True) -> torch.Tensor:
     "Features (N, D) of preprocessed image tensors through the shared image path, in chunks."
     device = next(clip.model.parameters()).device
     out = [
-        encode_image_prompted(
-            clip.model, images[i : i + batch_size].to(device), normalize=normalize
-        )
+        encode_image_prompted(clip.model, images[i:i + batch_size].to(device), normalize=normalize)
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(out).float()
 
 
-def zeroshot_weights(
-    clip: LoadedCLIP,
-    classnames: Sequence[str],
-    templates: str | Sequence[str] = 'a photo of a {}.',
-    average: str = 'normalized',
-) -> torch.Tensor:
+def zeroshot_weights(clip: LoadedCLIP, classnames: Sequence[str],
+                     templates: str | Sequence[str] = 'a photo of a {}.',
+                     average: str = 'normalized') -> torch.Tensor:
     """(K, D) unit-norm class weights: each class name in each template, averaged (`'normalized'` as
     CLIP, `'raw'` as TaskRes)."""
     templates = [templates] if isinstance(templates, str) else list(templates)
     if average not in ('normalized', 'raw'):
         raise VLPromptError(f"average must be 'normalized' or 'raw', not {average!r}.")
     texts = [t.format(clean_classname(c)) for c in classnames for t in templates]
-    feats = text_features(clip, texts, normalize=average == 'normalized').view(
-        len(classnames), len(templates), -1
-    )
+    feats = text_features(clip, texts,
+                          normalize=average == 'normalized').view(len(classnames), len(templates),
+                                                                  -1)
     return F.normalize(feats.mean(1), dim=-1)
 
 # %% ../nbs/00_clip.ipynb #85a57025

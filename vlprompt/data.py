@@ -74,9 +74,8 @@ class Dataset:
         return s
 
     def __repr__(self):
-        parts = ', '.join(
-            f'{n}={len(s)}' for n in ('train', 'val', 'test') if (s := getattr(self, n)) is not None
-        )
+        parts = ', '.join(f'{n}={len(s)}' for n in ('train', 'val', 'test')
+                          if (s := getattr(self, n)) is not None)
         return (
             f'Dataset({self.name!r}, {self.num_classes} classes, {parts},'
             f' template={self.template!r})'
@@ -101,18 +100,12 @@ class DatasetSpec:
     @property
     def split_file(self) -> str | None:
         return f'split_zhou_{self.coop_name}.json' if self.layout == 'split' else None
-
     @property
     def template(self) -> str:
-        return (
-            get_task(self.name).template
-            if self.source == 'micro'
-            else DATASET_TEMPLATES[self.coop_name]
-        )
-
+        return get_task(
+            self.name).template if self.source == 'micro' else DATASET_TEMPLATES[self.coop_name]
     @property
-    def help_url(self) -> str:
-        return f'{COOP_DATASETS_MD}#{self.anchor}'
+    def help_url(self) -> str: return f'{COOP_DATASETS_MD}#{self.anchor}'
 
     def expected(self) -> str:
         "What the dataset folder should contain, in words."
@@ -141,72 +134,32 @@ _FILE_DATASETS = [  # name, layout, CoOp name, folder, image folder, classes, DA
     ('dtd', 'split', 'DescribableTextures', 'dtd', 'images', 47, 'dtd'),
     ('eurosat', 'split', 'EuroSAT', 'eurosat', '2750', 10, 'eurosat'),
     ('ucf101', 'split', 'UCF101', 'ucf101', 'UCF-101-midframes', 101, 'ucf101'),
-    (
-        'imagenetv2',
-        'imagenetv2',
-        'ImageNetV2',
-        'imagenetv2',
-        'imagenetv2-matched-frequency-format-val',
-        1000,
-        'imagenetv2',
-    ),
-    (
-        'imagenet_sketch',
-        'imagenet_folders',
-        'ImageNetSketch',
-        'imagenet-sketch',
-        'images',
-        1000,
-        'imagenet-sketch',
-    ),
-    (
-        'imagenet_a',
-        'imagenet_folders',
-        'ImageNetA',
-        'imagenet-adversarial',
-        'imagenet-a',
-        200,
-        'imagenet-a',
-    ),
-    (
-        'imagenet_r',
-        'imagenet_folders',
-        'ImageNetR',
-        'imagenet-rendition',
-        'imagenet-r',
-        200,
-        'imagenet-r',
-    ),
+    ('imagenetv2', 'imagenetv2', 'ImageNetV2', 'imagenetv2',
+     'imagenetv2-matched-frequency-format-val', 1000, 'imagenetv2'),
+    ('imagenet_sketch', 'imagenet_folders', 'ImageNetSketch', 'imagenet-sketch', 'images', 1000,
+     'imagenet-sketch'),
+    ('imagenet_a', 'imagenet_folders', 'ImageNetA', 'imagenet-adversarial', 'imagenet-a', 200,
+     'imagenet-a'),
+    ('imagenet_r', 'imagenet_folders', 'ImageNetR', 'imagenet-rendition', 'imagenet-r', 200,
+     'imagenet-r'),
 ]
 DATASETS = {
     n: DatasetSpec(n, 'files', lay, coop, folder, img, k, anchor)
     for n, lay, coop, folder, img, k, anchor in _FILE_DATASETS
 }
-DATASETS.update(
-    {
-        n: DatasetSpec(n, 'micro', 'micro', n_classes=len(t.classnames))
-        for n, t in MICRO_TASKS.items()
-    }
-)
+DATASETS.update({
+    n: DatasetSpec(n, 'micro', 'micro', n_classes=len(t.classnames))
+    for n, t in MICRO_TASKS.items()
+})
 
 DOMAIN_SHIFTS = {
-    'imagenet': ['imagenetv2', 'imagenet_sketch', 'imagenet_a', 'imagenet_r'],
-    **MICRO_DOMAIN_SHIFTS,
+    'imagenet': ['imagenetv2', 'imagenet_sketch', 'imagenet_a', 'imagenet_r'], **MICRO_DOMAIN_SHIFTS
 }
 CROSS_DATASET = {
     'imagenet': [
-        'caltech101',
-        'oxford_pets',
-        'stanford_cars',
-        'oxford_flowers',
-        'food101',
-        'fgvc_aircraft',
-        'sun397',
-        'dtd',
-        'eurosat',
-        'ucf101',
-    ],
-    **MICRO_CROSS_DATASET,
+        'caltech101', 'oxford_pets', 'stanford_cars', 'oxford_flowers', 'food101', 'fgvc_aircraft',
+        'sun397', 'dtd', 'eurosat', 'ucf101'
+    ], **MICRO_CROSS_DATASET
 }
 
 def list_datasets(source: str | None = None) -> list[str]:
@@ -219,23 +172,14 @@ def get_spec(name: str) -> DatasetSpec:
     if str(name).startswith('folder:'): raise VLPromptError(f'{name!r} is your own folder: read it '
                                                             f'with load_dataset, not get_spec.')
     by_coop = {s.coop_name.lower(): n for n, s in DATASETS.items() if s.coop_name}
-    hint = (
-        f" Did you mean {by_coop[name.lower()]!r}?"
-        if name.lower() in by_coop
-        else suggest(name, DATASETS)
-    )
+    hint = f" Did you mean {by_coop[name.lower()]!r}?" if name.lower() in by_coop else suggest(
+        name, DATASETS)
     raise VLPromptError(f'Unknown dataset {name!r}.{hint} Datasets: {", ".join(DATASETS)}.')
 
 # %% ../nbs/02_data.ipynb #0209c53a
 def _check_entry(where: str, i: int, row) -> None:
-    ok = (
-        isinstance(row, (list, tuple))
-        and len(row) == 3
-        and isinstance(row[0], str)
-        and isinstance(row[2], str)
-        and isinstance(row[1], int)
-        and not isinstance(row[1], bool)
-    )
+    ok = (isinstance(row, (list, tuple)) and len(row) == 3 and isinstance(row[0], str)
+          and isinstance(row[2], str) and isinstance(row[1], int) and not isinstance(row[1], bool))
     if not ok:
         raise VLPromptError(f'{where}[{i}] should be [relative image path, integer label, class '
                             f'name]; got {str(row)[:120]}. '
@@ -249,8 +193,7 @@ def read_split_file(path: str | Path, image_dir: str | Path) -> tuple[dict, list
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VLPromptError(f'{path} is not valid JSON ({e}); download it again.') from e
     if not isinstance(data, dict) or not all(
-        isinstance(data.get(k), list) for k in ('train', 'val', 'test')
-    ):
+            isinstance(data.get(k), list) for k in ('train', 'val', 'test')):
         got = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise VLPromptError(f'{path} should hold a JSON object with lists "train", "val" and '
                             f'"test"; it has {got}.')
@@ -288,11 +231,8 @@ def _write_json_atomic(path: Path, obj) -> None:
 def _listdir(path: str, dirs: bool) -> list[str]:
     "Sorted non-hidden sub-folders (`dirs`) or files of `path`."
     with os.scandir(path) as it:
-        return sorted(
-            e.name
-            for e in it
-            if not e.name.startswith('.') and (e.is_dir() if dirs else e.is_file())
-        )
+        return sorted(e.name for e in it
+                      if not e.name.startswith('.') and (e.is_dir() if dirs else e.is_file()))
 
 def read_aircraft(folder: str) -> tuple[dict, list[str]]:
     """FGVCAircraft's official split: `variants.txt` gives the labels, `images_variant_{split}.txt`
@@ -350,9 +290,8 @@ def read_imagenet(folder: str, classnames_txt: str) -> tuple[dict, list[str]]:
     """ImageNet: labels from the sorted folders of images/train; the official val set is the test
     split; no val split."""
     names = read_classnames_txt(classnames_txt)
-    train_dir, val_dir = os.path.join(folder, 'images', 'train'), os.path.join(
-        folder, 'images', 'val'
-    )
+    train_dir, val_dir = os.path.join(folder, 'images',
+                                      'train'), os.path.join(folder, 'images', 'val')
     for d in (train_dir, val_dir):
         if not os.path.isdir(d):
             raise VLPromptError(f'{d} not found; ImageNet needs images/train/ and images/val/, one '
@@ -387,9 +326,8 @@ def read_imagenetv2(image_dir: str, classnames_txt: str) -> tuple[dict, list[str
                             f'0..{len(classnames) - 1}, e.g. {missing[0]!r}; '
                             'extract imagenetv2-matched-frequency.tar.gz there unchanged.')
     return {
-        'test': _folder_split(
-            image_dir, [str(k) for k in range(len(classnames))], range(len(classnames))
-        )
+        'test': _folder_split(image_dir, [str(k) for k in range(len(classnames))],
+                              range(len(classnames)))
     }, classnames
 
 # %% ../nbs/02_data.ipynb #b15873e2
@@ -416,9 +354,8 @@ def _need(path: str, spec: DatasetSpec, what: str) -> str:
     return path
 
 def _classnames_txt(spec: DatasetSpec, root: str, folder: str) -> str:
-    own, imagenet = os.path.join(folder, 'classnames.txt'), os.path.join(
-        root, 'imagenet', 'classnames.txt'
-    )
+    own, imagenet = os.path.join(folder,
+                                 'classnames.txt'), os.path.join(root, 'imagenet', 'classnames.txt')
     return own if os.path.exists(own) or not os.path.exists(imagenet) else imagenet
 
 def _check_files(spec: DatasetSpec, splits: dict, listed_in: str) -> None:
@@ -436,15 +373,9 @@ def _load_micro(spec: DatasetSpec) -> Dataset:
         if s not in task.per_class: return None
         per = task.per_class[s]
         return Split(list(range(n * per)), [k for k in range(n) for _ in range(per)])
-    return Dataset(
-        spec.name,
-        list(task.classnames),
-        task.template,
-        split('train'),
-        split('val'),
-        split('test'),
-        'micro',
-    )
+
+    return Dataset(spec.name, list(task.classnames), task.template, split('train'), split('val'),
+                   split('test'), 'micro')
 
 def _read_splits(spec: DatasetSpec, root: str) -> tuple[dict, list[str], str | None]:
     """A CoOp dataset's splits and class names read from its layout under `root`, and the file that
@@ -467,13 +398,8 @@ def _read_splits(spec: DatasetSpec, root: str) -> tuple[dict, list[str], str | N
         _need(image_dir, spec, 'Image folder')
         (splits, classnames), listed_in = read_split_file(split_file, image_dir), spec.split_file
     elif spec.layout == 'aircraft':
-        for f in (
-            'variants.txt',
-            'images_variant_train.txt',
-            'images_variant_val.txt',
-            'images_variant_test.txt',
-            'images',
-        ):
+        for f in ('variants.txt', 'images_variant_train.txt', 'images_variant_val.txt',
+                  'images_variant_test.txt', 'images'):
             _need(os.path.join(folder, f), spec, 'File' if f.endswith('.txt') else 'Image folder')
         (splits, classnames), listed_in = read_aircraft(folder), 'images_variant_*.txt'
     else:
@@ -490,8 +416,7 @@ def _read_splits(spec: DatasetSpec, root: str) -> tuple[dict, list[str], str | N
 
 def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
     """Dataset `name` (see `list_datasets()`): real ones from `root` in CoOp's layout, micro tasks
-    generated, and
-    'folder:PATH' your own images (section 10)."""
+    generated, and 'folder:PATH' your own images (section 10)."""
     # defined in section 10
     if str(name).startswith('folder:'): return load_folder(name[len('folder:'):])
     spec = get_spec(name)
@@ -499,26 +424,12 @@ def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
     root = data_root(root)
     splits, classnames, listed_in = _read_splits(spec, root)
     if listed_in: _check_files(spec, splits, listed_in)
-    return Dataset(
-        spec.name,
-        classnames,
-        spec.template,
-        splits.get('train'),
-        splits.get('val'),
-        splits['test'],
-        'files',
-        os.path.join(root, spec.folder),
-    )
+    return Dataset(spec.name, classnames, spec.template, splits.get('train'), splits.get('val'),
+                   splits['test'], 'files', os.path.join(root, spec.folder))
 
 # %% ../nbs/02_data.ipynb #ca5b59c9
-def make_fake_dataset(
-    name: str,
-    root: str | Path,
-    n_classes: int = 3,
-    per_class: tuple = (4, 2, 3),
-    size: int = 16,
-    seed: int = 0,
-) -> Path:
+def make_fake_dataset(name: str, root: str | Path, n_classes: int = 3, per_class: tuple = (4, 2, 3),
+                      size: int = 16, seed: int = 0) -> Path:
     """Write a tiny fake `name` in CoOp's layout under `root` (train/val/test images per class);
     returns the dataset folder."""
     import numpy as np
@@ -530,8 +441,8 @@ def make_fake_dataset(
     g = np.random.default_rng(seed)
     def jpeg(path, y):
         path.parent.mkdir(parents=True, exist_ok=True)
-        rgb = [(37 * y) % 256, (101 * y + 80) % 256, (53 * y + 160) % 256]
-        base = np.array(rgb, dtype=np.int16)
+        base = np.array([(37 * y) % 256, (101 * y + 80) % 256, (53 * y + 160) % 256],
+                        dtype=np.int16)
         pixels = np.clip(base + g.integers(-20, 21, (size, size, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(path, quality=90)
     counts = dict(zip(('train', 'val', 'test'), per_class))
@@ -552,15 +463,13 @@ def make_fake_dataset(
             names = [f'Jet {300 + y}-{y}00' for y in range(n_classes)]
             (folder/'variants.txt').write_text(''.join(f'{v}\n' for v in names))
             for s in counts:
-                (folder / f'images_variant_{s}.txt').write_text(
-                    ''.join(f'{r[0][:-4]} {names[r[1]]}\n' for r in rows[s])
-                )
+                (folder / f'images_variant_{s}.txt').write_text(''.join(
+                    f'{r[0][:-4]} {names[r[1]]}\n' for r in rows[s]))
         return folder
     wnids = [f'n{1440764 + 1000 * y:08d}' for y in range(n_classes)]
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / 'classnames.txt').write_text(
-        ''.join(f'{w} fake imagenet class {y}\n' for y, w in enumerate(wnids))
-    )
+    (folder / 'classnames.txt').write_text(''.join(f'{w} fake imagenet class {y}\n'
+                                                   for y, w in enumerate(wnids)))
     if spec.layout == 'imagenet':
         for s, k in (('train', counts['train']), ('val', counts['test'])):
             for y, w in enumerate(wnids):
@@ -615,25 +524,20 @@ def split_hash(dataset: Dataset) -> str:
     h = hashlib.sha256()
     for s in (dataset.train, dataset.val):
         h.update(
-            json.dumps(
-                None
-                if s is None
-                else [[relative_item(dataset, x) for x in s.items], list(s.labels)]
-            ).encode()
-        )
+            json.dumps(None if s is None else [[relative_item(dataset, x) for x in s.items],
+                                               list(s.labels)]).encode())
     return h.hexdigest()
 
 def _read_record(path: Path, dataset: Dataset, shots: int, seed: int, digest: str) -> dict:
     redo = (
         f'Delete {str(path)!r} to draw new shots on purpose (results made with the old ones are '
-        f'then no'
-        ' longer comparable).'
+        f'then no longer comparable).'
     )
     try: rec = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VLPromptError(f'{str(path)!r} is not valid JSON ({e}). {redo}') from e
-    keys = {'split_hash', 'shots', 'seed', 'train', 'val'}
-    if not isinstance(rec, dict) or not keys <= rec.keys():
+    if not isinstance(rec, dict) or not {'split_hash', 'shots', 'seed', 'train', 'val'
+                                         } <= rec.keys():
         raise VLPromptError(f'{str(path)!r} is not a few-shot record of this kit. {redo}')
     if (rec['shots'], rec['seed']) != (shots, seed):
         raise VLPromptError(f'{str(path)!r} records shots={rec["shots"]}, seed={rec["seed"]}, not '
@@ -646,8 +550,7 @@ def _read_record(path: Path, dataset: Dataset, shots: int, seed: int, digest: st
     for s in ('train', 'val'):
         n, idx = len(getattr(dataset, s) or ()), rec[s]
         if (idx is None) != (getattr(dataset, s) is None) or (
-            idx is not None and not all(isinstance(i, int) and 0 <= i < n for i in idx)
-        ):
+                idx is not None and not all(isinstance(i, int) and 0 <= i < n for i in idx)):
             raise VLPromptError(f'{str(path)!r}: the {s} positions do not fit the {s} split ({n} '
                                 f'items). {redo}')
     return rec
@@ -660,9 +563,8 @@ def index_set_path(root: str | Path, name: str, shots: int, seed: int) -> Path:
 def fewshot_record(dataset: Dataset, shots: int, seed: int, cache_dir: str | Path | None = None,
                    indices_dir: str | Path | None = None) -> dict | None:
     """The positions of the K-shot train and min(K, 4)-shot val subsets (None for all data, K = 0 or
-    -1):
-    read from a published index set in `indices_dir` if given, else the kit's record in `cache_dir`,
-    else drawn (and recorded)."""
+    -1): read from a published index set in `indices_dir` if given, else the kit's record in
+    `cache_dir`, else drawn (and recorded)."""
     if shots in (0, -1): return None
     if not isinstance(shots, int) or isinstance(shots, bool) or shots < 1:
         raise VLPromptError(f'shots must be a positive integer (or 0 / -1 for all data), not '
@@ -680,40 +582,25 @@ def fewshot_record(dataset: Dataset, shots: int, seed: int, cache_dir: str | Pat
     else:
         rng = random.Random(seed)  # as Dassl's random.seed(seed): one state, train first, then val
         train = fewshot_indices(dataset.train.labels, shots, rng, f'{dataset.name} train')
-        val = (
-            fewshot_indices(dataset.val.labels, min(shots, 4), rng, f'{dataset.name} val')
-            if dataset.val is not None
-            else None
-        )
+        val = fewshot_indices(dataset.val.labels, min(shots, 4), rng,
+                              f'{dataset.name} val') if dataset.val is not None else None
         rec = dict(
-            dataset=dataset.name,
-            shots=shots,
-            seed=seed,
-            split_hash=digest,
-            train=train,
-            val=val,
-            rule=(
-                'Dassl generate_fewshot_dataset: random.Random(seed); per label in '
-                'first-occurrence order '
-                'random.sample(K) or all; train with K shots, then val with min(K, 4)'
-            ),
-        )
+            dataset=dataset.name, shots=shots, seed=seed, split_hash=digest, train=train, val=val,
+            rule='Dassl generate_fewshot_dataset: random.Random(seed); per label in '
+            'first-occurrence order '
+            'random.sample(K) or all; train with K shots, then val with min(K, 4)')
         if path is not None: _write_json_atomic(path, rec)
     return {
-        **rec,
-        'source': 'sampled',
-        'file': str(path) if path is not None else None,
-        'positions_sha256': indices_digest(rec),
+        **rec, 'source': 'sampled', 'file': str(path) if path is not None else None,
+        'positions_sha256': indices_digest(rec)
     }
 
 def indices_digest(rec: dict) -> str:
     """SHA-256 of a record's train and val positions: equal digests, equal shots, whatever file they
     came from."""
     return hashlib.sha256(
-        json.dumps(
-            [list(rec['train']), None if rec.get('val') is None else list(rec['val'])]
-        ).encode()
-    ).hexdigest()
+        json.dumps([list(rec['train']),
+                    None if rec.get('val') is None else list(rec['val'])]).encode()).hexdigest()
 
 def apply_fewshot(dataset: Dataset, rec: dict | None) -> Dataset:
     "The dataset cut to the positions of a few-shot record (unchanged for None)."
@@ -724,8 +611,8 @@ def apply_fewshot(dataset: Dataset, rec: dict | None) -> Dataset:
 def fewshot_splits(dataset: Dataset, shots: int, seed: int, cache_dir: str | Path | None,
                    indices_dir: str | Path | None = None) -> Dataset:
     """The dataset with K-shot train and min(K, 4)-shot val (Dassl), recorded in and reused from
-    `cache_dir` (None: not recorded);
-    with `indices_dir`, the shots of a published index set instead (see below)."""
+    `cache_dir` (None: not recorded); with `indices_dir`, the shots of a published index set
+    instead (see below)."""
     return apply_fewshot(dataset, fewshot_record(dataset, shots, seed, cache_dir, indices_dir))
 
 # %% ../nbs/02_data.ipynb #747b1172
@@ -743,9 +630,8 @@ def load_images(dataset: Dataset, split_name: str, indices=None, transform=None)
                             f'({len(split)} items).')
     if dataset.source == 'micro':
         images = _rendered(dataset.name, split_name)[[split.items[i] for i in idx]]
-        return (
-            torch.stack([transform(x) for x in images]) if transform is not None and idx else images
-        )
+        return torch.stack([transform(x)
+                            for x in images]) if transform is not None and idx else images
     if transform is None:
         raise VLPromptError('Real images differ in size: pass transform= (e.g. the `preprocess` of '
                             '`load_clip`) to make them tensors of one shape.')
@@ -775,12 +661,8 @@ class LazyImages:
 def _entries(dataset: Dataset, split: str, positions) -> list[dict]:
     s = dataset.split(split)
     return [
-        dict(
-            impath=relative_item(dataset, s.items[i]),
-            label=s.labels[i],
-            classname=dataset.classnames[s.labels[i]],
-        )
-        for i in positions
+        dict(impath=relative_item(dataset, s.items[i]), label=s.labels[i],
+             classname=dataset.classnames[s.labels[i]]) for i in positions
     ]
 
 def write_index_set(root: str | Path, dataset: Dataset, rec: dict) -> Path:
@@ -788,11 +670,8 @@ def write_index_set(root: str | Path, dataset: Dataset, rec: dict) -> Path:
     cross_modal_adaptation's structure."""
     path = index_set_path(root, dataset.name, rec['shots'], rec['seed'])
     out = {
-        s: (
-            dict(indices=list(rec[s]), data=_entries(dataset, s, rec[s]))
-            if rec.get(s) is not None
-            else None
-        )
+        s: dict(indices=list(rec[s]), data=_entries(dataset, s, rec[s]))
+        if rec.get(s) is not None else None
         for s in ('train', 'val')
     }
     out.update({k: rec[k] for k in ('dataset', 'shots', 'seed', 'split_hash', 'rule') if k in rec})
@@ -800,15 +679,13 @@ def write_index_set(root: str | Path, dataset: Dataset, rec: dict) -> Path:
     return path
 
 
-def _positions(
-    dataset: Dataset, split: str, block: dict, where: str
-) -> tuple[list[int], str | None]:
+def _positions(dataset: Dataset, split: str, block: dict,
+               where: str) -> tuple[list[int], str | None]:
     """A published block's positions in `dataset.<split>`, checked against its items; re-found from
     the image paths if the order differs."""
     s, idx, entries = dataset.split(split), block.get('indices'), block.get('data')
     if not isinstance(idx, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in idx
-    ):
+            isinstance(i, int) and not isinstance(i, bool) for i in idx):
         raise VLPromptError(f'{where}: "{split}" needs a list of integer "indices"; got '
                             f'{str(idx)[:80]}.')
     if entries is None:
@@ -819,35 +696,23 @@ def _positions(
             idx,
             f'{split}: no "data" entries, so the positions could not be checked against the images',
         )
-    if (
-        not isinstance(entries, list)
-        or len(entries) != len(idx)
-        or not all(isinstance(e, dict) and {'impath', 'label'} <= e.keys() for e in entries)
-    ):
+    if not isinstance(entries, list) or len(entries) != len(idx) or not all(
+            isinstance(e, dict) and {'impath', 'label'} <= e.keys() for e in entries):
         raise VLPromptError(f'{where}: "{split}" needs as many "data" entries ({{"impath", '
                             f'"label", ...}}) as "indices" ({len(idx)}).')
     rels = [relative_item(dataset, x) for x in s.items]
     path_of = lambda e: str(e['impath']).replace('\\', '/')
-    def fits(i, e):
-        return (
-            0 <= i < len(s)
-            and s.labels[i] == e['label']
-            and (path_of(e) == rels[i] or path_of(e).endswith('/' + rels[i]))
-        )
 
+    def fits(i, e):
+        return 0 <= i < len(s) and s.labels[i] == e['label'] and (
+            path_of(e) == rels[i] or path_of(e).endswith('/' + rels[i]))
     if all(fits(i, e) for i, e in zip(idx, entries)): return idx, None
     where_is = {r: i for i, r in enumerate(rels)}
     found = []
     for k, e in enumerate(entries):
         parts = path_of(e).split('/')
-        i = next(
-            (
-                where_is[t]
-                for t in ('/'.join(parts[j:]) for j in range(len(parts)))
-                if t in where_is
-            ),
-            None,
-        )
+        i = next((where_is[t]
+                  for t in ('/'.join(parts[j:]) for j in range(len(parts))) if t in where_is), None)
         if i is None or s.labels[i] != e['label']:
             what = 'is not in' if i is None else f'has label {s.labels[i]}, not {e["label"]}, in'
             raise VLPromptError(f'{where}: {split} entry {k} ({e["impath"]}) {what} the {split} '
@@ -863,17 +728,13 @@ def _positions(
         ),
     )
 
-
 def read_index_set(root: str | Path, dataset: Dataset, shots: int, seed: int) -> dict:
     """The few-shot record of a published index set (`root/<name>/shot_<K>-seed_<S>.json`, or a kit
     record), checked against `dataset`."""
     path = index_set_path(root, dataset.name, shots, seed)
     if not path.is_file():
-        have = (
-            sorted(p.name for p in path.parent.glob('shot_*-seed_*.json'))
-            if path.parent.is_dir()
-            else []
-        )
+        have = sorted(
+            p.name for p in path.parent.glob('shot_*-seed_*.json')) if path.parent.is_dir() else []
         held = (
             f'{dataset.name}/ holds only {", ".join(have)}' if have else f'it has no '
                                                                          f'{dataset.name}/ folder'
@@ -905,8 +766,8 @@ def read_index_set(root: str | Path, dataset: Dataset, shots: int, seed: int) ->
             if note: notes.append(note)
             counts = {}
             for i in rec[s]:
-                y = getattr(dataset, s).labels[i]
-                counts[y] = counts.get(y, 0) + 1
+                counts[getattr(dataset,
+                               s).labels[i]] = counts.get(getattr(dataset, s).labels[i], 0) + 1
             if (most := max(counts.values(), default=0)) > k:
                 raise VLPromptError(f'{where}: a class has {most} {s} images, more than the {k} of '
                                     f'a {shots}-shot set.')
@@ -915,12 +776,9 @@ def read_index_set(root: str | Path, dataset: Dataset, shots: int, seed: int) ->
                             f'"data": [...]}}, "val": ...}}) '
                             'nor a few-shot record of this kit.')
     return {
-        **rec,
-        'source': 'index set',
-        'file': str(path),
-        'file_sha256': hashlib.sha256(path.read_bytes()).hexdigest(),
-        'notes': notes,
-        'positions_sha256': indices_digest(rec),
+        **rec, 'source': 'index set', 'file': str(path),
+        'file_sha256': hashlib.sha256(path.read_bytes()).hexdigest(), 'notes': notes,
+        'positions_sha256': indices_digest(rec)
     }
 
 # %% ../nbs/02_data.ipynb #2751be8f
@@ -988,9 +846,8 @@ def read_names_file(path: str | Path) -> dict[str, str]:
 
 def _shown(xs, n: int = 3) -> str:
     xs = list(xs)
-    return ', '.join(repr(str(x)) for x in xs[:n]) + (
-        f' and {len(xs) - n} more' if len(xs) > n else ''
-    )
+    return ', '.join(repr(str(x))
+                     for x in xs[:n]) + (f' and {len(xs) - n} more' if len(xs) > n else '')
 
 def _check_image_files(paths: list[str], where: str, decode: bool) -> None:
     """Refuse files that are not images: other suffixes, zero bytes, or (with `decode`) a header PIL
@@ -1046,11 +903,8 @@ def _read_listing(path: Path) -> list[tuple[str, str, str | None]]:
         if rows and [x.strip().lower() for x in rows[0][:2]] == ['path', 'label']: rows = rows[1:]
     out = []
     for i, r in enumerate(rows):
-        if (
-            not isinstance(r, (list, tuple))
-            or len(r) not in (2, 3)
-            or not all(isinstance(x, (str, int)) for x in r[:2])
-        ):
+        if not isinstance(r, (list, tuple)) or len(r) not in (2, 3) or not all(
+                isinstance(x, (str, int)) for x in r[:2]):
             raise VLPromptError(f'{path} entry {i + 1} should be path,label or path,label,split; '
                                 f'got {str(r)[:100]}.')
         split = r[2] if len(r) == 3 and r[2] not in (None, '') else None
@@ -1061,9 +915,9 @@ def _read_listing(path: Path) -> list[tuple[str, str, str | None]]:
     if not out: raise VLPromptError(f'{path} lists no images.')
     return out
 
-def _class_names(
-    labels: list[str], names_file: str | None, where: str
-) -> tuple[list[str], list[str]]:
+
+def _class_names(labels: list[str], names_file: str | None,
+                 where: str) -> tuple[list[str], list[str]]:
     """The labels in label order (the names file's order, else sorted) and their cleaned class
     names; every check on names."""
     if names_file:
@@ -1079,9 +933,8 @@ def _class_names(
                                 'Add their images, or delete their lines.')
         order = list(names)
     else:
-        order = sorted(
-            set(labels), key=lambda y: (not y.isdigit(), int(y) if y.isdigit() else 0, y)
-        )
+        order = sorted(set(labels), key=lambda y: (not y.isdigit(), int(y)
+                                                   if y.isdigit() else 0, y))
         if all(y.isdigit() for y in order):
             raise VLPromptError(f'The labels of {where} are numbers ({_shown(order)}); CLIP needs '
                                 f'words. Name each class in '
@@ -1104,17 +957,12 @@ def _class_names(
     return order, cleaned
 
 
-def stratified_split(
-    items_by_class: list[list[str]],
-    seed: int = SPLIT_SEED,
-    p_train: float = P_TRAIN,
-    p_val: float = P_VAL,
-    names: list[str] | None = None,
-) -> dict:
+def stratified_split(items_by_class: list[list[str]], seed: int = SPLIT_SEED,
+                     p_train: float = P_TRAIN, p_val: float = P_VAL,
+                     names: list[str] | None = None) -> dict:
     """CoOp's `read_and_split_data`: one `random.Random(seed)`; per class (in label order) shuffle
-    its sorted items, then the first
-    round(n * p_train) are train, the next round(n * p_val) val, the rest test. Every class needs at
-    least one of each."""
+    its sorted items, then the first round(n * p_train) are train, the next round(n * p_val) val,
+    the rest test. Every class needs at least one of each."""
     rng, splits = random.Random(seed), {s: Split([], []) for s in ('train', 'val', 'test')}
     short = []
     for y, items in enumerate(items_by_class):
@@ -1134,57 +982,36 @@ def stratified_split(
                             'with a split column.')
     return splits
 
-
 def _split_rows(splits: dict, folder: str, classnames: list[str]) -> dict:
     return {
-        s: [
-            [os.path.relpath(x, folder).replace(os.sep, '/'), y, classnames[y]]
-            for x, y in zip(sp.items, sp.labels)
-        ]
+        s: [[os.path.relpath(x, folder).replace(os.sep, '/'), y, classnames[y]]
+            for x, y in zip(sp.items, sp.labels)]
         for s, sp in splits.items()
     }
 
 
-def _compare_split_file(
-    path: Path, folder: str, by_class: list[list[str]], classnames: list[str], where: str
-) -> dict:
+def _compare_split_file(path: Path, folder: str, by_class: list[list[str]], classnames: list[str],
+                        where: str) -> dict:
     """The splits of an existing split file, refused (and left as it is) if it lists other images or
     classes than the folder has now."""
     file_splits, file_names = read_split_file(path, folder)
     rel = lambda x: os.path.relpath(x, folder).replace(os.sep, '/')
     theirs = {
-        rel(x): file_names[y] for s in file_splits.values() for x, y in zip(s.items, s.labels)
+        rel(x): file_names[y]
+        for s in file_splits.values()
+        for x, y in zip(s.items, s.labels)
     }
     now = {rel(x): classnames[y] for y, xs in enumerate(by_class) for x in xs}
     gone, new = [x for x in theirs if x not in now], [x for x in now if x not in theirs]
     moved = [x for x in theirs if x in now and theirs[x] != now[x]]
     if gone or new or moved or file_names != classnames:
-        what = '; '.join(
-            w
-            for w in (
-                (
-                    f'{len(gone)} image(s) it lists are not in the folder ({_shown(gone, 2)})'
-                    if gone
-                    else ''
-                ),
-                (
-                    f'{len(new)} image(s) in the folder are not in it ({_shown(new, 2)})'
-                    if new
-                    else ''
-                ),
-                (
-                    f'{len(moved)} image(s) have another class there ({_shown(moved, 2)})'
-                    if moved
-                    else ''
-                ),
-                (
-                    f"its classes are {_shown(file_names)}, the folder's {_shown(classnames)}"
-                    if file_names != classnames
-                    else ''
-                ),
-            )
-            if w
-        )
+        what = '; '.join(w for w in (
+            f'{len(gone)} image(s) it lists are not in the folder ({_shown(gone, 2)})'
+            if gone else '',
+            f'{len(new)} image(s) in the folder are not in it ({_shown(new, 2)})' if new else '',
+            f'{len(moved)} image(s) have another class there ({_shown(moved, 2)})' if moved else '',
+            f"its classes are {_shown(file_names)}, the folder's "
+            f"{_shown(classnames)}" if file_names != classnames else '') if w)
         raise VLPromptError(f'The split file {str(path)!r} disagrees with {where}: {what}. It was '
                             f'made from other images, and results '
                             'made with it are only comparable on those: restore the images it '
@@ -1193,18 +1020,12 @@ def _compare_split_file(
     return file_splits
 
 
-def load_folder(
-    path: str | Path,
-    template: str | None = None,
-    write_split: bool = True,
-    decode: bool | None = None,
-) -> Dataset:
+def load_folder(path: str | Path, template: str | None = None, write_split: bool = True,
+                decode: bool | None = None) -> Dataset:
     """Your own images as a dataset: an ImageFolder (`PATH/<class>/<image>`) or a listing
-    (`labels.csv` / `labels.json`, or PATH
-    itself: `path,label[,split]`). Class names: folder names or labels (underscores to spaces), or
-    `classnames.txt`. Splits:
-    the listing's split column, else `split_vlprompt.json` next to the data (CoOp's format), drawn
-    once and reused."""
+    (`labels.csv` / `labels.json`, or PATH itself: `path,label[,split]`). Class names: folder
+    names or labels (underscores to spaces), or `classnames.txt`. Splits: the listing's split
+    column, else `split_vlprompt.json` next to the data (CoOp's format), drawn once and reused."""
     path = Path(folder_dataset_name(FOLDER_PREFIX + str(path))[len(FOLDER_PREFIX):])
     template = DEFAULT_TEMPLATE if template is None else template
     if '{}' not in template:
@@ -1219,11 +1040,8 @@ def load_folder(
                             f'(PATH/<class>/<image>), a folder '
                             f'with {" or ".join(LISTING_FILES)}, or such a listing file.')
     folder = str(folder)
-    names_file = (
-        os.path.join(folder, NAMES_FILE)
-        if os.path.isfile(os.path.join(folder, NAMES_FILE))
-        else None
-    )
+    names_file = os.path.join(folder, NAMES_FILE) if os.path.isfile(os.path.join(
+        folder, NAMES_FILE)) else None
     split_col = None
     if listing is not None:
         rows = _read_listing(listing)
@@ -1245,10 +1063,8 @@ def load_folder(
                                     'entry train, val or test, or leave the split column out to '
                                     'have one drawn.')
             split_col = {
-                s: Split(
-                    [x for x, (_, _, t) in zip(items, rows) if t == s],
-                    [label[y] for x, (_, y, t) in zip(items, rows) if t == s],
-                )
+                s: Split([x for x, (_, _, t) in zip(items, rows) if t == s],
+                         [label[y] for x, (_, y, t) in zip(items, rows) if t == s])
                 for s in ('train', 'val', 'test')
             }
             for s in ('train', 'test'):
@@ -1276,23 +1092,13 @@ def load_folder(
         drawn = not split_file.exists()
         # headers read once, when the split is drawn
         _check_image_files(every, where, decode=drawn if decode is None else decode)
-        splits = (
-            stratified_split(by_class, names=classnames)
-            if drawn
-            else _compare_split_file(split_file, folder, by_class, classnames, where)
-        )
+        splits = stratified_split(by_class, names=classnames) if drawn else _compare_split_file(
+            split_file, folder, by_class, classnames, where)
     name = dataset_key(FOLDER_PREFIX + str(path))
-    dataset = Dataset(
-        name,
-        classnames,
-        template,
-        splits['train'],
-        splits['val'] if splits['val'].items else None,
-        splits['test'],
-        'folder',
-        folder,
-        str(split_file) if split_file is not None else '',
-    )
+    dataset = Dataset(name, classnames, template, splits['train'],
+                      splits['val'] if splits['val'].items else None, splits['test'], 'folder',
+                      folder,
+                      str(split_file) if split_file is not None else '')
     if write_split: save_split(dataset)
     return dataset
 
@@ -1305,10 +1111,7 @@ def save_split(dataset: Dataset) -> Path | None:
         {
             s: dataset.split(s) if getattr(dataset, s) is not None else Split([], [])
             for s in ('train', 'val', 'test')
-        },
-        dataset.folder,
-        dataset.classnames,
-    )
+        }, dataset.folder, dataset.classnames)
     rows['made_by'] = (f"vlprompt: CoOp's read_and_split_data rule, random.Random({SPLIT_SEED}), "
                        f"per class shuffled, "
                        f'{P_TRAIN:.0%} train / {P_VAL:.0%} val / the rest test')
@@ -1338,21 +1141,14 @@ def check_shots(dataset: Dataset, shots: int) -> None:
 # official lists, ImageNet's train and val folders (val is the test set; the kit draws no val split)
 # and the four shifted test sets.
 EXPECTED_COUNTS = {
-    'imagenet': (1000, 1281167, 0, 50000),
-    'caltech101': (100, 4128, 1649, 2465),
-    'oxford_pets': (37, 2944, 736, 3669),
-    'stanford_cars': (196, 6509, 1635, 8041),
-    'oxford_flowers': (102, 4093, 1633, 2463),
-    'food101': (101, 50500, 20200, 30300),
-    'fgvc_aircraft': (100, 3334, 3333, 3333),
-    'sun397': (397, 15880, 3970, 19850),
-    'dtd': (47, 2820, 1128, 1692),
-    'eurosat': (10, 13500, 5400, 8100),
-    'ucf101': (101, 7639, 1898, 3783),
-    'imagenetv2': (1000, 0, 0, 10000),
-    'imagenet_sketch': (1000, 0, 0, 50889),
-    'imagenet_a': (200, 0, 0, 7500),
-    'imagenet_r': (200, 0, 0, 30000),
+    'imagenet': (1000, 1281167, 0, 50000), 'caltech101': (100, 4128, 1649, 2465),
+    'oxford_pets': (37, 2944, 736, 3669), 'stanford_cars': (196, 6509, 1635, 8041),
+    'oxford_flowers': (102, 4093, 1633, 2463), 'food101': (101, 50500, 20200, 30300),
+    'fgvc_aircraft': (100, 3334, 3333, 3333), 'sun397': (397, 15880, 3970, 19850),
+    'dtd': (47, 2820, 1128, 1692), 'eurosat': (10, 13500, 5400, 8100),
+    'ucf101': (101, 7639, 1898, 3783), 'imagenetv2': (1000, 0, 0, 10000),
+    'imagenet_sketch': (1000, 0, 0, 50889), 'imagenet_a': (200, 0, 0,
+                                                           7500), 'imagenet_r': (200, 0, 0, 30000)
 }
 
 _SPLIT_FILE_DRIVE = {  # the Google Drive files CoOp's DATASETS.md links for its split files
@@ -1360,18 +1156,15 @@ _SPLIT_FILE_DRIVE = {  # the Google Drive files CoOp's DATASETS.md links for its
     'OxfordPets': '1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs',
     'StanfordCars': '1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT',
     'OxfordFlowers': '1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT',
-    'Food101': '1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl',
-    'SUN397': '1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq',
+    'Food101': '1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl', 'SUN397': '1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq',
     'DescribableTextures': '1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x',
-    'EuroSAT': '1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o',
-    'UCF101': '1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y',
+    'EuroSAT': '1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o', 'UCF101': '1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y'
 }
 
 # where the images come from today (2026); CoOp's DATASETS.md has the rest of each recipe
 DATA_SOURCES = {
     'imagenet': "image-net.org (train and val, one folder per WordNet id); classnames.txt: CoOp's "
-                "Drive file "
-                "1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF",
+                "Drive file 1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF",
     'caltech101': 'data.caltech.edu/records/mzrjq-6wc02 (101_ObjectCategories.tar.gz)',
     'oxford_pets': 'robots.ox.ac.uk/~vgg/data/pets (images.tar.gz, annotations.tar.gz)',
     'stanford_cars': 'the ai.stanford.edu host is gone (CoOp #61, torchvision #7545): images from '
@@ -1416,19 +1209,13 @@ def _decodes(path: str) -> bool:
         return True
     except Exception: return False
 
-def check_dataset(
-    name: str,
-    root: str | Path | None = None,
-    sample: int = 64,
-    seed: int = 0,
-    expected: tuple | None = None,
-) -> dict:
+
+def check_dataset(name: str, root: str | Path | None = None, sample: int = 64, seed: int = 0,
+                  expected: tuple | None = None) -> dict:
     """The data doctor for one dataset: its folder and split file, the counts against
-    `EXPECTED_COUNTS`, missing and empty
-    images (every one) and images that do not decode (a seeded sample); `expected` = (classes,
-    train, val, test) replaces the
-    papers' counts. Returns dataset, status ('ok', 'FAIL', 'missing'), problems (a list of
-    sentences) and source."""
+    `EXPECTED_COUNTS`, missing and empty images (every one) and images that do not decode (a
+    seeded sample); `expected` = (classes, train, val, test) replaces the papers' counts. Returns
+    dataset, status ('ok', 'FAIL', 'missing'), problems (a list of sentences) and source."""
     row = dict(dataset=name, status='ok', problems=[], source=data_source(name))
     if is_folder_dataset(name):
         try: load_folder(name[len(FOLDER_PREFIX):], write_split=False, decode=True)
@@ -1442,13 +1229,10 @@ def check_dataset(
         return {**row, 'status': 'missing', 'problems': [f'{spec.folder}/ not found under {root}']}
     image_dir = spec.image_dir or '.'
     needs = {
-        'split': [spec.split_file, image_dir],
-        'imagenet': ['images/train', 'images/val'],
+        'split': [spec.split_file, image_dir], 'imagenet': ['images/train', 'images/val'],
         'aircraft': [
-            'variants.txt',
-            *(f'images_variant_{s}.txt' for s in ('train', 'val', 'test')),
-            'images',
-        ],
+            'variants.txt', *(f'images_variant_{s}.txt' for s in ('train', 'val', 'test')), 'images'
+        ]
     }.get(spec.layout, [image_dir])
     if absent := [f for f in needs if not os.path.exists(os.path.join(folder, f))]:
         return {**row, 'status': 'FAIL', 'problems': [f'{spec.folder}/{f} missing' for f in absent]}
@@ -1479,14 +1263,13 @@ def check_dataset(
                         f'{rel(bad[0])}')
     return {**row, 'status': 'FAIL' if problems else 'ok', 'problems': problems}
 
-def data_check(
-    root: str | Path | None = None, datasets: list[str] | None = None, sample: int = 64
-) -> list[dict]:
+
+def data_check(root: str | Path | None = None, datasets: list[str] | None = None,
+               sample: int = 64) -> list[dict]:
     "`check_dataset` for each of `datasets` (default: the fifteen CoOp datasets)."
     datasets = datasets or list_datasets('files')
-    if any(
-        not is_folder_dataset(n) and get_spec(n).source == 'files' for n in datasets
-    ) and not os.path.isdir(data_root(root)):
+    if any(not is_folder_dataset(n) and get_spec(n).source == 'files'
+           for n in datasets) and not os.path.isdir(data_root(root)):
         raise VLPromptError(f'The data root {data_root(root)!r} is not a folder: pass --data-root '
                             f'DIR (or set VLPROMPT_DATA), '
                             'the folder that holds oxford_pets/, imagenet/, ...')
@@ -1495,8 +1278,7 @@ def data_check(
 def format_check(rows: list[dict]) -> str:
     "The data doctor's table (markdown): dataset, status, what is wrong, where the files come from."
     lines = [
-        '| dataset | status | what is wrong | where the files come from |',
-        '|---|---|---|---|',
+        '| dataset | status | what is wrong | where the files come from |', '|---|---|---|---|'
     ]
     for r in rows:
         wrong = '; '.join(p.replace('|', '/') for p in r['problems']) or '—'
@@ -1504,9 +1286,8 @@ def format_check(rows: list[dict]) -> str:
     return '\n'.join(lines)
 
 
-def require_data(
-    datasets: list[str], root: str | Path | None = None, sample: int = 64
-) -> list[dict]:
+def require_data(datasets: list[str], root: str | Path | None = None,
+                 sample: int = 64) -> list[dict]:
     """The data check before a grid trains: silent when every dataset is fine, else the table on
     stderr and an error."""
     import sys

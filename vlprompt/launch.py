@@ -20,19 +20,15 @@ __all__ = ['BENCHMARK_DATASETS', 'FEWSHOT_SHOTS', 'SECONDS_PER_EPOCH', 'EVAL_SEC
 # %% ../nbs/21_launch.ipynb #73f8f976
 def survey(runs: list[dict], out: str | Path) -> list[dict]:
     """Each run's folder and state: 'finished' (metrics.json), 'resume' (started: config.json, maybe
-    a checkpoint) or 'new'.
-    Refuses, before anything runs or is written, if any folder holds a run with other settings,
-    naming them all."""
+    a checkpoint) or 'new'. Refuses, before anything runs or is written, if any folder holds a
+    run with other settings, naming them all."""
     out, states, refused = Path(out), [], []
     for s in runs:
         folder = bench.run_dir(out, s)
         if diff := bench.config_differences(folder, s): refused.append(f'{folder} '
                                                                        f'({", ".join(diff)})')
-        state = (
-            'finished'
-            if (folder / 'metrics.json').exists()
-            else 'resume' if (folder / 'config.json').exists() else 'new'
-        )
+        state = 'finished' if (folder / 'metrics.json').exists() else 'resume' if (
+            folder / 'config.json').exists() else 'new'
         states.append(dict(settings=s, folder=folder, state=state))
     if refused:
         more = f' and {len(refused) - 5} more' if len(refused) > 5 else ''
@@ -66,9 +62,8 @@ def check_gpus(gpus: list[str]):
 
 def cpu_cores() -> int:
     "CPU cores this process may use."
-    return (
-        len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-    )
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count()
+                                                                                  or 1)
 
 @contextmanager
 def _spawn_env(cuda_visible_devices: str | None):
@@ -117,29 +112,17 @@ def _worker(tasks, results, threads: int, parent: int, common: dict, gpu: str | 
 
 def _progress_bar(total: int, initial: int, show: bool):
     from tqdm.auto import tqdm
-    return tqdm(
-        total=total, initial=initial, desc='runs', unit='run', disable=not show, dynamic_ncols=True
-    )
+    return tqdm(total=total, initial=initial, desc='runs', unit='run', disable=not show,
+                dynamic_ncols=True)
 
-
-def run_local(
-    runs: list[dict],
-    out: str | Path = 'runs',
-    workers: int | None = None,
-    gpus: list[str] | str | None = None,
-    data_root=None,
-    checkpoint: str | None = None,
-    split_indices=None,
-    progress: bool = True,
-) -> list[dict | None]:
+def run_local(runs: list[dict], out: str | Path = 'runs', workers: int | None = None,
+              gpus: list[str] | str | None = None, data_root=None, checkpoint: str | None = None,
+              split_indices=None, progress: bool = True) -> list[dict | None]:
     """Run a grid on this machine: one worker process per entry of `gpus` (each sees only its GPU,
-    `CUDA_VISIBLE_DEVICES`
-    pinned) or `workers` processes on CPU (cores // workers threads each); one run after another in
-    this process if
-    neither asks for more than one. Finished runs are skipped, started ones resume. Returns each
-    run's metrics (None: failed).
-    Ctrl-C stops the workers (each run logs it; metrics are only ever written whole) and a second
-    call continues."""
+    `CUDA_VISIBLE_DEVICES` pinned) or `workers` processes on CPU (cores // workers threads each);
+    one run after another in this process if neither asks for more than one. Finished runs are
+    skipped, started ones resume. Returns each run's metrics (None: failed). Ctrl-C stops the
+    workers (each run logs it; metrics are only ever written whole) and a second call continues."""
     if isinstance(gpus, str): gpus = [g.strip() for g in gpus.split(',') if g.strip()]
     if gpus and workers not in (None, len(gpus)):
         raise VLPromptError(f'--gpus {",".join(gpus)} starts one worker per GPU ({len(gpus)}); '
@@ -152,18 +135,11 @@ def run_local(
     runs = [bench.use_checkpoint(s, checkpoint) for s in runs]
     states = survey(runs, out)
     bench.write_grid(out, runs)
-    common = dict(
-        data_root=data_root,
-        cache_dir=out / 'cache',
-        checkpoint=checkpoint,
-        split_indices=split_indices,
-    )
+    common = dict(data_root=data_root, cache_dir=out / 'cache', checkpoint=checkpoint,
+                  split_indices=split_indices)
     results = [
-        (
-            json.loads((st['folder'] / 'metrics.json').read_text())
-            if st['state'] == 'finished'
-            else None
-        )
+        json.loads(
+            (st['folder'] / 'metrics.json').read_text()) if st['state'] == 'finished' else None
         for st in states
     ]
     todo = [i for i, st in enumerate(states) if st['state'] != 'finished']
@@ -180,9 +156,8 @@ def run_local(
         if n == 1 and not gpus:
             for i in todo:
                 try:
-                    results[i] = bench.run(
-                        states[i]['settings'], states[i]['folder'], progress=False, **common
-                    )
+                    results[i] = bench.run(states[i]['settings'], states[i]['folder'],
+                                           progress=False, **common)
                 except Exception as e:
                     failures[i] = (type(e).__name__, str(e))
                 bar.update(1)
@@ -193,18 +168,13 @@ def run_local(
         done = sum(r is not None for r in results)
         print(
             f'\nStopped: {done} of {len(runs)} runs finished. Run the same command again to '
-            f'continue where'
-            ' it stopped.',
+            f'continue where it stopped.',
             flush=True,
         )
         raise
     bar.close()
-    if (
-        todo
-        and len(failures) == len(todo)
-        and len(set(failures.values())) == 1
-        and next(iter(failures.values()))[0] == 'VLPromptError'
-    ):
+    if todo and len(failures) == len(todo) and len(set(failures.values())) == 1 and next(
+            iter(failures.values()))[0] == 'VLPromptError':
         # every run failed the same way: a mistake in the command, not in a run
         raise VLPromptError(next(iter(failures.values()))[1])
     for i, (kind, msg) in failures.items():
@@ -214,7 +184,6 @@ def run_local(
         else:
             print(f"FAILED {states[i]['folder']}: {kind}: {msg} (see its log.txt)", flush=True)
     return results
-
 
 def _pool(states, todo, n, gpus, threads, common, results, failures, bar):
     import multiprocessing as mp
@@ -232,9 +201,7 @@ def _pool(states, todo, n, gpus, threads, common, results, failures, bar):
             p = ctx.Process(
                 target=_worker,
                 args=(tasks, inbox, threads, os.getpid(), common, gpus[w] if gpus else None),
-                name=f'vlprompt-worker-{w}',
-                daemon=True,
-            )
+                name=f'vlprompt-worker-{w}', daemon=True)
             p.start()
         procs.append(p)
     pending, holding = set(todo), {}  # holding: worker pid -> the run it is on
@@ -279,8 +246,7 @@ def _submitit():
     except ImportError as e:
         raise VLPromptError(
             'The slurm launcher needs submitit, an optional extra: pip install "vlprompt[slurm]" '
-            '(or pip'
-            ' install submitit).'
+            '(or pip install submitit).'
         ) from e
     return submitit
 
@@ -301,11 +267,9 @@ def parse_time(text: str | int) -> int:
 
 class RunTask:
     """One run as a Slurm array task: `bench.run` on its settings and folder. When Slurm signals a
-    pre-emption or the end
-    of the time limit, submitit calls `checkpoint`, which requeues the same call; the run then
-    resumes from its last epoch
-    checkpoint. (submitit requeues any callable with a `checkpoint` method, which is what
-    `submitit.helpers.Checkpointable`
+    pre-emption or the end of the time limit, submitit calls `checkpoint`, which requeues the
+    same call; the run then resumes from its last epoch checkpoint. (submitit requeues any
+    callable with a `checkpoint` method, which is what `submitit.helpers.Checkpointable`
     provides; defining it here keeps submitit out of the imports of the kit.)"""
     def __init__(self, data_root=None, checkpoint: str | None = None, split_indices=None):
         self.data_root, self.checkpoint_file, self.split_indices = (
@@ -319,15 +283,8 @@ class RunTask:
         if threads:
             import torch
             torch.set_num_threads(threads)
-        return bench.run(
-            settings,
-            folder,
-            self.data_root,
-            cache_dir,
-            self.checkpoint_file,
-            False,
-            self.split_indices,
-        )
+        return bench.run(settings, folder, self.data_root, cache_dir, self.checkpoint_file, False,
+                         self.split_indices)
 
     def checkpoint(self, settings: dict, folder: str, cache_dir: str):
         from submitit.helpers import DelayedSubmission
@@ -336,19 +293,13 @@ class RunTask:
         return DelayedSubmission(self, settings, folder, cache_dir)
 
 
-def slurm_parameters(
-    time: str | int,
-    partition: str | None = None,
-    array_parallelism: int = 64,
-    cpus_per_task: int = 8,
-    options: dict | None = None,
-) -> dict:
+def slurm_parameters(time: str | int, partition: str | None = None, array_parallelism: int = 64,
+                     cpus_per_task: int = 8, options: dict | None = None) -> dict:
     """submitit's SlurmExecutor parameters for one run per array task: one GPU, the time limit, the
     requeue signal."""
     if time is None:
         raise VLPromptError('--time is required with --launcher slurm (submitit would otherwise '
-                            'ask for 5 minutes): '
-                            'give the limit of one run, e.g. --time 4:00:00.')
+                            'ask for 5 minutes): give the limit of one run, e.g. --time 4:00:00.')
     if array_parallelism < 1:
         raise VLPromptError(f'--array-parallelism must be at least 1, not {array_parallelism}.')
     params = dict(
@@ -361,11 +312,9 @@ def slurm_parameters(
         array_parallelism=array_parallelism,
         signal_delay_s=120,
         setup=[f'export OMP_NUM_THREADS={cpus_per_task}'],
-        additional_parameters=dict(requeue=True, **(options or {})),
-    )
+        additional_parameters=dict(requeue=True, **(options or {})))
     if partition: params['partition'] = partition
     return params
-
 
 def sbatch_script(params: dict, folder: str | Path, n_runs: int, python: str | None = None) -> str:
     """The job-array script submitit submits for `n_runs` runs with `params` (the same function
@@ -373,35 +322,19 @@ def sbatch_script(params: dict, folder: str | Path, n_runs: int, python: str | N
     from submitit.slurm.slurm import _make_sbatch_string
     python = python or shlex.quote(sys.executable)
     return _make_sbatch_string(
-        command=f'{python} -u -m submitit.core._submit {shlex.quote(str(folder))}',
-        folder=folder,
-        map_count=n_runs,
-        **params,
-    )
+        command=f'{python} -u -m submitit.core._submit {shlex.quote(str(folder))}', folder=folder,
+        map_count=n_runs, **params)
 
-
-def run_slurm(
-    runs: list[dict],
-    out: str | Path = 'runs',
-    time: str | int | None = None,
-    partition: str | None = None,
-    array_parallelism: int = 64,
-    cpus_per_task: int = 8,
-    options: dict | None = None,
-    dry_run: bool = False,
-    data_root=None,
-    checkpoint: str | None = None,
-    split_indices=None,
-    cluster: str = 'slurm',
-    max_requeues: int = 20,
-) -> dict:
+def run_slurm(runs: list[dict], out: str | Path = 'runs', time: str | int | None = None,
+              partition: str | None = None, array_parallelism: int = 64, cpus_per_task: int = 8,
+              options: dict | None = None, dry_run: bool = False, data_root=None,
+              checkpoint: str | None = None, split_indices=None, cluster: str = 'slurm',
+              max_requeues: int = 20) -> dict:
     """Submit a grid's unfinished runs as one Slurm job array through submitit (one run, one GPU per
-    task; requeued on
-    pre-emption or time-out, resuming from the last epoch). `dry_run` prints the job script and the
-    run list and submits
-    nothing. `cluster='debug'` or `'local'` runs the same tasks through submitit's debug or local
-    executor (tests).
-    Returns the states, the script and the jobs."""
+    task; requeued on pre-emption or time-out, resuming from the last epoch). `dry_run` prints
+    the job script and the run list and submits nothing. `cluster='debug'` or `'local'` runs the
+    same tasks through submitit's debug or local executor (tests). Returns the states, the script
+    and the jobs."""
     submitit, out = _submitit(), Path(out)
     params = slurm_parameters(time, partition, array_parallelism, cpus_per_task, options)
     runs = [bench.use_checkpoint(s, checkpoint) for s in runs]
@@ -422,11 +355,8 @@ def run_slurm(
     bench.write_grid(out, runs)
     if not todo: return dict(states=states, script='', jobs=[])
     task = RunTask(data_root, checkpoint, split_indices)
-    args = (
-        [st['settings'] for st in todo],
-        [str(st['folder']) for st in todo],
-        [str(out / 'cache')] * len(todo),
-    )
+    args = ([st['settings'] for st in todo], [str(st['folder'])
+                                              for st in todo], [str(out / 'cache')] * len(todo))
     if cluster == 'slurm':
         if submitit.SlurmExecutor.affinity() < 0:
             raise VLPromptError('No `srun` on PATH: submit from a machine of the Slurm cluster (a '
@@ -447,48 +377,24 @@ def run_slurm(
     return dict(states=states, script=script, jobs=jobs)
 
 # %% ../nbs/21_launch.ipynb #85b87c89
-BENCHMARK_DATASETS = (
-    'imagenet',
-    'caltech101',
-    'oxford_pets',
-    'stanford_cars',
-    'oxford_flowers',
-    'food101',
-    'fgvc_aircraft',
-    'sun397',
-    'dtd',
-    'eurosat',
-    'ucf101',
-)  # CoOp's eleven
+BENCHMARK_DATASETS = ('imagenet', 'caltech101', 'oxford_pets', 'stanford_cars', 'oxford_flowers',
+                      'food101', 'fgvc_aircraft', 'sun397', 'dtd', 'eurosat', 'ucf101'
+                      )  # CoOp's eleven
 FEWSHOT_SHOTS = (1, 2, 4, 8, 16)
 
 
-def paper_grid(
-    methods: list[str],
-    protocols=bench.PROTOCOLS,
-    seeds=(1, 2, 3),
-    backbone: str = 'ViT-B-16',
-    pretrained: str = 'openai',
-) -> list[dict]:
+def paper_grid(methods: list[str], protocols=bench.PROTOCOLS, seeds=(1, 2, 3),
+               backbone: str = 'ViT-B-16', pretrained: str = 'openai') -> list[dict]:
     """Every run of the papers' tables for `methods`: few-shot on the eleven datasets at 1-16 shots,
-    base-to-new on the eleven
-    at 16 shots, cross-dataset and domain generalisation from 16-shot ImageNet (the targets are
-    evaluated inside those runs);
-    three seeds each. (method, protocol) pairs without a configuration are left out."""
-    shape = dict(
-        fewshot=(BENCHMARK_DATASETS, FEWSHOT_SHOTS),
-        base2new=(BENCHMARK_DATASETS, (16,)),
-        xd=(('imagenet',), (16,)),
-        dg=(('imagenet',), (16,)),
-    )
+    base-to-new on the eleven at 16 shots, cross-dataset and domain generalisation from 16-shot
+    ImageNet (the targets are evaluated inside those runs); three seeds each. (method, protocol)
+    pairs without a configuration are left out."""
+    shape = dict(fewshot=(BENCHMARK_DATASETS, FEWSHOT_SHOTS), base2new=(BENCHMARK_DATASETS, (16, )),
+                 xd=(('imagenet', ), (16, )), dg=(('imagenet', ), (16, )))
     return [
-        s
-        for p in protocols
-        for m in methods
-        if (m, p) in bench.CONFIGS
+        s for p in protocols for m in methods if (m, p) in bench.CONFIGS
         for s in bench.plan(p, [m], shape[p][0], seeds, list(shape[p][1]), backbone, pretrained)
     ]
-
 
 # PLACEHOLDER, to be filled from `vlprompt bench` (speed benchmark) on the GPU you plan for: seconds
 # of ONE training epoch
@@ -507,30 +413,23 @@ def _figure(table: dict, method: str, dataset: str):
     return None
 
 
-def estimate_gpu_hours(
-    runs: list[dict], seconds_per_epoch: dict, eval_seconds: dict | None = None
-) -> list[dict]:
+def estimate_gpu_hours(runs: list[dict], seconds_per_epoch: dict,
+                       eval_seconds: dict | None = None) -> list[dict]:
     """GPU-hours per protocol of `runs` from measured seconds per epoch (see SECONDS_PER_EPOCH). A
-    run costs
-    epochs × s/epoch × (shots / 16) × (1/2 for base-to-new: half the classes) + its evaluations. An
-    epoch's cost is taken as
-    proportional to the training images (K shots × classes), which holds for image-encoder methods
-    and roughly for cached features.
-    Methods with nothing to train (zero-shot) cost their evaluations only; a missing figure is an
-    error that names it."""
+    run costs epochs × s/epoch × (shots / 16) × (1/2 for base-to-new: half the classes) + its
+    evaluations. An epoch's cost is taken as proportional to the training images (K shots ×
+    classes), which holds for image-encoder methods and roughly for cached features. Methods with
+    nothing to train (zero-shot) cost their evaluations only; a missing figure is an error that
+    names it."""
     eval_seconds, rows, missing = eval_seconds or {}, {}, set()
     for s in runs:
-        r = rows.setdefault(
-            s['protocol'], dict(protocol=s['protocol'], runs=0, epochs=0, gpu_hours=0.0)
-        )
+        r = rows.setdefault(s['protocol'],
+                            dict(protocol=s['protocol'], runs=0, epochs=0, gpu_hours=0.0))
         trains = bench.ENTRIES[s['method']].trains
         epochs = s['train']['epochs'] if trains else 0
         scale = s['shots'] / 16 * (0.5 if s['protocol'] == 'base2new' else 1.0)
-        targets = (
-            {'xd': bench.CROSS_DATASET, 'dg': bench.DOMAIN_SHIFTS}
-            .get(s['protocol'], {})
-            .get(s['dataset'], [])
-        )
+        targets = {'xd': bench.CROSS_DATASET,
+                   'dg': bench.DOMAIN_SHIFTS}.get(s['protocol'], {}).get(s['dataset'], [])
         seconds = sum(eval_seconds.get(d, 0.0) for d in [s['dataset'], *targets])
         if trains:
             fig = _figure(seconds_per_epoch, s['method'], s['dataset'])
@@ -546,16 +445,12 @@ def estimate_gpu_hours(
     return list(rows.values())
 
 # %% ../nbs/21_launch.ipynb #58976b3d
-def seconds_per_epoch_from_bench(
-    bench_json: str | Path | dict | list, world: str = 'vit-b16', shots: int = 16
-) -> dict:
+def seconds_per_epoch_from_bench(bench_json: str | Path | dict | list, world: str = 'vit-b16',
+                                 shots: int = 16) -> dict:
     """SECONDS_PER_EPOCH from `vlprompt bench` rows: each method's step time interpolated (linearly
     in K) at each dataset's classes."""
-    rows = (
-        bench_json
-        if isinstance(bench_json, (list, dict))
-        else json.loads(Path(bench_json).read_text())
-    )
+    rows = bench_json if isinstance(bench_json,
+                                    (list, dict)) else json.loads(Path(bench_json).read_text())
     rows = rows['rows'] if isinstance(rows, dict) else rows
     by_method = {}
     for r in rows:
@@ -569,9 +464,8 @@ def seconds_per_epoch_from_bench(
         points = sorted(points)
         for d in BENCHMARK_DATASETS:
             K = DATASETS[d].n_classes
-            (k0, t0, b), (k1, t1, _) = (
-                (points[0], points[-1]) if len(points) > 1 else (points[0], points[0])
-            )
+            (k0, t0, b), (k1, t1, _) = (points[0], points[-1]) if len(points) > 1 else (points[0],
+                                                                                        points[0])
             step = t0 if k1 == k0 else t0 + (t1 - t0) * (K - k0) / (k1 - k0)
             table[(m, d)] = max(step, 0.0) * math.ceil(shots * K / b)
     return table

@@ -14,19 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import vlprompt
-from vlprompt.clip import (
-    MICRO_CLIP_CONFIG,
-    LoadedCLIP,
-    VLPromptError,
-    clip_logits,
-    encode_text_prompted,
-    eot_positions,
-    tiny_clip,
-    zeroshot_weights,
-    micro_tokenizer,
-    image_features,
-    suggest,
-)
+from .clip import (MICRO_CLIP_CONFIG, LoadedCLIP, VLPromptError, clip_logits,
+                           encode_text_prompted, eot_positions, tiny_clip, zeroshot_weights,
+                           micro_tokenizer, image_features, suggest)
 from .clip import atomic_write, register_backbone
 
 # %% auto #0
@@ -74,9 +64,8 @@ def pixel_grid(n: int):
     return x.expand(n, res, res), y.expand(n, res, res)
 
 # %% ../nbs/01_micro.ipynb #11a74766
-def texture_mask(
-    texture: int, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
-) -> torch.Tensor:
+def texture_mask(texture: int, x: torch.Tensor, y: torch.Tensor,
+                 g: torch.Generator) -> torch.Tensor:
     """Boolean pattern (n, R, R) for background texture number `texture`, random frequency, angle
     and phase."""
     n = x.shape[0]
@@ -116,18 +105,14 @@ def render(attrs: dict, style: str = 'web', g: torch.Generator | None = None) ->
     shape, colour, size, texture = (attrs[k] for k in ATTRIBUTES)
     n = shape.shape[0]
     x, y = pixel_grid(n)
-    scale = (
-        torch.where(size == 1, 0.68, 0.45) * st['size'] * (0.9 + 0.2 * torch.rand(n, generator=g))
-    )
+    scale = torch.where(size == 1, 0.68,
+                        0.45) * st['size'] * (0.9 + 0.2 * torch.rand(n, generator=g))
     free = (0.95 - scale) * st['jitter']
     cx, cy = ((torch.rand(n, generator=g) * 2 - 1) * free for _ in range(2))
     theta = (torch.rand(n, generator=g) - 0.5) * 0.6  # mild tilt: a triangle stays a triangle
     dx, dy = x - cx[:, None, None], y - cy[:, None, None]
-    cos, sin, s = (
-        torch.cos(theta)[:, None, None],
-        torch.sin(theta)[:, None, None],
-        scale[:, None, None],
-    )
+    cos, sin, s = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None], scale[:, None,
+                                                                                          None]
     u, v = (cos * dx + sin * dy) / s, (-sin * dx + cos * dy) / s
     obj = torch.zeros_like(x, dtype=torch.bool)
     pattern = torch.zeros_like(obj)
@@ -161,7 +146,7 @@ def random_attributes(n: int, g: torch.Generator, **fixed) -> dict:
     """Uniformly random attribute indices for `n` objects; `fixed` gives index tensors for some
     attributes."""
     return {
-        k: fixed[k] if k in fixed else torch.randint(len(vals), (n,), generator=g)
+        k: fixed[k] if k in fixed else torch.randint(len(vals), (n, ), generator=g)
         for k, vals in ATTRIBUTES.items()
     }
 
@@ -241,46 +226,23 @@ MICRO_TASKS = {
     t.name: t
     for t in [
         MicroTask('micro-pairs', ('colour', 'shape'), 'a photo of a {}.', PAIR_TEMPLATES),
-        MicroTask(
-            'micro-shapes',
-            ('shape',),
-            'a photo of a {}, a type of shape.',
-            ['a photo of a {}.', 'a {}.', 'a photo of a {}, a type of shape.'],
-            per_class=dict(train=64, val=16, test=150),
-        ),
-        MicroTask(
-            'micro-colours',
-            ('colour',),
-            'something {}.',
-            ['something {}.', 'a photo of a {} shape.'],
-            per_class=dict(train=64, val=16, test=150),
-        ),
-        MicroTask(
-            'micro-sizes',
-            ('size', 'shape'),
-            'a photo of a {}.',
-            ['a photo of a {}.', 'a {}.'],
-            per_class=dict(train=32, val=8, test=100),
-        ),
+        MicroTask('micro-shapes', ('shape', ), 'a photo of a {}, a type of shape.',
+                  ['a photo of a {}.', 'a {}.', 'a photo of a {}, a type of shape.'],
+                  per_class=dict(train=64, val=16, test=150)),
+        MicroTask('micro-colours', (
+            'colour', ), 'something {}.', ['something {}.', 'a photo of a {} '
+                                           'shape.'], per_class=dict(train=64, val=16, test=150)),
+        MicroTask('micro-sizes', ('size', 'shape'), 'a photo of a {}.',
+                  ['a photo of a {}.', 'a {}.'], per_class=dict(train=32, val=8, test=100)),
     ] + [
-        MicroTask(
-            f'micro-pairs-{s}',
-            ('colour', 'shape'),
-            'a photo of a {}.',
-            PAIR_TEMPLATES,
-            style=s,
-            per_class=dict(test=25),
-        )
-        for s in ('v2', 'sketch', 'noise', 'newbg')
+        MicroTask(f'micro-pairs-{s}', ('colour', 'shape'), 'a photo of a {}.', PAIR_TEMPLATES,
+                  style=s, per_class=dict(test=25)) for s in ('v2', 'sketch', 'noise', 'newbg')
     ]
 }
 
 DOMAIN_SHIFTS = {
     'micro-pairs': [
-        'micro-pairs-v2',
-        'micro-pairs-sketch',
-        'micro-pairs-noise',
-        'micro-pairs-newbg',
+        'micro-pairs-v2', 'micro-pairs-sketch', 'micro-pairs-noise', 'micro-pairs-newbg'
     ]
 }
 CROSS_DATASET = {'micro-pairs': ['micro-shapes', 'micro-colours', 'micro-sizes']}
@@ -299,7 +261,8 @@ def world_token_ids(tokenizer=None) -> torch.Tensor:
     words = {w for t in CAPTION_TEMPLATES for w in t.replace('{', ' ').replace('}', ' ').split()}
     words |= {w for vals in ATTRIBUTES.values() for w in vals}
     texts = sorted(words) + [
-        t.format(**{k: v[0] for k, v in ATTRIBUTES.items()}) for t in CAPTION_TEMPLATES
+        t.format(**{k: v[0]
+                    for k, v in ATTRIBUTES.items()}) for t in CAPTION_TEMPLATES
     ]
     texts += [t for task in MICRO_TASKS.values() for t in [task.template] + task.templates]
     return torch.unique(tokenizer([t.replace('{}', 'red') for t in texts]))
@@ -323,11 +286,8 @@ def pretrain_micro_clip(steps: int = 500, batch_size: int = 256, lr: float = 2e-
                              {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}],
                             lr=lr, betas=(0.9, 0.98), eps=1e-6)
     warmup = min(50, max(1, steps // 10))
-    schedule = lambda s: (
-        (s + 1) / warmup
-        if s < warmup
-        else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
-    )
+    schedule = lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (
+        s - warmup) / max(1, steps - warmup)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     losses = []
     bar = _progress(range(steps), progress, 'pretraining the micro CLIP')
@@ -336,11 +296,9 @@ def pretrain_micro_clip(steps: int = 500, batch_size: int = 256, lr: float = 2e-
         images = micro_preprocess(render(attrs, 'web', g))
         texts, which = captions(attrs, rng)
         ids = tokenizer(texts)
-        logits = clip_logits(
-            model.encode_image(images),
-            encode_text_prompted(model, words(compact[ids]), eot_positions(ids)),
-            model.logit_scale.exp(),
-        )
+        logits = clip_logits(model.encode_image(images),
+                             encode_text_prompted(model, words(compact[ids]), eot_positions(ids)),
+                             model.logit_scale.exp())
         loss = soft_infonce(logits, caption_truth(attrs, which))
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
         with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
@@ -380,14 +338,12 @@ def micro_image_transform():
     """The micro CLIP's test transform for image files (PIL): resize and centre-crop to 32 px, then
     `micro_preprocess`'s normalisation."""
     from torchvision import transforms as T
-    return T.Compose(
-        [
-            T.Resize(IMAGE_SIZE, interpolation=T.InterpolationMode.BICUBIC),
-            T.CenterCrop(IMAGE_SIZE),
-            T.ToTensor(),
-            T.Normalize([0.5] * 3, [0.25] * 3),
-        ]
-    )
+    return T.Compose([
+        T.Resize(IMAGE_SIZE, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(IMAGE_SIZE),
+        T.ToTensor(),
+        T.Normalize([0.5] * 3, [0.25] * 3)
+    ])
 
 def _progress(it, show, desc):
     if not show: return _Quiet(it)
@@ -407,18 +363,14 @@ def save_micro_checkpoint(model: nn.Module, path: str | Path, info: dict):
     "Write the micro CLIP (fp16, used token rows only) and `info` atomically to `path`."
     state = {
         k: v.half() if v.is_floating_point() else v
-        for k, v in model.state_dict().items()
-        if k != 'token_embedding.weight'
+        for k, v in model.state_dict().items() if k != 'token_embedding.weight'
     }
     table = model.token_embedding.weight
     used = table.abs().sum(1).nonzero().squeeze(1)
     state['token_embedding.ids'], state['token_embedding.rows'] = used, table[used].half()
     atomic_write(
-        path,
-        lambda f: torch.save(
-            {'state_dict': state, 'info': info, 'format': 'vlprompt-micro-clip-1'}, f
-        ),
-    )
+        path, lambda f: torch.save(
+            {'state_dict': state, 'info': info, 'format': 'vlprompt-micro-clip-1'}, f))
 
 def load_micro_weights(model: nn.Module, path: str | Path | None = None) -> dict:
     """Load the micro CLIP checkpoint (default: the shipped one) into `model`; returns its recorded
@@ -458,11 +410,9 @@ def split_features(clip: LoadedCLIP, task: MicroTask | str, split: str = 'test')
     images, labels = task.split(split)
     return image_features(clip, micro_preprocess(images)), labels
 
-
 @torch.no_grad()
-def zeroshot_predictions(
-    clip: LoadedCLIP, task: MicroTask | str, split: str = 'test', templates=None, features=None
-):
+def zeroshot_predictions(clip: LoadedCLIP, task: MicroTask | str, split: str = 'test',
+                         templates=None, features=None):
     "Predicted and true labels of a micro task's split, with the task's template (or `templates`)."
     task = get_task(task) if isinstance(task, str) else task
     feats, labels = features or split_features(clip, task, split)
@@ -470,14 +420,12 @@ def zeroshot_predictions(
     return clip_logits(feats, weights.to(feats.device), 100.).argmax(-1).cpu(), labels
 
 
-def zeroshot_accuracy(
-    clip: LoadedCLIP, task: MicroTask | str, split: str = 'test', templates=None, features=None
-) -> float:
+def zeroshot_accuracy(clip: LoadedCLIP, task: MicroTask | str, split: str = 'test', templates=None,
+                      features=None) -> float:
     """Zero-shot top-1 accuracy (%) on a micro task's split (pass `features` from `split_features`
     to reuse them)."""
     pred, labels = zeroshot_predictions(clip, task, split, templates, features)
     return 100 * (pred == labels).float().mean().item()
-
 
 def zeroshot_table(clip: LoadedCLIP, tasks=None) -> list[dict]:
     """Zero-shot accuracy of every micro task: its hand-made template, the mean over its templates,
@@ -486,20 +434,13 @@ def zeroshot_table(clip: LoadedCLIP, tasks=None) -> list[dict]:
     for name in tasks or MICRO_TASKS:
         task = get_task(name)
         feats = split_features(clip, task)
-        acc = lambda templates=None: zeroshot_accuracy(
-            clip, task, templates=templates, features=feats
-        )
+        acc = lambda templates=None: zeroshot_accuracy(clip, task, templates=templates, features=
+                                                       feats)
         per_template = [acc(t) for t in task.templates]
         rows.append(
-            dict(
-                task=name,
-                classes=len(task.classnames),
-                chance=100 / len(task.classnames),
-                template=acc(),
-                template_mean=sum(per_template) / len(per_template),
-                ensemble=acc(task.templates),
-            )
-        )
+            dict(task=name, classes=len(task.classnames), chance=100 / len(task.classnames),
+                 template=acc(), template_mean=sum(per_template) / len(per_template),
+                 ensemble=acc(task.templates)))
     return rows
 
 def format_table(rows: list[dict], columns=None) -> str:
@@ -510,9 +451,8 @@ def format_table(rows: list[dict], columns=None) -> str:
     return '\n'.join(lines + ['| ' + ' | '.join(fmt(r[c]) for c in columns) + ' |' for r in rows])
 
 # %% ../nbs/01_micro.ipynb #7ddc5b8b
-def regenerate(
-    out: str | Path = MICRO_CHECKPOINT, steps: int = 500, seed: int = 0, overwrite: bool = False
-) -> dict:
+def regenerate(out: str | Path = MICRO_CHECKPOINT, steps: int = 500, seed: int = 0,
+               overwrite: bool = False) -> dict:
     "Pretrain the micro CLIP and save it with its loss curve, timing and zero-shot table."
     out = Path(out)
     if out.exists() and not overwrite:
@@ -526,30 +466,16 @@ def regenerate(
         for p in model.parameters(): p.copy_(p.half().float())
     clip = LoadedCLIP(model, micro_tokenizer(), micro_preprocess, 'micro', 'vlprompt')
     table = zeroshot_table(clip)
-    info = dict(
-        steps=steps,
-        seed=seed,
-        seconds=seconds,
-        threads=torch.get_num_threads(),
-        machine=f'{os.cpu_count()} CPU cores',
-        torch=str(torch.__version__),
-        losses=[round(l, 4) for l in losses],
-        zeroshot=table,
-    )
+    info = dict(steps=steps, seed=seed, seconds=seconds, threads=torch.get_num_threads(),
+                machine=f'{os.cpu_count()} CPU cores', torch=str(torch.__version__),
+                losses=[round(l, 4) for l in losses], zeroshot=table)
     save_micro_checkpoint(model, out, info)
     return info
 
-
 def main(argv=None):
     ap = argparse.ArgumentParser(
-        prog='python -m vlprompt.micro',
-        description=(
-            'Regenerate the '
-            'micro CLIP '
-            'checkpoint '
-            '(deterministic for a seed, machine and thread count).'
-        ),
-    )
+        prog='python -m vlprompt.micro', description='Regenerate the '
+        'micro CLIP checkpoint (deterministic for a seed, machine and thread count).')
     ap.add_argument('--out', default=str(MICRO_CHECKPOINT), help='where to write the checkpoint '
                                                                  '(default: the package asset)')
     ap.add_argument('--steps', type=int, default=500, help='pretraining steps (default 500)')

@@ -39,9 +39,8 @@ def bench_clip(world: str = 'micro', device: str | torch.device = 'cpu') -> Load
         raise VLPromptError(f'Unknown benchmark world {world!r}.{suggest(world, WORLDS)} Worlds: '
                             f'{", ".join(WORLDS)}.')
     import open_clip
-    model = (
-        open_clip.create_model('ViT-B-16', pretrained=None).to(device).eval().requires_grad_(False)
-    )
+    model = open_clip.create_model('ViT-B-16',
+                                   pretrained=None).to(device).eval().requires_grad_(False)
     return LoadedCLIP(model, open_clip.get_tokenizer('ViT-B-16'), None, 'ViT-B-16 (random weights)')
 
 def bench_classnames(clip: LoadedCLIP, K: int, room: int = 16) -> list[str]:
@@ -49,8 +48,7 @@ def bench_classnames(clip: LoadedCLIP, K: int, room: int = 16) -> list[str]:
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
     encode = getattr(clip.tokenizer, 'encode', None)
     fits = [
-        n
-        for n in IMAGENET_CLASSNAMES
+        n for n in IMAGENET_CLASSNAMES
         if encode is None or len(encode(n)) + room + 3 <= clip.context_length
     ]
     if K > len(fits):
@@ -67,14 +65,12 @@ def bench_method(method: str, clip: LoadedCLIP, classnames: list[str], world: st
     """(module, gradient rule, settings) of `method` over `classnames`, as `vlprompt.bench` builds
     it."""
     protocol = 'fewshot' if (method, 'fewshot') in bench.CONFIGS else 'base2new'
-    s = bench.run_settings(
-        method, protocol, 'micro-pairs' if world == 'micro' else 'caltech101', 16, seed
-    )
+    s = bench.run_settings(method, protocol, 'micro-pairs' if world == 'micro' else 'caltech101',
+                           16, seed)
     data = SimpleNamespace(classnames=list(classnames), template='a photo of a {}.')
     module = bench.build_method(s, clip, data).to(next(clip.model.parameters()).device)
-    rule = (
-        bench.RULES[method](s, clip, data, module) if method in bench.RULES else cross_entropy_rule
-    )
+    rule = bench.RULES[method](s, clip, data,
+                               module) if method in bench.RULES else cross_entropy_rule
     return module, rule, s
 
 def trainable_methods() -> list[str]:
@@ -118,14 +114,16 @@ def reference_gradients(module, rule, images, labels, clip: LoadedCLIP) -> list[
 # %% ../nbs/50_speed.ipynb #96970176
 def peak_memory_mb(fn, device, exclude=()) -> float:
     """Memory (MB) a step needs: the CUDA allocator's peak above the start on a GPU; on a CPU the
-    activations
-    autograd saves for backward (unique storages, not those of the modules in `exclude`)."""
+    activations autograd saves for backward (unique storages, not those of the modules in
+    `exclude`)."""
     if torch.device(device).type == 'cuda':
         torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device); fn(); torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     weights = {
-        t.untyped_storage().data_ptr() for m in exclude for t in [*m.parameters(), *m.buffers()]
+        t.untyped_storage().data_ptr()
+        for m in exclude
+        for t in [*m.parameters(), *m.buffers()]
     }
     seen, total = set(), [0]
     def pack(t):
@@ -155,9 +153,7 @@ def count_encoder_runs(clip: LoadedCLIP, fn) -> dict:
     if hasattr(clip.model.visual, 'ln_post'):
         hooks.append(
             clip.model.visual.ln_post.register_forward_hook(
-                lambda *a: runs.__setitem__('image', runs['image'] + 1)
-            )
-        )
+                lambda *a: runs.__setitem__('image', runs['image'] + 1)))
     try: fn()
     finally:
         for h in hooks: h.remove()
@@ -187,26 +183,13 @@ def _steps(method: str, clip: LoadedCLIP, world: str, K: int, batch: int | None,
     measure = lambda fn: peak_memory_mb(fn, device, exclude=(clip.model, module))
     return SimpleNamespace(fast=fast, slow=slow, measure=measure, batch=batch, device=device)
 
-
-def bench_row(
-    method: str,
-    clip: LoadedCLIP,
-    world: str,
-    K: int,
-    batch: int | None = None,
-    steps: int = 3,
-    warmup: int = 1,
-    reference: bool = True,
-    shots: int = 16,
-    seed: int = 0,
-    reference_classes: int | None = None,
-) -> dict:
+def bench_row(method: str, clip: LoadedCLIP, world: str, K: int, batch: int | None = None,
+              steps: int = 3, warmup: int = 1, reference: bool = True, shots: int = 16,
+              seed: int = 0, reference_classes: int | None = None) -> dict:
     """Time one method's training step on the kit's path and on the reference path; one row of the
-    table.
-    With `reference_classes` below K (the reference path may not fit in memory: ViT-B/16 at K = 1000
-    needs more than 24 GB on a
-    CPU), the reference is timed at half and all of `reference_classes` and extrapolated linearly in
-    K (the row says so)."""
+    table. With `reference_classes` below K (the reference path may not fit in memory: ViT-B/16
+    at K = 1000 needs more than 24 GB on a CPU), the reference is timed at half and all of
+    `reference_classes` and extrapolated linearly in K (the row says so)."""
     st = _steps(method, clip, world, K, batch, seed)
     row = dict(world=world, K=K, method=method, batch=st.batch, device=str(st.device))
     # the first (warm-up) step also measures
@@ -219,8 +202,7 @@ def bench_row(
             for k in (reference_classes // 2, reference_classes):
                 r = _steps(method, clip, world, k, st.batch, seed)
                 points.append(
-                    (k, r.measure(r.slow), time_step(r.slow, steps, max(0, warmup - 1), st.device))
-                )
+                    (k, r.measure(r.slow), time_step(r.slow, steps, max(0, warmup - 1), st.device)))
             (k1, m1, t1), (k2, m2, t2) = points
             line = lambda a, b: a + (b - a) * (K - k1) / (k2 - k1)
             row['reference_mb'], row['reference_s'] = line(m1, m2), line(t1, t2)
@@ -236,18 +218,9 @@ def bench_row(
     return row
 
 # %% ../nbs/50_speed.ipynb #3113fef1
-def run_bench(
-    worlds=('micro',),
-    classes=(100, 1000),
-    methods=None,
-    device: str = 'cpu',
-    batch: int | None = None,
-    steps: int = 3,
-    warmup: int = 1,
-    reference: bool = True,
-    progress: bool = True,
-    reference_classes: int | None = None,
-) -> list[dict]:
+def run_bench(worlds=('micro', ), classes=(100, 1000), methods=None, device: str = 'cpu',
+              batch: int | None = None, steps: int = 3, warmup: int = 1, reference: bool = True,
+              progress: bool = True, reference_classes: int | None = None) -> list[dict]:
     "The benchmark table's rows for every (world, K, method)."
     methods = list(methods or trainable_methods())
     rows = []
@@ -257,67 +230,36 @@ def run_bench(
             for m in methods:
                 if progress: print(f'{world}, K = {K}, {m} ...', flush=True)
                 rows.append(
-                    bench_row(
-                        m,
-                        clip,
-                        world,
-                        K,
-                        batch,
-                        steps,
-                        warmup,
-                        reference,
-                        reference_classes=reference_classes,
-                    )
-                )
+                    bench_row(m, clip, world, K, batch, steps, warmup, reference,
+                              reference_classes=reference_classes))
     return rows
-
 
 def format_bench(rows: list[dict]) -> str:
     "A markdown table of benchmark rows."
     head = [
-        'world',
-        'K',
-        'method',
-        'batch',
-        'reference s/step',
-        'kit s/step',
-        'ratio',
-        'reference s/epoch',
-        'kit s/epoch',
-        'kit images/s',
-        'reference MB',
-        'kit MB',
-        'encoder runs/step (text, image)',
+        'world', 'K', 'method', 'batch', 'reference s/step', 'kit s/step', 'ratio',
+        'reference s/epoch', 'kit s/epoch', 'kit images/s', 'reference MB', 'kit MB',
+        'encoder runs/step (text, image)'
     ]
     out = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     f = lambda r, k, fmt: format(r[k], fmt) if k in r else '—'
     for r in rows:
-        out.append(
-            '| '
-            + ' | '.join(
-                [
-                    r['world'],
-                    str(r['K']),
-                    r['method'],
-                    str(r['batch']),
-                    f(r, 'reference_s', '.3f') + ('*' if 'reference_note' in r else ''),
-                    f(r, 'fast_s', '.3f'),
-                    f(r, 'ratio', '.1f') + ('×' if 'ratio' in r else ''),
-                    f(r, 'reference_epoch_s', '.0f'),
-                    f(r, 'fast_epoch_s', '.0f'),
-                    f(r, 'images_per_s', '.1f'),
-                    f(r, 'reference_mb', '.0f'),
-                    f(r, 'fast_mb', '.0f'),
-                    f"{r['text_runs']}, {r['image_runs']}",
-                ]
-            )
-            + ' |'
-        )
+        out.append('| ' + ' | '.join([
+            r['world'],
+            str(r['K']), r['method'],
+            str(r['batch']),
+            f(r, 'reference_s', '.3f') + ('*' if 'reference_note' in r else ''),
+            f(r, 'fast_s', '.3f'),
+            f(r, 'ratio', '.1f') + ('×' if 'ratio' in r else ''),
+            f(r, 'reference_epoch_s', '.0f'),
+            f(r, 'fast_epoch_s', '.0f'),
+            f(r, 'images_per_s', '.1f'),
+            f(r, 'reference_mb', '.0f'),
+            f(r, 'fast_mb', '.0f'), f"{r['text_runs']}, {r['image_runs']}"
+        ]) + ' |')
     if any('reference_note' in r for r in rows):
-        out.append(
-            '\n\\* the reference path did not fit in memory at this K: '
-            + next(r['reference_note'] for r in rows if 'reference_note' in r)
-        )
+        out.append('\n\\* the reference path did not fit in memory at this K: ' +
+                   next(r['reference_note'] for r in rows if 'reference_note' in r))
     return '\n'.join(out)
 
 def machine() -> str:
@@ -330,8 +272,7 @@ def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(
-            l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')
-        )
+            l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
     except (OSError, StopIteration):
         pass
     return f'{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}'
@@ -354,11 +295,8 @@ def add_bench_parser(sub) -> None:
                                                                                '1000)')
     p.add_argument('--methods', nargs='+', help='methods to time (default: every method with '
                                                 'learnable tensors)')
-    p.add_argument(
-        '--device',
-        default='cuda' if torch.cuda.is_available() else 'cpu',
-        help="torch device (default: cuda if present)",
-    )
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', help="torch "
+                   "device (default: cuda if present)")
     p.add_argument('--batch', type=int, help="batch size (default: the paper's on CUDA, 4 on a "
                                              "CPU)")
     p.add_argument('--steps', type=int, default=3, help='timed steps per row (median; default 3)')
@@ -384,17 +322,8 @@ def bench_command(args) -> list[dict]:
         if m not in bench.METHODS:
             raise VLPromptError(f'Unknown method {m!r}.{suggest(m, bench.METHODS)} Methods: '
                                 f'{", ".join(bench.METHODS)}.')
-    rows = run_bench(
-        args.world,
-        args.classes,
-        args.methods,
-        args.device,
-        args.batch,
-        args.steps,
-        1,
-        not args.no_reference,
-        reference_classes=args.reference_classes,
-    )
+    rows = run_bench(args.world, args.classes, args.methods, args.device, args.batch, args.steps, 1,
+                     not args.no_reference, reference_classes=args.reference_classes)
     table = format_bench(rows)
     print(f'\n{machine()}\n\n{table}')
     write_json(Path(args.out), dict(machine=machine(), rows=rows))
@@ -409,36 +338,21 @@ def slider_functions(small: bool = False) -> dict:
     from vlprompt import widgets as w
     sizes = dict(epochs=1, shots=2) if small else {}
     return {
-        '11 CoOp: M, shots': (
-            partial(bench.base_to_new, 'coop', ctx_init=None, epochs=3 if small else 30),
-            dict(n_ctx=4, shots=16),
-            dict(n_ctx=8, shots=16),
-        ),
-        '12 ProGrad: λ': (
-            partial(bench.base_to_new, 'prograd', epochs=2 if small else 30),
-            dict(lam=1.0),
-            dict(lam=0.5),
-        ),
-        "13 TaskRes: α'": (
-            partial(w.taskres_setting, **(dict(epochs=5, views=2) if small else {})),
-            dict(alpha=0.5),
-            dict(alpha=0.55),
-        ),
-        '13 TaskRes: α in training': (
-            partial(w.taskres_trained_setting, **(dict(epochs=5, views=2) if small else {})),
-            dict(alpha=0.25),
-            dict(alpha=1.0),
-        ),
-        '14 MaPLe: J, n_ctx': (
-            partial(w.maple_setting, **sizes),
-            dict(depth=3, n_ctx=2),
-            dict(depth=2, n_ctx=2),
-        ),
-        '15 VPT/SPT: N, depth, init': (
-            partial(w.spt_setting, target=36.0, **sizes),
-            dict(n_prompts=4, depth='deep', init='xavier'),
-            dict(n_prompts=8, depth='deep', init='xavier'),
-        ),
+        '11 CoOp: M, shots': (partial(bench.base_to_new, 'coop', ctx_init=None,
+                                      epochs=3 if small else 30), dict(n_ctx=4, shots=16),
+                              dict(n_ctx=8, shots=16)),
+        '12 ProGrad: λ': (partial(bench.base_to_new, 'prograd',
+                                  epochs=2 if small else 30), dict(lam=1.0), dict(lam=0.5)),
+        "13 TaskRes: α'": (partial(w.taskres_setting, **(dict(epochs=5, views=2) if small else {})),
+                           dict(alpha=0.5), dict(alpha=0.55)),
+        '13 TaskRes: α in training': (partial(w.taskres_trained_setting,
+                                              **(dict(epochs=5, views=2) if small else {})),
+                                      dict(alpha=0.25), dict(alpha=1.0)),
+        '14 MaPLe: J, n_ctx': (partial(w.maple_setting,
+                                       **sizes), dict(depth=3, n_ctx=2), dict(depth=2, n_ctx=2)),
+        '15 VPT/SPT: N, depth, init': (partial(w.spt_setting, target=36.0, **sizes),
+                                       dict(n_prompts=4, depth='deep', init='xavier'),
+                                       dict(n_prompts=8, depth='deep', init='xavier')),
     }
 
 def slider_times(small: bool = False, names=None) -> list[dict]:
@@ -456,16 +370,12 @@ def slider_times(small: bool = False, names=None) -> list[dict]:
         t2 = time.perf_counter()
         keys = [k for k in ('base', 'new', 'hm', 'accuracy') if k in first]
         sliders = {
-            k: w.choices(*dict.fromkeys((start[k], moved[k])), value=start[k]) for k in start
+            k: w.choices(*dict.fromkeys((start[k], moved[k])), value=start[k])
+            for k in start
         }
         with contextlib.redirect_stdout(io.StringIO()):  # the explorer's printouts and figure
-            box = w.explorer(
-                run,
-                ' '.join(f'{{{k}}}' for k in keys),
-                plot=w.bars(*keys),
-                sweep=[first, new],
-                **sliders,
-            )
+            box = w.explorer(run, ' '.join(f'{{{k}}}' for k in keys), plot=w.bars(*keys),
+                             sweep=[first, new], **sliders)
             changed = next(c for c, k in zip(box.children, start) if start[k] != moved[k])
             t3 = time.perf_counter()
             changed.value = moved[changed.description]
@@ -483,11 +393,8 @@ def format_slider_times(rows: list[dict], limit: float = 2.0) -> str:
         '|---|---|---|---|---|',
     ]
     for r in rows:
-        how = (
-            'the function (fast enough)'
-            if r['new_s'] <= limit
-            else 'memory: the sweep and a one-time fill'
-        )
+        how = 'the function (fast enough)' if r[
+            'new_s'] <= limit else 'memory: the sweep and a one-time fill'
         lines.append(f"| {r['slider']} | {r['first_s']:.2f} | {r['new_s']:.2f} | "
                      f"{r['memory_s']:.3f} | {how} |")
     return '\n'.join(lines)

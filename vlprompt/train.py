@@ -43,11 +43,8 @@ class TrainConfig:
     def __post_init__(self):
         for f in fields(self):
             # each field's declared type first: 1.5 epochs or lam=true never reach the loop
-            setattr(
-                self,
-                f.name,
-                typed_setting(f.name, getattr(self, f.name), f.type, TRAIN_RANGES.get(f.name)),
-            )
+            setattr(self, f.name,
+                    typed_setting(f.name, getattr(self, f.name), f.type, TRAIN_RANGES.get(f.name)))
         if self.optimizer not in ('sgd', 'adam', 'adamw'):
             raise VLPromptError(f"optimizer must be 'sgd', 'adam' or 'adamw', not "
                                 f"{self.optimizer!r}.")
@@ -61,30 +58,22 @@ class TrainConfig:
         if not 0 <= self.momentum < 1:
             raise VLPromptError(f'momentum must be in [0, 1), not {self.momentum!r}.')
 
-TRAIN_RANGES = dict(
-    epochs=(1, 100_000), batch_size=(1, 1_000_000), warmup_epochs=(0, 100_000), views=(1, 100)
-)
+
+TRAIN_RANGES = dict(epochs=(1, 100_000), batch_size=(1, 1_000_000), warmup_epochs=(0, 100_000),
+                    views=(1, 100))
 
 def typed_setting(name: str, value, kind: str, bounds: tuple | None = None):
     """`value` as a setting of type `kind` ('int', 'float', 'bool' or 'str') within `bounds` (low,
-    high), or a
-    VLPromptError saying what it must be. Whole numbers pass as floats; nothing else is
-    converted."""
+    high), or a VLPromptError saying what it must be. Whole numbers pass as floats; nothing else
+    is converted."""
     kind = kind.split('|')[0].strip()
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = dict(
-        int=isinstance(value, int) and not isinstance(value, bool),
-        bool=isinstance(value, bool),
-        str=isinstance(value, str),
-        float=number and math.isfinite(value),
-    ).get(kind, True)
+    ok = dict(int=isinstance(value, int) and not isinstance(value, bool),
+              bool=isinstance(value, bool), str=isinstance(value, str), float=number
+              and math.isfinite(value)).get(kind, True)
     if not ok:
-        what = dict(
-            int='a whole number (e.g. 5)',
-            float='a finite number (e.g. 0.5)',
-            bool='true or false',
-            str='text',
-        )[kind]
+        what = dict(int='a whole number (e.g. 5)', float='a finite number (e.g. 0.5)',
+                    bool='true or false', str='text')[kind]
         raise VLPromptError(f'{name} must be {what}, not {value!r}.')
     if kind == 'float': value = float(value)
     if bounds and not bounds[0] <= value <= bounds[1]:
@@ -103,9 +92,8 @@ def lr_at_epoch(cfg: TrainConfig, epoch: int) -> float:
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     "SGD (momentum) or Adam/AdamW with the config's weight decay."
     if cfg.optimizer == 'sgd':
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
     if cfg.optimizer == 'adam':
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -146,17 +134,14 @@ class run_lock:
                           f"that has ended holds no lock.") from None
         except OSError as e:  # the file system has no flock (some network mounts)
             os.close(fd)
-            warnings.warn(f'cannot lock {self.path} ({e}): do not start two launchers on the same '
-                          f'grid.')
+            warnings.warn(
+                f'cannot lock {self.path} ({e}): do not start two launchers on the same grid.')
             self.fd = None
             return self
         import socket
-        me = dict(
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            slurm_job=os.environ.get('SLURM_JOB_ID'),
-            since=time.strftime('%Y-%m-%d %H:%M:%S'),
-        )
+        me = dict(host=socket.gethostname(), pid=os.getpid(),
+                  slurm_job=os.environ.get('SLURM_JOB_ID'),
+                  since=time.strftime('%Y-%m-%d %H:%M:%S'))
         os.ftruncate(fd, 0); os.write(fd, json.dumps(me).encode())
         self.fd = _HELD[str(self.path)] = fd
         return self
@@ -188,9 +173,8 @@ class FeatureCache:
     def __init__(self, root: str | Path): self.root = Path(root)
 
     def path(self, key: dict) -> Path:
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[
-            :20
-        ]
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True,
+                                         default=str).encode()).hexdigest()[:20]
         return self.root/f"{key.get('dataset', 'data')}-{key.get('split', '')}-{digest}.pt"
 
     def load(self, key: dict) -> torch.Tensor | None:
@@ -210,10 +194,8 @@ class FeatureCache:
             return None
 
     def save(self, key: dict, features: torch.Tensor):
-        save_atomic(
-            {'key': json.loads(json.dumps(key, default=str)), 'features': features.cpu()},
-            self.path(key),
-        )
+        save_atomic({'key': json.loads(json.dumps(key, default=str)), 'features': features.cpu()},
+                    self.path(key))
 
     def get(self, key: dict, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         "Cached features for `key`, computing and storing them on a miss."
@@ -225,17 +207,13 @@ class FeatureCache:
 
 # %% ../nbs/03_train.ipynb #a24f11c1
 def _hash_cache_path() -> Path:
-    return (
-        Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache')
-        / 'vlprompt'
-        / 'file-sha256.json'
-    )
+    return Path(os.environ.get('XDG_CACHE_HOME')
+                or Path.home() / '.cache') / 'vlprompt' / 'file-sha256.json'
 
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of all of a file's bytes (a weights file's identity), remembered by (path, size,
-    mtime) in
-    ~/.cache/vlprompt/file-sha256.json so that a multi-GB checkpoint is read once, not once per
-    run."""
+    mtime) in ~/.cache/vlprompt/file-sha256.json so that a multi-GB checkpoint is read once, not
+    once per run."""
     path = Path(path).expanduser().resolve()
     st = path.stat()
     key, memo = f'{path}|{st.st_size}|{st.st_mtime_ns}', _hash_cache_path()
@@ -271,11 +249,8 @@ class TrainSet:
         if self.is_features:
             view = torch.randint(self.inputs.shape[0], (len(idx),), generator=g)
             return self.inputs[view, idx]
-        images = (
-            self.inputs[idx]
-            if torch.is_tensor(self.inputs)
-            else [self.inputs[i] for i in idx.tolist()]
-        )
+        images = self.inputs[idx] if torch.is_tensor(
+            self.inputs) else [self.inputs[i] for i in idx.tolist()]
         return self.augment(images) if self.augment else images
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -297,16 +272,13 @@ def learnable_state(method: nn.Module) -> dict:
 def _learnable_shapes(method) -> dict:
     return {n: list(p.shape) for n, p in method.named_parameters() if p.requires_grad}
 
-
 def _load_checkpoint(path: Path, cfg: TrainConfig, method: nn.Module, identity: dict | None):
     """The checkpoint at `path` if it belongs to this run; None (after moving it aside) if it is
     damaged."""
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
-        if (
-            not isinstance(ckpt, dict)
-            or not {'epoch', 'learnable', 'optimizer', 'config'} <= ckpt.keys()
-        ):
+        if not isinstance(ckpt, dict) or not {'epoch', 'learnable', 'optimizer', 'config'
+                                              } <= ckpt.keys():
             raise ValueError('not a vlprompt checkpoint')
     except Exception as e:
         # truncated or damaged: never trusted, kept for inspection, the run starts again
@@ -320,11 +292,8 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, method: nn.Module, identity: 
         raise VLPromptError(f"Checkpoint {path} belongs to method {ckpt.get('method')!r}, not "
                             f"{name!r}; use another --out folder.")
     if identity is not None and ckpt.get('identity', identity) != identity:
-        diff = ', '.join(
-            f'{k}: {ckpt["identity"].get(k)} there, {v} now'
-            for k, v in identity.items()
-            if ckpt['identity'].get(k) != v
-        )
+        diff = ', '.join(f'{k}: {ckpt["identity"].get(k)} there, {v} now'
+                         for k, v in identity.items() if ckpt['identity'].get(k) != v)
         raise VLPromptError(f'Checkpoint {path} was trained with another backbone or data '
                             f'({diff}); use another --out folder.')
     if ckpt.get('shapes', _learnable_shapes(method)) != _learnable_shapes(method):
@@ -333,7 +302,8 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, method: nn.Module, identity: 
                             f'({_learnable_shapes(method)}): it was trained with other options; '
                             f'use another --out folder.')
     diff = {
-        k: (ckpt['config'].get(k), v) for k, v in asdict(cfg).items() if ckpt['config'].get(k) != v
+        k: (ckpt['config'].get(k), v)
+        for k, v in asdict(cfg).items() if ckpt['config'].get(k) != v
     }
     if diff:
         said = ', '.join(f'{k}: {a} there, {b} now' for k, (a, b) in diff.items())
@@ -424,8 +394,7 @@ class Checkpoint(Callback):
         for name, cb in self._stateful().items():
             if name not in saved:
                 raise VLPromptError(f'Checkpoint {self.path} holds no state of the callback '
-                                    f'{name}: it '
-                                    'was trained without it; use another --out folder.')
+                                    f'{name}: it was trained without it; use another --out folder.')
             cb.load_state_dict(saved[name])
     def epoch_end(self, s: FitState):
         ckpt = dict(epoch=s.epoch, method=type(s.method).__name__, config=asdict(s.cfg),
@@ -480,8 +449,7 @@ def fit(method: nn.Module, data: TrainSet, cfg: TrainConfig, out: str | Path | N
         g = torch.Generator().manual_seed(epoch_seed(cfg.seed, s.epoch))
         method.train()
         for s.step, s.batch in enumerate(
-            torch.randperm(len(data), generator=g).split(cfg.batch_size)
-        ):
+                torch.randperm(len(data), generator=g).split(cfg.batch_size)):
             x = data.batch(s.batch, g).to(device)
             with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
                 s.loss = rule(method, x, labels[s.batch.to(device)])
@@ -500,11 +468,9 @@ def module_device(module: nn.Module) -> torch.device:
     for t in itertools.chain(module.parameters(), module.buffers()): return t.device
     return torch.device('cpu')
 
-
 @torch.no_grad()
-def evaluate(
-    method: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 512
-) -> float:
+def evaluate(method: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+             batch_size: int = 512) -> float:
     "Top-1 accuracy (%) of `method` on features or preprocessed images."
     method.eval()
     device = module_device(method)
@@ -520,25 +486,14 @@ def _one_view(features):
                             f'{tuple(features.shape)}.')
     return features[0]
 
-
-def train_method(
-    method: nn.Module,
-    train_inputs,
-    train_labels: torch.Tensor,
-    val_inputs=None,
-    val_labels: torch.Tensor | None = None,
-    cfg: TrainConfig | None = None,
-    out=None,
-    rule: Callable = cross_entropy_rule,
-    augment: Callable | None = None,
-    progress: bool = False,
-    identity: dict | None = None,
-    prepare_inputs=None,
-) -> list[dict]:
+def train_method(method: nn.Module, train_inputs, train_labels: torch.Tensor, val_inputs=None,
+                 val_labels: torch.Tensor | None = None, cfg: TrainConfig | None = None, out=None,
+                 rule: Callable = cross_entropy_rule, augment: Callable | None = None,
+                 progress: bool = False, identity: dict | None = None,
+                 prepare_inputs=None) -> list[dict]:
     """Prepare (cache, probe, prompt init), train if it has learnable tensors, then calibrate on
-    val; returns fit's history.
-    Inputs are cached features ((views, N, D) or (N, D)), or images / image files with `augment`;
-    then `prepare` gets
+    val; returns fit's history. Inputs are cached features ((views, N, D) or (N, D)), or images /
+    image files with `augment`; then `prepare` gets
     `prepare_inputs` if given (e.g. the un-augmented, preprocessed training images), else the
     training inputs."""
     on_features = augment is None and torch.is_tensor(train_inputs) and train_inputs.dim() in (2, 3)
@@ -546,23 +501,12 @@ def train_method(
         if train_inputs.dim() == 2: train_inputs = train_inputs.unsqueeze(0)
         val_inputs = _one_view(val_inputs)
     if hasattr(method, 'prepare'):
-        method.prepare(
-            train_inputs if prepare_inputs is None else prepare_inputs,
-            train_labels,
-            val_inputs,
-            val_labels,
-        )
+        method.prepare(train_inputs if prepare_inputs is None else prepare_inputs, train_labels,
+                       val_inputs, val_labels)
     history = []
     if any(p.requires_grad for p in method.parameters()):
-        history = fit(
-            method,
-            TrainSet(train_inputs, train_labels, augment),
-            cfg or TrainConfig(),
-            out=out,
-            rule=rule,
-            progress=progress,
-            identity=identity,
-        )
+        history = fit(method, TrainSet(train_inputs, train_labels, augment), cfg or TrainConfig(),
+                      out=out, rule=rule, progress=progress, identity=identity)
     if hasattr(method, 'calibrate'):
         if val_inputs is None:
             raise VLPromptError(f'{type(method).__name__} calibrates on the val split: pass '

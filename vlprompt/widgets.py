@@ -32,9 +32,8 @@ def _control(name: str, spec):
     "The ipywidgets control for one `explorer` keyword."
     import ipywidgets as widgets
     if isinstance(spec, Choices):
-        return widgets.SelectionSlider(
-            options=list(spec.values), value=spec.value, description=name, continuous_update=False
-        )
+        return widgets.SelectionSlider(options=list(spec.values), value=spec.value,
+                                       description=name, continuous_update=False)
     if isinstance(spec, list):
         return widgets.Dropdown(options=spec, value=spec[0], description=name)
     if not (isinstance(spec, tuple) and len(spec) == 4):
@@ -57,23 +56,15 @@ def settings_key(settings: dict) -> tuple:
     "The memo key of one setting of the sliders."
     return tuple(sorted(settings.items()))
 
-def explorer(
-    run: Callable[..., dict],
-    fmt: str,
-    plot: Callable | None = None,
-    memo: bool = True,
-    sweep=(),
-    fill: bool = False,
-    **sliders
-):
+
+def explorer(run: Callable[..., dict], fmt: str, plot: Callable | None = None, memo: bool = True,
+             sweep=(), fill: bool = False, **sliders):
     """Sliders for `run`'s keyword arguments; on each change prints `fmt.format(**run(...))` and,
-    with `plot(result, ax)`, draws it.
-    Each slider is `name=(min, max, step, value)` (floats make a FloatSlider, ints an IntSlider), a
-    list (a dropdown, first option
-    selected) or `choices(...)`. With `memo`, a setting already seen is answered from memory (the
-    function must be pure); `sweep`
-    is results already computed (each holds its settings under the sliders' names); `fill` computes
-    every setting of the grid now."""
+    with `plot(result, ax)`, draws it. Each slider is `name=(min, max, step, value)` (floats make
+    a FloatSlider, ints an IntSlider), a list (a dropdown, first option selected) or
+    `choices(...)`. With `memo`, a setting already seen is answered from memory (the function
+    must be pure); `sweep` is results already computed (each holds its settings under the
+    sliders' names); `fill` computes every setting of the grid now."""
     import ipywidgets as widgets
     from IPython.display import display
     controls = {name: _control(name, spec) for name, spec in sliders.items()}
@@ -94,8 +85,7 @@ def explorer(
             start = time.time()
             print(
                 f'computing {len(todo)} of the {len(grid)} settings once; every move then answers '
-                f'from'
-                ' memory ...',
+                f'from memory ...',
                 flush=True,
             )
             for s in todo: seen[settings_key(s)] = run(**s)
@@ -134,13 +124,9 @@ def bars(*keys: str, ylim=(0, 100), ylabel: str = 'accuracy (%)'):
         for i, v in enumerate(values): ax.text(i, v, f'{v:.1f}', ha='center', va='bottom')
         ax.set_ylim(*ylim); ax.set_ylabel(ylabel)
         ax.set_title(
-            ', '.join(
-                f'{k}={v}'
-                for k, v in result.items()
-                if isinstance(v, (int, float)) and k not in keys and k != 'seconds'
-            )[:80],
-            fontsize=8,
-        )
+            ', '.join(f'{k}={v}' for k, v in result.items()
+                      if isinstance(v, (int, float)) and k not in keys and k != 'seconds')[:80],
+            fontsize=8)
     return plot
 
 # %% ../nbs/30_widgets.ipynb #a1c0e7d4
@@ -151,20 +137,17 @@ def maple_setting(depth: int = 3, n_ctx: int = 2, seed: int = 1, **train) -> dic
     from vlprompt.methods.maple import MaPLe
     from vlprompt.micro import get_task
     r = base_to_new('maple', seed=seed, depth=depth, n_ctx=n_ctx, **train)
-    method = MaPLe(
-        get_clip('micro'), get_task('micro-pairs').classnames[:1], n_ctx=n_ctx, depth=depth
-    )
+    method = MaPLe(get_clip('micro'),
+                   get_task('micro-pairs').classnames[:1], n_ctx=n_ctx, depth=depth)
     return dict(r, params=sum(p.numel() for p in method.parameters() if p.requires_grad))
 
-
 @functools.lru_cache(maxsize=None)
-def micro_taskres(
-    alpha: float = 0.5, epochs: int = 200, views: int = 10, shots: int = 16, seed: int = 1
-) -> dict:
+def micro_taskres(alpha: float = 0.5, epochs: int = 200, views: int = 10, shots: int = 16,
+                  seed: int = 1) -> dict:
     """TaskRes trained at `alpha` on micro-pairs' base classes as 13_taskres does (Adam lr 2e-3,
     batch 256, weight decay 5e-4,
-    `views` flipped views of `shots` images per class), and the tests it is read on: {'base'|'new':
-    (TaskRes, features, labels)}."""
+    `views` flipped views of `shots` images per class), and the tests it is read on:
+    {'base'|'new': (TaskRes, features, labels)}."""
     from vlprompt.bench import dataset_features, get_clip
     from vlprompt.data import fewshot_splits, load_dataset, subsample_classes
     from vlprompt.methods.taskres import train_taskres
@@ -173,16 +156,14 @@ def micro_taskres(
     data = fewshot_splits(load_dataset('micro-pairs'), shots, seed=seed, cache_dir=None)
     base, new = subsample_classes(data, 'base'), subsample_classes(data, 'new')
     train = dataset_features(clip, base, 'train', views=views, augment=True)
-    cfg = TrainConfig(
-        optimizer='adam', lr=2e-3, batch_size=256, epochs=epochs, weight_decay=5e-4, seed=seed
-    )
+    cfg = TrainConfig(optimizer='adam', lr=2e-3, batch_size=256, epochs=epochs, weight_decay=5e-4,
+                      seed=seed)
     method = train_taskres(clip, base.classnames, base.template, *train, alpha=alpha, cfg=cfg)
     (base_f, base_y), (new_f, new_y) = [dataset_features(clip, d, 'test') for d in (base, new)]
     return {
         'base': (method, base_f[0], base_y),
-        'new': (method.for_classes(new.classnames), new_f[0], new_y),
+        'new': (method.for_classes(new.classnames), new_f[0], new_y)
     }
-
 
 def taskres_setting(alpha: float = 0.5, trained_alpha: float = 0.5, **train) -> dict:
     """Base and new accuracy of the micro TaskRes trained at `trained_alpha`, read at residual scale
@@ -195,9 +176,8 @@ def taskres_trained_setting(alpha: float = 0.5, **train) -> dict:
     of the classifier |αx| / |t|."""
     from vlprompt.methods.taskres import residual_norms, taskres_accuracy
     tests = micro_taskres(alpha, **train)
-    return dict(
-        taskres_accuracy(alpha, tests), relative=residual_norms(tests['base'][0])['mean_relative']
-    )
+    return dict(taskres_accuracy(alpha, tests),
+                relative=residual_norms(tests['base'][0])['mean_relative'])
 
 def sparkline(values, lo=None, hi=None) -> str:
     "A row of block characters, one per value."
@@ -206,24 +186,15 @@ def sparkline(values, lo=None, hi=None) -> str:
     return ''.join(blocks[min(7, int(8 * (v - lo) / (hi - lo + 1e-12)))] for v in values)
 
 
-def spt_setting(
-    n_prompts: int = 4, depth: str = 'deep', init: str = 'kmeans', *, target: float, **run
-) -> dict:
+def spt_setting(n_prompts: int = 4, depth: str = 'deep', init: str = 'kmeans', *, target: float,
+                **run) -> dict:
     """One micro VPT/SPT run (`vlprompt.methods.vpt.micro_spt_run`, memoised, seed 1, linear head):
-    test accuracy, the first epoch
-    reaching `target` accuracy, and the NMI and accuracy by epoch as sparklines. `run` overrides
-    micro_spt_run's sizes (epochs, shots)."""
+    test accuracy, the first epoch reaching `target` accuracy, and the NMI and accuracy by epoch
+    as sparklines. `run` overrides micro_spt_run's sizes (epochs, shots)."""
     from vlprompt.methods.vpt import epochs_to, micro_spt_run
     r = micro_spt_run(init, n_prompts=n_prompts, deep=depth == 'deep', head='linear', seed=1, **run)
     nmi = [sum(row['nmi']) / len(row['nmi']) for row in r['curve']]
-    return dict(
-        n_prompts=n_prompts,
-        depth=depth,
-        init=init,
-        accuracy=r['accuracy'],
-        reach=epochs_to(r['curve'], target),
-        nmi_start=nmi[0],
-        nmi_end=nmi[-1],
-        nmi_curve=sparkline(nmi, 0, max(0.2, max(nmi))),
-        acc_curve=sparkline([row['accuracy'] for row in r['curve']], 0, 100),
-    )
+    return dict(n_prompts=n_prompts, depth=depth, init=init, accuracy=r['accuracy'],
+                reach=epochs_to(r['curve'], target), nmi_start=nmi[0], nmi_end=nmi[-1],
+                nmi_curve=sparkline(nmi, 0, max(0.2, max(nmi))),
+                acc_curve=sparkline([row['accuracy'] for row in r['curve']], 0, 100))

@@ -112,9 +112,9 @@ class CoOp(nn.Module):
 def phrase_context(tokenizer, embed: nn.Embedding, phrase: str, n_ctx: int | None = None,
                    pad: bool = False) -> tuple[torch.Tensor, int, str]:
     """The official context from a phrase: (ctx (n_ctx, d), n_ctx, the prompt's text before the
-    name).
-    w = the phrase's space-separated words; the last w slots get its first w token embeddings
-    (zeros before them, with `pad`); tokens past the w-th stay fixed words before the class name."""
+    name). w = the phrase's space-separated words; the last w slots get its first w token
+    embeddings (zeros before them, with `pad`); tokens past the w-th stay fixed words before the
+    class name."""
     phrase = phrase.replace('_', ' ')
     w = len(phrase.split(' '))
     if n_ctx is None: n_ctx = w
@@ -145,22 +145,16 @@ def _check_length(tokenizer, prompts, context_length, n_ctx):
 # %% ../../nbs/11_coop.ipynb #6db88955
 class CoCoOp(CoOp):
     "CoCoOp: CoOp's unified context plus a Meta-Net shift pi(x) of every context vector, per image."
-    def __init__(
-        self,
-        clip: LoadedCLIP,
-        classnames: list[str],
-        n_ctx: int | None = None,
-        ctx_init: str | None = 'a photo of a',
-        seed: int = 0,
-    ):
+
+    def __init__(self, clip: LoadedCLIP, classnames: list[str], n_ctx: int | None = None,
+                 ctx_init: str | None = 'a photo of a', seed: int = 0):
         super().__init__(clip, classnames, n_ctx=n_ctx, ctx_init=ctx_init, seed=seed)
         D, d = clip.model.visual.output_dim, clip.model.token_embedding.embedding_dim
         with torch.random.fork_rng(devices=[]):
             # the Meta-Net's init depends on the seed only; the caller's RNG is left alone
             torch.manual_seed(seed)
-            self.meta_net = nn.Sequential(
-                nn.Linear(D, D // 16), nn.ReLU(inplace=True), nn.Linear(D // 16, d)
-            ).to(self.ctx.device)
+            self.meta_net = nn.Sequential(nn.Linear(D, D // 16), nn.ReLU(inplace=True),
+                                          nn.Linear(D // 16, d)).to(self.ctx.device)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         f = nn.functional.normalize(image_features, dim=-1)
@@ -177,8 +171,7 @@ class CoCoOp(CoOp):
             self.eot.repeat(B),
             normalize=True,
             # each image's [SOS] + context runs once
-            prefix_groups=B,
-        ).view(B, K, -1)
+            prefix_groups=B).view(B, K, -1)
         return self.clip.model.logit_scale.exp() * torch.einsum('bd,bkd->bk', f, t)
 
     def for_classes(self, classnames: list[str]) -> 'CoCoOp':
@@ -187,11 +180,8 @@ class CoCoOp(CoOp):
         other.load_state_dict(
             {
                 k: v
-                for k, v in self.state_dict().items()
-                if k in ('ctx',) or k.startswith('meta_net.')
-            },
-            strict=False,
-        )
+                for k, v in self.state_dict().items() if k in ('ctx', ) or k.startswith('meta_net.')
+            }, strict=False)
         return other
 
 # %% ../../nbs/11_coop.ipynb #c0e1b002
@@ -228,29 +218,16 @@ BENCH_CONFIGS[('coop', 'dg')] = BENCH_CONFIGS[('coop', 'xd')]
 for _protocol in ('fewshot', 'base2new', 'xd', 'dg'):  # CoCoOp's paper setting; micro: batch 32
     BENCH_CONFIGS[('cocoop', _protocol)] = dict(
         source="CoCoOp (CVPR 2022): M=4 'a photo of a', batch 1, 10 epochs, lr 0.002",
-        train=dict(batch_size=1, lr=0.002, optimizer='sgd', epochs=10),
-        method=dict(n_ctx=4, ctx_init='a photo of a'),
-        micro=dict(train=dict(batch_size=32, epochs=10, lr=0.01)),
-    )
+        train=dict(batch_size=1, lr=0.002, optimizer='sgd',
+                   epochs=10), method=dict(n_ctx=4, ctx_init='a photo of a'),
+        micro=dict(train=dict(batch_size=32, epochs=10, lr=0.01)))
 
 ENTRIES = (  # what vlprompt.bench registers; paper: ViT-B/16 base-to-new, 11-dataset avg
+    Method('coop', _coop, configs_of(BENCH_CONFIGS, 'coop'),
+           paper=dict(base2new=(82.69, 63.22, 71.66)), official_renames=(), demo=True),
     Method(
-        'coop',
-        _coop,
-        configs_of(BENCH_CONFIGS, 'coop'),
-        paper=dict(base2new=(82.69, 63.22, 71.66)),
-        official_renames=(),
-        demo=True,
-    ),
-    Method(
-        'cocoop',
-        _cocoop,
-        configs_of(BENCH_CONFIGS, 'cocoop'),
-        paper=dict(base2new=(80.47, 71.69, 75.83)),
-        official_renames=(
-            ('meta_net.linear1.', 'meta_net.0.'),
-            ('meta_net.linear2.', 'meta_net.2.'),
-        ),
-        demo=True,
-    ),
+        'cocoop', _cocoop, configs_of(BENCH_CONFIGS,
+                                      'cocoop'), paper=dict(base2new=(80.47, 71.69, 75.83)),
+        official_renames=(('meta_net.linear1.', 'meta_net.0.'), ('meta_net.linear2.',
+                                                                 'meta_net.2.')), demo=True),
 )

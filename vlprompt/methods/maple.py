@@ -8,23 +8,16 @@ import copy
 from functools import partial
 import torch
 import torch.nn as nn
-from vlprompt.clip import (
-    LoadedCLIP,
-    VLPromptError,
-    clean_classname,
-    encode_image_prompted,
-    encode_text_prompted,
-    eot_positions,
-)
+from ..clip import (LoadedCLIP, VLPromptError, clean_classname, encode_image_prompted,
+                           encode_text_prompted, eot_positions)
 from ..train import Method, configs_of
 
 # %% auto #0
 __all__ = ['PROMPT_MODES', 'BENCH_CONFIGS', 'BENCH_METHODS', 'ENTRIES', 'prompt_layout', 'MaPLe']
 
 # %% ../../nbs/14_maple.ipynb #7e88227a
-def prompt_layout(
-    clip: LoadedCLIP, classnames: list[str], n_ctx: int = 2, ctx_init: str | None = 'a photo of a'
-):
+def prompt_layout(clip: LoadedCLIP, classnames: list[str], n_ctx: int = 2,
+                  ctx_init: str | None = 'a photo of a'):
     """Token ids (K, L) of MaPLe's prompts '{ctx_init} {name}.', and whether positions 1..n_ctx
     start as the phrase's first tokens."""
     n_words = int(eot_positions(clip.tokenizer([ctx_init]))[0]) - 1 if ctx_init else 0
@@ -34,7 +27,6 @@ def prompt_layout(
     prompts = [f'{prefix} {clean_classname(c)}.' for c in classnames]
     _check_fits(clip, classnames, prompts, n_ctx, prefix)
     return clip.tokenizer(prompts), from_words
-
 
 def _check_fits(clip, classnames, prompts, n_ctx, prefix):
     encode = getattr(clip.tokenizer, 'encode', None)
@@ -77,19 +69,14 @@ def _check_options(clip, n_ctx, depth, coupling, text, vision, ctx_init):
         raise VLPromptError(f'n_ctx (the prompt length) must be an integer of at least 1, not '
                             f'{n_ctx!r}.')
     visual = clip.model.visual
-    if vision != 'none' and not (
-        hasattr(visual, 'class_embedding') and hasattr(visual, 'transformer')
-    ):
+    if vision != 'none' and not (hasattr(visual, 'class_embedding')
+                                 and hasattr(visual, 'transformer')):
         raise VLPromptError(f"Vision prompts need a ViT image encoder; {clip.name}'s is a "
                             f"{type(visual).__name__} (use vision='none').")
-    sides = [
-        (side, len(enc.resblocks))
-        for side, enc, mode in (
-            ('text', clip.model.transformer, text),
-            ('vision', getattr(visual, 'transformer', None), vision),
-        )
-        if mode != 'none'
-    ]
+    sides = [(side, len(enc.resblocks))
+             for side, enc, mode in (('text', clip.model.transformer, text),
+                                     ('vision', getattr(visual, 'transformer', None), vision))
+             if mode != 'none']
     layers = min(n for _, n in sides)
     if not isinstance(depth, int) or not 1 <= depth <= layers:
         has = ' and '.join(f'{n} layers in its {side} encoder' for side, n in sides)
@@ -104,18 +91,9 @@ class MaPLe(nn.Module):
     # the vision prompts are learned: the image encoder runs in every training step
     needs_images = True
 
-    def __init__(
-        self,
-        clip: LoadedCLIP,
-        classnames: list[str],
-        n_ctx: int = 2,
-        depth: int = 9,
-        coupling: bool = True,
-        text: str = 'deep',
-        vision: str = 'deep',
-        ctx_init: str | None = 'a photo of a',
-        seed: int = 0,
-    ):
+    def __init__(self, clip: LoadedCLIP, classnames: list[str], n_ctx: int = 2, depth: int = 9,
+                 coupling: bool = True, text: str = 'deep', vision: str = 'deep',
+                 ctx_init: str | None = 'a photo of a', seed: int = 0):
         super().__init__()
         _check_options(clip, n_ctx, depth, coupling, text, vision, ctx_init)
         model = clip.model
@@ -145,11 +123,8 @@ class MaPLe(nn.Module):
         normal = lambda d: nn.Parameter((torch.randn(n_ctx, d, generator=g) * 0.02).to(device))
         layers = lambda mode: {'deep': depth, 'shallow': 1, 'none': 0}[mode]
         if text != 'none':
-            self.ctx = (
-                nn.Parameter(token_embeds[0, 1 : 1 + n_ctx].clone())
-                if from_words
-                else normal(d_text)
-            )  # P_0, (n_ctx, d_text)
+            self.ctx = nn.Parameter(token_embeds[0, 1:1 + n_ctx].clone()) if from_words else normal(
+                d_text)  # P_0, (n_ctx, d_text)
             # P_1 .. P_{J-1}
             self.text_prompts = nn.ParameterList([normal(d_text) for _ in range(layers(text) - 1)])
         else:  # zero-shot class weights of the phrase
@@ -157,8 +132,7 @@ class MaPLe(nn.Module):
                 self.register_buffer(
                     'class_weights',
                     encode_text_prompted(model, token_embeds, self.eot, normalize=True),
-                    persistent=False,
-                )
+                    persistent=False)
         if coupling:
             # F_0 .. F_{J-1}: Linear(d_text -> d_vis), the deeper ones starting as copies of one
             # layer (official code)
@@ -166,8 +140,7 @@ class MaPLe(nn.Module):
                 torch.manual_seed(seed)
                 first, deeper = nn.Linear(d_text, d_vis), nn.Linear(d_text, d_vis)
             self.couplings = nn.ModuleList(
-                [first] + [copy.deepcopy(deeper) for _ in range(layers(vision) - 1)]
-            ).to(device)
+                [first] + [copy.deepcopy(deeper) for _ in range(layers(vision) - 1)]).to(device)
         elif vision != 'none':
             # independent V_0 .. V_{J-1}
             self.vision_prompts = nn.ParameterList([normal(d_vis) for _ in range(layers(vision))])
@@ -190,46 +163,27 @@ class MaPLe(nn.Module):
     def text_features(self) -> torch.Tensor:
         "Normalised class weights (K, D) from the prompted text encoder."
         if self.text == 'none': return self.class_weights
-        return encode_text_prompted(
-            self.clip.model,
-            self.token_embeds,
-            self.eot,
-            self.text_layer_prompts(),
-            prompt_start=1,
-            normalize=True,
-        )
+        return encode_text_prompted(self.clip.model, self.token_embeds, self.eot,
+                                    self.text_layer_prompts(), prompt_start=1, normalize=True)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised image features (N, D) from the prompted image encoder (prompts appended after
         the patches)."""
-        return encode_image_prompted(
-            self.clip.model, images, self.vision_layer_prompts(), placement='append', normalize=True
-        )
+        return encode_image_prompted(self.clip.model, images, self.vision_layer_prompts(),
+                                     placement='append', normalize=True)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         "Logits (N, K) = exp(logit_scale) cos(image, class) for preprocessed images."
-        return (
-            self.clip.model.logit_scale.exp()
-            * self.image_features(images)
-            @ self.text_features().t()
-        )
+        return self.clip.model.logit_scale.exp() * self.image_features(
+            images) @ self.text_features().t()
 
     def for_classes(self, classnames: list[str]) -> 'MaPLe':
         """The same module over other class names, with copies of every learned tensor (all
         class-agnostic): base -> new, cross-dataset."""
-        other = MaPLe(
-            self.clip,
-            classnames,
-            self.n_ctx,
-            self.depth,
-            self.coupled,
-            self.text,
-            self.vision,
-            self.ctx_init,
-        )
-        other.load_state_dict(
-            {n: p.detach().clone() for n, p in self.named_parameters()}, strict=False
-        )
+        other = MaPLe(self.clip, classnames, self.n_ctx, self.depth, self.coupled, self.text,
+                      self.vision, self.ctx_init)
+        other.load_state_dict({n: p.detach().clone()
+                               for n, p in self.named_parameters()}, strict=False)
         return other
 
 # %% ../../nbs/14_maple.ipynb #867dd8a7
@@ -241,50 +195,31 @@ for _protocol in ('base2new', 'fewshot', 'xd', 'dg'):
     # only MaPLe has its own cross-dataset config; the others reuse their base-to-new one
     _cross = _protocol in ('xd', 'dg')
     BENCH_CONFIGS[('maple', _protocol)] = dict(
-        source=(
-            'MaPLe (CVPR 2023), '
-            + _MAPLE_CFG
-            + (
-                'MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml'
-                if _cross
-                else 'MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml'
-            )
-            + (
-                ''
-                if _protocol != 'fewshot'
-                else '; the paper has no few-shot table: its base-to-new settings'
-            )
-        ),
+        source=('MaPLe (CVPR 2023), ' + _MAPLE_CFG +
+                ('MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml'
+                 if _cross else 'MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml') +
+                ('' if _protocol != 'fewshot' else '; the paper has no few-shot table: its '
+                 'base-to-new settings')),
         train=dict(_SGD, lr=0.0026, epochs=2) if _cross else dict(_SGD, lr=0.0035, epochs=5),
         method=dict(n_ctx=2, depth=3 if _cross else 9),
         # J of 12 blocks -> about J/3 of micro's 4
-        micro=dict(method=dict(depth=1 if _cross else 3)),
-    )
+        micro=dict(method=dict(depth=1 if _cross else 3)))
     BENCH_CONFIGS[('ivlp', _protocol)] = dict(
-        source='MaPLe (CVPR 2023) ablation, '
-        + _MAPLE_CFG
-        + 'IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml',
-        train=dict(_SGD, lr=0.0035, epochs=5),
-        method=dict(n_ctx=2, depth=12, coupling=False),
-        micro=dict(method=dict(depth=4)),
-    )
+        source='MaPLe (CVPR 2023) ablation, ' + _MAPLE_CFG +
+        'IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml', train=dict(_SGD, lr=0.0035, epochs=5),
+        method=dict(n_ctx=2, depth=12, coupling=False), micro=dict(method=dict(depth=4)))
     BENCH_CONFIGS[('vpt_deep_clip', _protocol)] = dict(
-        source='MaPLe (CVPR 2023) ablation "deep vision prompting", '
-        + _MAPLE_CFG
-        + 'VPT/vit_b16_c2_ep5_batch4_4.yaml (text: "a photo of a {}.")',
+        source='MaPLe (CVPR 2023) ablation "deep vision prompting", ' + _MAPLE_CFG +
+        'VPT/vit_b16_c2_ep5_batch4_4.yaml (text: "a photo of a {}.")',
         train=dict(_SGD, lr=0.0025, epochs=5),
         method=dict(n_ctx=8, depth=12, coupling=False, text='none'),
         # 8 tokens on 16 patches ruin the micro ViT (section 6)
-        micro=dict(method=dict(n_ctx=2, depth=4)),
-    )
+        micro=dict(method=dict(n_ctx=2, depth=4)))
     BENCH_CONFIGS[('language_deep', _protocol)] = dict(
-        source='MaPLe (CVPR 2023) ablation "deep language prompting", '
-        + _MAPLE_CFG
-        + 'IVLP/vit_b16_c2_ep5_batch4_4ctx_language_only.yaml',
-        train=dict(_SGD, lr=0.0025, epochs=5),
-        method=dict(n_ctx=4, depth=12, coupling=False, vision='none'),
-        micro=dict(method=dict(depth=4)),
-    )
+        source='MaPLe (CVPR 2023) ablation "deep language prompting", ' + _MAPLE_CFG +
+        'IVLP/vit_b16_c2_ep5_batch4_4ctx_language_only.yaml', train=dict(_SGD, lr=0.0025, epochs=5),
+        method=dict(n_ctx=4, depth=12, coupling=False,
+                    vision='none'), micro=dict(method=dict(depth=4)))
 
 def _build(clip, classnames, template, seed=0, **options):
     """A MaPLe-family module; `template` is unused: the official code starts every dataset from 'a

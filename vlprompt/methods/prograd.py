@@ -17,9 +17,8 @@ __all__ = ['PROGRAD_SOURCE', 'PROGRAD_TEMPLATES', 'BENCH_CONFIGS', 'ENTRIES', 'R
            'prograd_phrase', 'prograd_coop', 'prograd_rule']
 
 # %% ../../nbs/12_prograd.ipynb #16fc6ad3
-def prograd_project(
-    g_domain: torch.Tensor, g_general: torch.Tensor, lam: float = 1.0
-) -> torch.Tensor:
+def prograd_project(g_domain: torch.Tensor, g_general: torch.Tensor,
+                    lam: float = 1.0) -> torch.Tensor:
     """ProGrad's rule for one tensor: G_d if it agrees with G_g, else G_d minus lam times its
     component along G_g."""
     # exercise: prograd_project
@@ -32,25 +31,16 @@ def prograd_project(
 class ProGradRule:
     """ProGrad's gradient rule around any method with learnable tensors; records whether each step
     conflicted."""
-    def __init__(
-        self,
-        teacher_weights: torch.Tensor,
-        logit_scale: float,
-        lam: float = 1.0,
-        temperature: float = 1.0,
-        image_encoder: Callable | None = None,
-    ):
+
+    def __init__(self, teacher_weights: torch.Tensor, logit_scale: float, lam: float = 1.0,
+                 temperature: float = 1.0, image_encoder: Callable | None = None):
         if not 0 <= lam <= 1:
             raise VLPromptError(f'ProGrad lambda must be in [0, 1] (1 projects fully, 0 is CoOp), '
                                 f'not {lam}.')
         if temperature <= 0:
             raise VLPromptError(f'ProGrad temperature must be positive, not {temperature}.')
-        self.teacher_weights, self.logit_scale, self.lam, self.temperature = (
-            teacher_weights,
-            float(logit_scale),
-            lam,
-            temperature,
-        )
+        self.teacher_weights, self.logit_scale, self.lam, self.temperature = teacher_weights, float(
+            logit_scale), lam, temperature
         # for methods that take images: the frozen, un-prompted CLIP image encoder
         self.image_encoder = image_encoder
         # one entry per step: did G_d and G_g point apart (over all tensors)?
@@ -65,16 +55,8 @@ class ProGradRule:
             teacher = clip_logits(feats, self.teacher_weights.to(x.device), self.logit_scale)
         T = self.temperature
         ce = F.cross_entropy(logits, y)
-        kl = (
-            F.kl_div(
-                F.log_softmax(logits / T, -1),
-                F.log_softmax(teacher / T, -1),
-                log_target=True,
-                reduction='batchmean',
-            )
-            * T
-            * T
-        )
+        kl = F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(teacher / T, -1),
+                      log_target=True, reduction='batchmean') * T * T
         return ce, kl
 
     def __call__(self, method, x, y) -> torch.Tensor:
@@ -84,8 +66,7 @@ class ProGradRule:
         g_general = torch.autograd.grad(kl, params, allow_unused=True)
         pairs = [(p, gd, gg) for p, gd, gg in zip(params, g_domain, g_general) if gd is not None]
         self.conflicts.append(
-            sum((gd * gg).sum() for _, gd, gg in pairs if gg is not None).item() < 0
-        )
+            sum((gd * gg).sum() for _, gd, gg in pairs if gg is not None).item() < 0)
         for p, gd, gg in pairs:
             g = gd if gg is None else prograd_project(gd, gg, self.lam)
             p.grad = g if p.grad is None else p.grad + g
@@ -95,22 +76,11 @@ class ProGradRule:
         """The official code's way (`vlprompt bench` times it): a second image pass, two backward
         passes."""
         with torch.no_grad():  # the teacher from a second pass of the images
-            teacher = clip_logits(
-                image_features(clip, images),
-                self.teacher_weights.to(images.device),
-                self.logit_scale,
-            )
+            teacher = clip_logits(image_features(clip, images),
+                                  self.teacher_weights.to(images.device), self.logit_scale)
         T = self.temperature
-        kl = (
-            F.kl_div(
-                F.log_softmax(logits / T, -1),
-                F.log_softmax(teacher / T, -1),
-                log_target=True,
-                reduction='batchmean',
-            )
-            * T
-            * T
-        )
+        kl = F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(teacher / T, -1),
+                      log_target=True, reduction='batchmean') * T * T
         kl.backward(retain_graph=True)  # first backward: the general direction
         g_general = [p.grad.clone() if p.grad is not None else None for p in params]
         for p in params: p.grad = None
@@ -180,17 +150,10 @@ BENCH_CONFIGS = {('prograd', protocol): dict(
     micro=dict(train=dict(epochs=30, lr=0.01))) for protocol in ('fewshot', 'base2new')}
 
 ENTRIES = (  # paper: ViT-B/16 base-to-new, 11-dataset avg (methods.md §7)
-    Method(
-        'prograd',
-        prograd_coop,
-        {p: c for (_, p), c in BENCH_CONFIGS.items()},
-        paper=dict(base2new=(82.48, 70.75, 76.16)),
-        rule=prograd_rule,
-        rule_options=('lam', 'temperature'),
-        official_renames=(),
-        demo=True,
-    ),
-)
+    Method('prograd', prograd_coop, {p: c
+                                     for (_, p), c in BENCH_CONFIGS.items()},
+           paper=dict(base2new=(82.48, 70.75, 76.16)), rule=prograd_rule,
+           rule_options=('lam', 'temperature'), official_renames=(), demo=True), )
 RULE_ENTRIES = (  # the rule alone, around any method with learnable tensors: `--rule prograd`
     Rule('prograd', prograd_rule, options=dict(lam=1.0, temperature=1.0), source=PROGRAD_SOURCE),
 )

@@ -7,15 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from vlprompt.clip import (
-    IMAGENET_TEMPLATES_SELECT,
-    LoadedCLIP,
-    VLPromptError,
-    clean_classname,
-    clip_logits,
-    text_features,
-    zeroshot_weights,
-)
+from ..clip import (IMAGENET_TEMPLATES_SELECT, LoadedCLIP, VLPromptError, clean_classname,
+                           clip_logits, text_features, zeroshot_weights)
 from ..train import Method, TrainConfig, TrainSet, configs_of, fit
 
 # %% auto #0
@@ -36,18 +29,14 @@ def bottleneck_adapter(dim: int, reduction: int = 4, seed: int = 0) -> nn.Sequen
                              nn.Linear(dim // reduction, dim, bias=False), nn.ReLU())
 
 # %% ../../nbs/13_taskres.ipynb #d5ef69bb
-def taskres_base(
-    clip: LoadedCLIP, classnames: list[str], templates: str | list[str] = 'a photo of a {}.'
-) -> torch.Tensor:
+def taskres_base(clip: LoadedCLIP, classnames: list[str],
+                 templates: str | list[str] = 'a photo of a {}.') -> torch.Tensor:
     """TaskRes's base classifier t (K, D): each class's un-normalised text embeddings over the
     template(s), averaged."""
     templates = [templates] if isinstance(templates, str) else list(templates)
     texts = [t.format(clean_classname(c)) for c in classnames for t in templates]
-    return (
-        text_features(clip, texts, normalize=False)
-        .view(len(classnames), len(templates), -1)
-        .mean(1)
-    )
+    return text_features(clip, texts, normalize=False).view(len(classnames), len(templates),
+                                                            -1).mean(1)
 
 # %% ../../nbs/13_taskres.ipynb #58c86205
 class TaskRes(nn.Module):
@@ -55,27 +44,16 @@ class TaskRes(nn.Module):
     scale * cos(f, t + alpha x)."""
     needs_images = False  # trains on cached image features
 
-    def __init__(
-        self,
-        clip: LoadedCLIP,
-        classnames: list[str],
-        templates: str | list[str] = 'a photo of a {}.',
-        alpha: float = 0.5,
-        base: torch.Tensor | None = None,
-        logit_scale: float | None = None,
-        seed: int = 0,
-    ):
+    def __init__(self, clip: LoadedCLIP, classnames: list[str], templates: str | list[str] = 'a '
+                 'photo of a {}.', alpha: float = 0.5, base: torch.Tensor | None = None,
+                 logit_scale: float | None = None, seed: int = 0):
         # `seed` is accepted for the common signature: the residual starts at zero
         super().__init__()
         if not (isinstance(alpha, (int, float)) and 0 <= alpha < float('inf')):
             raise VLPromptError(f'TaskRes alpha (the residual scale) must be a number >= 0 (0.5 is '
                                 f'the paper\'s, 1.0 for Flowers102), not {alpha!r}.')
-        self.clip, self.classnames, self.templates, self.alpha = (
-            clip,
-            list(classnames),
-            templates,
-            float(alpha),
-        )
+        self.clip, self.classnames, self.templates, self.alpha = clip, list(
+            classnames), templates, float(alpha)
         self.custom_base, self.logit_scale_option = base is not None, logit_scale
         backbone = float(clip.model.logit_scale.exp())  # the official trainer's scale
         self.logit_scale = backbone if logit_scale is None else float(logit_scale)
@@ -84,8 +62,7 @@ class TaskRes(nn.Module):
         dim = clip.model.visual.output_dim  # the image features' size
         if base.dim() != 2 or tuple(base.shape) != (len(self.classnames), dim):
             raise VLPromptError(f'base must be a (classes, embed dim) = ({len(self.classnames)}, '
-                                f'{dim}) tensor, one row per class name; '
-                                f'got {tuple(base.shape)}.')
+                                f'{dim}) tensor, one row per class name; got {tuple(base.shape)}.')
         device = next(clip.model.parameters()).device
         self.register_buffer('base', base.detach().float().clone().to(device))  # t (K, D), frozen
         self.task_residual = nn.Parameter(torch.zeros_like(self.base))  # x (K, D)
@@ -109,21 +86,14 @@ class TaskRes(nn.Module):
                 raise VLPromptError(f'This TaskRes has a custom base, which has no row for '
                                     f'{unseen[:3]}; '
                                     'pass base= (one row per new class name) to for_classes.')
-            fresh = (
-                dict(
-                    zip(
-                        unseen, taskres_base(self.clip, unseen, self.templates).to(self.base.device)
-                    )
-                )
-                if unseen
-                else {}
-            )
+            fresh = dict(
+                zip(unseen,
+                    taskres_base(self.clip, unseen, self.templates).to(
+                        self.base.device))) if unseen else {}
             base = torch.stack(
-                [self.base[index[c]] if c in index else fresh[c] for c in classnames]
-            )
-        other = TaskRes(
-            self.clip, classnames, self.templates, self.alpha, base, self.logit_scale_option
-        )
+                [self.base[index[c]] if c in index else fresh[c] for c in classnames])
+        other = TaskRes(self.clip, classnames, self.templates, self.alpha, base,
+                        self.logit_scale_option)
         other.custom_base = self.custom_base
         with torch.no_grad():
             for i, c in enumerate(classnames):
@@ -148,18 +118,12 @@ class CLIPAdapter(nn.Module):
         super().__init__()
         if not 0 <= ratio <= 1:
             raise VLPromptError(f'The residual ratio must be between 0 and 1, not {ratio}.')
-        self.clip, self.classnames, self.templates, self.ratio, self.reduction = (
-            clip,
-            list(classnames),
-            templates,
-            ratio,
-            reduction,
-        )
+        self.clip, self.classnames, self.templates, self.ratio, self.reduction = clip, list(
+            classnames), templates, ratio, reduction
         # t (K, D), unit rows
         self.register_buffer('class_weights', zeroshot_weights(clip, self.classnames, templates))
-        self.adapter = bottleneck_adapter(self.class_weights.shape[1], reduction, seed).to(
-            self.class_weights.device
-        )
+        self.adapter = bottleneck_adapter(self.class_weights.shape[1], reduction,
+                                          seed).to(self.class_weights.device)
         self.logit_scale = float(clip.model.logit_scale.exp())
 
     def adapt(self, image_features: torch.Tensor) -> torch.Tensor:
@@ -186,17 +150,9 @@ class TipAdapter(nn.Module):
     needs_images = False
     learn_keys = False
 
-    def __init__(
-        self,
-        clip: LoadedCLIP,
-        classnames: list[str],
-        templates: str | list[str] = 'a photo of a {}.',
-        alpha: float = 1.0,
-        beta: float = 1.0,
-        search_scale=(7, 3),
-        search_step=(200, 20),
-        seed: int = 0,
-    ):
+    def __init__(self, clip: LoadedCLIP, classnames: list[str], templates: str | list[str] = 'a '
+                 'photo of a {}.', alpha: float = 1.0, beta: float = 1.0, search_scale=(7, 3),
+                 search_step=(200, 20), seed: int = 0):
         super().__init__()  # `seed` is accepted for the common signature: nothing is random
         for name, v in (('alpha', alpha), ('beta', beta)):
             if not (isinstance(v, (int, float)) and 0 <= v < float('inf')):
@@ -209,29 +165,25 @@ class TipAdapter(nn.Module):
         self.search_result: dict | None = None
         # W (K, D)
         self.register_buffer('class_weights', zeroshot_weights(clip, self.classnames, templates))
-        self._set_cache(
-            self.class_weights.new_zeros(0, self.class_weights.shape[1]),
-            torch.zeros(0, dtype=torch.long),
-        )
+        self._set_cache(self.class_weights.new_zeros(0, self.class_weights.shape[1]),
+                        torch.zeros(0, dtype=torch.long))
 
     def _set_cache(self, keys: torch.Tensor, labels: torch.Tensor):
         keys = keys.detach().float().to(self.class_weights.device)
         if self.learn_keys:
             # Tip-Adapter-F: the keys are a linear layer
             self.cache_keys = nn.Parameter(keys.clone())
-        else:
-            self.register_buffer('cache_keys', keys.clone())  # (N*K, D)
-        self.register_buffer(
-            'cache_values', F.one_hot(labels.long(), len(self.classnames)).float().to(keys.device)
-        )  # (N*K, K)
+        else: self.register_buffer('cache_keys', keys.clone())  # (N*K, D)
+        self.register_buffer('cache_values',
+                             F.one_hot(labels.long(),
+                                       len(self.classnames)).float().to(keys.device))  # (N*K, K)
 
     def build_cache(self, train_features: torch.Tensor, train_labels: torch.Tensor):
         """Keys: each image's normalised features averaged over the augmented views, normalised
         again; values: one-hot labels."""
         if train_features.dim() == 2: train_features = train_features.unsqueeze(0)
-        self._set_cache(
-            F.normalize(F.normalize(train_features, dim=-1).mean(0), dim=-1), train_labels
-        )
+        self._set_cache(F.normalize(F.normalize(train_features, dim=-1).mean(0), dim=-1),
+                        train_labels)
 
     def tip_logits(self, image_features: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
         zero_shot = clip_logits(image_features, self.class_weights, 100.)  # 100 cos(f, w)
@@ -247,10 +199,8 @@ class TipAdapter(nn.Module):
         sets both and returns the result."""
         f = val_features.to(self.class_weights.device)
         y = val_labels.to(f.device)
-        zero_shot, affinity = (
-            clip_logits(f, self.class_weights, 100.0),
-            F.normalize(f, dim=-1) @ self.cache_keys.t(),
-        )
+        zero_shot, affinity = clip_logits(f, self.class_weights,
+                                          100.), F.normalize(f, dim=-1) @ self.cache_keys.t()
         best = dict(acc=-1.0, alpha=self.alpha, beta=self.beta)
         for beta in tip_grid(self.search_scale[0], self.search_step[0]):
             cache = torch.exp(-beta * (1 - affinity)) @ self.cache_values
@@ -270,21 +220,13 @@ class TipAdapter(nn.Module):
     def for_classes(self, classnames: list[str]) -> 'TipAdapter':
         """Over other class names: cache entries are kept for the same class names only; a class
         without entries gets the zero-shot logit."""
-        other = type(self)(
-            self.clip,
-            classnames,
-            self.templates,
-            self.alpha,
-            self.beta,
-            self.search_scale,
-            self.search_step,
-        )
+        other = type(self)(self.clip, classnames, self.templates, self.alpha, self.beta,
+                           self.search_scale, self.search_step)
         where = {c: i for i, c in enumerate(other.classnames)}
         old_labels = self.cache_values.argmax(-1).tolist() if len(self.cache_values) else []
         keep = [j for j, k in enumerate(old_labels) if self.classnames[k] in where]
-        labels = torch.tensor(
-            [where[self.classnames[old_labels[j]]] for j in keep], dtype=torch.long
-        )
+        labels = torch.tensor([where[self.classnames[old_labels[j]]] for j in keep],
+                              dtype=torch.long)
         other._set_cache(self.cache_keys.detach()[keep], labels)
         return other
 
@@ -324,17 +266,10 @@ BENCH_METHODS = {'clip_adapter': _clip_adapter, 'tip_adapter': _tip_adapter,
 
 # Tip-Adapter's configs/<dataset>.yaml: (search_scale beta, alpha), init_alpha (init_beta is 1)
 _TIP = {
-    'caltech101': ([12, 5], 3.0),
-    'dtd': ([13, 13], 2.0),
-    'eurosat': ([12, 10], 2.0),
-    'fgvc_aircraft': ([30, 30], 5.0),
-    'food101': ([10, 10], 1.17),
-    'imagenet': ([7, 3], 1.17),
-    'oxford_flowers': ([50, 50], 10.0),
-    'oxford_pets': ([7, 3], 1.17),
-    'stanford_cars': ([20, 10], 3.0),
-    'sun397': ([12, 10], 1.17),
-    'ucf101': ([7, 3], 3.0),
+    'caltech101': ([12, 5], 3.0), 'dtd': ([13, 13], 2.0), 'eurosat': ([12, 10], 2.0),
+    'fgvc_aircraft': ([30, 30], 5.0), 'food101': ([10, 10], 1.17), 'imagenet': ([7, 3], 1.17),
+    'oxford_flowers': ([50, 50], 10.0), 'oxford_pets': ([7, 3], 1.17),
+    'stanford_cars': ([20, 10], 3.0), 'sun397': ([12, 10], 1.17), 'ucf101': ([7, 3], 3.0)
 }
 _TIP_SOURCE = ('Tip-Adapter (ECCV 2022), configs/<dataset>.yaml and main.py: cache of 10 augmented '
                'views, search_step (200, 20); '
@@ -371,29 +306,19 @@ for _protocol in ('fewshot', 'base2new'):
         micro=dict(train=dict(views=10), method={}),
     )
     BENCH_CONFIGS[('clip_adapter', _protocol)] = dict(
-        source=(
-            "CLIP-Adapter (IJCV 2024), clip_adapter.py: ratio 0.2, reduction 4; the repository "
-            "ships no schedule, "
-            "so the kit uses CoOp's (SGD lr 0.002, batch 32, epochs by shots)"
-        )
-        + _note,
-        train=dict(optimizer='sgd', lr=0.002, batch_size=32),
-        epochs_by_shots=True,
-        method=dict(ratio=0.2, reduction=4),
-        micro=dict(train=dict(epochs=50, lr=0.01, views=10), method={}),
-    )
+        source="CLIP-Adapter (IJCV 2024), clip_adapter.py: ratio 0.2, reduction 4; the repository "
+        "ships no schedule, "
+        "so the kit uses CoOp's (SGD lr 0.002, batch 32, epochs by shots)" + _note,
+        train=dict(optimizer='sgd', lr=0.002, batch_size=32), epochs_by_shots=True,
+        method=dict(ratio=0.2, reduction=4), micro=dict(train=dict(epochs=50, lr=0.01, views=10),
+                                                        method={}))
     BENCH_CONFIGS[('tip_adapter', _protocol)] = dict(
-        source=_TIP_SOURCE + _note,
-        train=dict(views=10),
-        method=dict(alpha=1.17, beta=1.0, search_scale=[7, 3], search_step=[200, 20]),
-        datasets={
+        source=_TIP_SOURCE + _note, train=dict(views=10),
+        method=dict(alpha=1.17, beta=1.0, search_scale=[7, 3], search_step=[200, 20]), datasets={
             d: dict(
-                method=dict(search_scale=s, alpha=a, **(_TIP_IMAGENET if d == 'imagenet' else {}))
-            )
+                method=dict(search_scale=s, alpha=a, **(_TIP_IMAGENET if d == 'imagenet' else {})))
             for d, (s, a) in _TIP.items()
-        },
-        micro=dict(train=dict(views=10), method={}),
-    )
+        }, micro=dict(train=dict(views=10), method={}))
     BENCH_CONFIGS[('tip_adapter_f', _protocol)] = dict(
         source=_TIP_SOURCE
         + '; Tip-Adapter-F: AdamW lr 1e-3 (eps 1e-4 in the official code), 20 epochs (EuroSAT 100),'
@@ -429,37 +354,16 @@ PAPER_NUMBERS = {  # methods.md section 7; the papers' numbers, not the kit's
 }
 _RN50 = lambda *accs: dict(fewshot_rn50=dict(zip((1, 2, 4, 8, 16), accs)))  # Tip-Adapter's logs
 ENTRIES = (  # what vlprompt.bench registers
+    Method('clip_adapter', _clip_adapter, configs_of(BENCH_CONFIGS, 'clip_adapter'), demo=True,
+           paper=_RN50(62.67, 65.55, 68.61, 71.40, 74.44)),
+    Method('tip_adapter', _tip_adapter, configs_of(BENCH_CONFIGS, 'tip_adapter'), demo=True,
+           paper=_RN50(62.33, 64.62, 66.54, 68.50, 70.32)),
+    Method('tip_adapter_f', _tip_adapter_f, configs_of(BENCH_CONFIGS, 'tip_adapter_f'), demo=True,
+           paper=_RN50(64.60, 66.65, 69.67, 72.45, 75.83)),
     Method(
-        'clip_adapter',
-        _clip_adapter,
-        configs_of(BENCH_CONFIGS, 'clip_adapter'),
-        demo=True,
-        paper=_RN50(62.67, 65.55, 68.61, 71.40, 74.44),
-    ),
-    Method(
-        'tip_adapter',
-        _tip_adapter,
-        configs_of(BENCH_CONFIGS, 'tip_adapter'),
-        demo=True,
-        paper=_RN50(62.33, 64.62, 66.54, 68.50, 70.32),
-    ),
-    Method(
-        'tip_adapter_f',
-        _tip_adapter_f,
-        configs_of(BENCH_CONFIGS, 'tip_adapter_f'),
-        demo=True,
-        paper=_RN50(64.60, 66.65, 69.67, 72.45, 75.83),
-    ),
-    Method(
-        'taskres',
-        _taskres,
-        configs_of(BENCH_CONFIGS, 'taskres'),
-        demo=True,
-        official_renames=(
-            ('text_feature_residuals', 'task_residual'),
-            ('base_text_features', 'base'),
-        ),
-    ),
+        'taskres', _taskres, configs_of(BENCH_CONFIGS, 'taskres'), demo=True,
+        official_renames=(('text_feature_residuals', 'task_residual'), ('base_text_features',
+                                                                        'base'))),
 )
 
 # %% ../../nbs/13_taskres.ipynb #b5b30c98
@@ -469,9 +373,8 @@ def taskres_accuracy(alpha: float, tests: dict) -> dict:
     features, labels). No training."""
     out = dict(alpha=float(alpha))
     for name, (method, features, labels) in tests.items():
-        logits = clip_logits(
-            features.to(method.base.device), method.classifier(alpha), method.logit_scale
-        )
+        logits = clip_logits(features.to(method.base.device), method.classifier(alpha),
+                             method.logit_scale)
         out[name] = 100 * (logits.argmax(-1).cpu() == labels.cpu()).float().mean().item()
     return out
 
@@ -480,25 +383,16 @@ def taskres_sweep(alphas, tests: dict) -> list[dict]:
     return [taskres_accuracy(a, tests) for a in alphas]
 
 
-def train_taskres(
-    clip: LoadedCLIP,
-    classnames: list[str],
-    templates,
-    train_features: torch.Tensor,
-    train_labels: torch.Tensor,
-    alpha: float = 0.5,
-    cfg: TrainConfig | None = None,
-    **options
-) -> TaskRes:
+def train_taskres(clip: LoadedCLIP, classnames: list[str], templates, train_features: torch.Tensor,
+                  train_labels: torch.Tensor, alpha: float = 0.5, cfg: TrainConfig | None = None,
+                  **options) -> TaskRes:
     """A TaskRes trained at `alpha` on cached features (default: TaskRes's 16-shot schedule, Adam lr
     2e-3, batch 256, 200 epochs)."""
-    cfg = cfg or TrainConfig(
-        optimizer='adam', lr=2e-3, batch_size=256, epochs=200, weight_decay=5e-4
-    )
+    cfg = cfg or TrainConfig(optimizer='adam', lr=2e-3, batch_size=256, epochs=200,
+                             weight_decay=5e-4)
     method = TaskRes(clip, classnames, templates, alpha=alpha, **options)
     fit(method, TrainSet(train_features, train_labels), cfg, progress=False)
     return method
-
 
 @torch.no_grad()
 def residual_norms(method: TaskRes) -> dict:
@@ -506,9 +400,5 @@ def residual_norms(method: TaskRes) -> dict:
     (the paper's transfer-difficulty measure)."""
     norm = method.task_residual.norm(dim=-1).cpu()
     relative = (method.alpha * method.task_residual.norm(dim=-1) / method.base.norm(dim=-1)).cpu()
-    return dict(
-        classnames=list(method.classnames),
-        norm=norm,
-        relative=relative,
-        mean_relative=relative.mean().item(),
-    )
+    return dict(classnames=list(method.classnames), norm=norm, relative=relative,
+                mean_relative=relative.mean().item())

@@ -30,27 +30,19 @@ def vit_shape(model) -> dict:
     a timm ViT."""
     if hasattr(model, 'patch_embed') and hasattr(model, 'blocks'):  # timm VisionTransformer
         p = model.patch_embed.patch_size
-        return dict(
-            width=model.embed_dim,
-            patch=p[0] if isinstance(p, (tuple, list)) else p,
-            layers=len(model.blocks),
-            patches=model.patch_embed.num_patches,
-            prefix=model.num_prefix_tokens,
-            features=model.num_features,
-        )
+        return dict(width=model.embed_dim, patch=p[0] if isinstance(p, (tuple, list)) else p,
+                    layers=len(model.blocks), patches=model.patch_embed.num_patches,
+                    prefix=model.num_prefix_tokens, features=model.num_features)
     visual = getattr(model, 'visual', model)
     if not hasattr(visual, 'class_embedding'):
         raise VLPromptError(f'Visual prompts need a ViT image encoder; {type(visual).__name__} is '
                             f'not one.')
     p = visual.patch_size
-    return dict(
-        width=visual.class_embedding.shape[-1],
-        patch=p[0] if isinstance(p, (tuple, list)) else p,
-        layers=len(visual.transformer.resblocks),
-        patches=visual.positional_embedding.shape[0] - 1,
-        prefix=1,
-        features=visual.output_dim,
-    )
+    return dict(width=visual.class_embedding.shape[-1],
+                patch=p[0] if isinstance(p, (tuple, list)) else p,
+                layers=len(visual.transformer.resblocks),
+                patches=visual.positional_embedding.shape[0] - 1, prefix=1,
+                features=visual.output_dim)
 
 def xavier_bound(patch: int, width: int) -> float:
     """VPT's uniform init bound sqrt(6 / (3 * patch * patch + width)): Xavier for a
@@ -67,19 +59,10 @@ class VPT(nn.Module):
     at every block), with CLIP's zero-shot text classifier or a linear head."""
     needs_images = True  # the prompts sit inside the image encoder: training runs it on every batch
 
-    def __init__(
-        self,
-        clip: LoadedCLIP,
-        classnames: list[str],
-        n_prompts: int = 8,
-        deep: bool = True,
-        head: str = 'zeroshot',
-        template: str = 'a photo of a {}.',
-        placement: str = 'after_cls',
-        init: str = 'xavier',
-        dropout: float = 0.0,
-        seed: int = 0,
-    ):
+    def __init__(self, clip: LoadedCLIP, classnames: list[str], n_prompts: int = 8,
+                 deep: bool = True, head: str = 'zeroshot', template: str = 'a photo of a {}.',
+                 placement: str = 'after_cls', init: str = 'xavier', dropout: float = 0.0,
+                 seed: int = 0):
         super().__init__()
         if init not in INITS:
             raise VLPromptError(f"init must be one of {', '.join(INITS)}, not {init!r}.")
@@ -117,30 +100,22 @@ class VPT(nn.Module):
         self.prompt_dropout = nn.Dropout(dropout)
         self.prepared = init not in SPT_STRATEGIES
         if head == 'zeroshot':  # the text side is frozen: its class weights are computed once
-            self.register_buffer(
-                'class_weights', zeroshot_weights(clip, self.classnames, template).to(device)
-            )
+            self.register_buffer('class_weights',
+                                 zeroshot_weights(clip, self.classnames, template).to(device))
         else:  # SPT's head init: truncated normal, std 0.02, zero bias
             self.head = nn.Linear(self.shape['features'], len(classnames)).to(device)
             with torch.no_grad():
                 self.head.weight.copy_(
-                    nn.init.trunc_normal_(
-                        torch.empty(self.head.weight.shape), std=0.02, generator=g
-                    )
-                )
+                    nn.init.trunc_normal_(torch.empty(self.head.weight.shape), std=0.02,
+                                          generator=g))
                 self.head.bias.zero_()
 
     def features(self, images: torch.Tensor, return_layer_inputs: bool = False):
         """Image features (N, D) through the prompted encoder (and, on request, each layer's input
         tokens)."""
         prompts = self.prompt_dropout(self.prompts)
-        return encode_image_prompted(
-            self.clip.model,
-            images,
-            list(prompts),
-            self.placement,
-            return_layer_inputs=return_layer_inputs,
-        )
+        return encode_image_prompted(self.clip.model, images, list(prompts), self.placement,
+                                     return_layer_inputs=return_layer_inputs)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         f = self.features(images)
@@ -150,20 +125,15 @@ class VPT(nn.Module):
     def patch_slice(self) -> slice:
         "Positions of the patch tokens in a prompted sequence."
         n, prefix = self.n_prompts, self.shape['prefix']
-        return (
-            slice(prefix + n, None)
-            if self.placement == 'after_cls'
-            else slice(prefix, prefix + self.shape['patches'])
-        )
+        return slice(prefix + n, None) if self.placement == 'after_cls' else slice(
+            prefix, prefix + self.shape['patches'])
 
     def prepare(self, images, labels=None, val_images=None, val_labels=None, **options) -> dict:
         """Before training (`vlprompt.train.train_method` calls it): SPT builds the prompts from the
-        preprocessed, un-augmented
-        training images (a tensor, or a sliceable loader such as `vlprompt.data.LazyImages`); VPT's
-        random inits need nothing."""
-        return (
-            spt_init(self, images, seed=self.seed, **options) if self.init in SPT_STRATEGIES else {}
-        )
+        preprocessed, un-augmented training images (a tensor, or a sliceable loader such as
+        `vlprompt.data.LazyImages`); VPT's random inits need nothing."""
+        return spt_init(self, images, seed=self.seed, **
+                        options) if self.init in SPT_STRATEGIES else {}
 
     def for_classes(self, classnames: list[str]) -> 'VPT':
         """The same prompts over other class names (zero-shot head only; a linear head is tied to
@@ -171,17 +141,8 @@ class VPT(nn.Module):
         if self.head_type == 'linear':
             raise VLPromptError('A linear head is tied to the training classes; only the zero-shot '
                                 'head moves to new classes.')
-        other = VPT(
-            self.clip,
-            classnames,
-            self.n_prompts,
-            self.deep,
-            self.head_type,
-            self.template,
-            self.placement,
-            init='xavier',
-            dropout=self.prompt_dropout.p,
-        )
+        other = VPT(self.clip, classnames, self.n_prompts, self.deep, self.head_type, self.template,
+                    self.placement, init='xavier', dropout=self.prompt_dropout.p)
         with torch.no_grad(): other.prompts.copy_(self.prompts)
         other.init, other.prepared = self.init, True
         return other
@@ -190,29 +151,19 @@ class VPT(nn.Module):
 # the SPT paper's ViT-B/16 backbones as timm names them; weights are fetched only when asked for
 SPT_BACKBONES = {
     'sup-in21k': dict(
-        timm='vit_base_patch16_224.augreg_in21k',
-        weights='timm (pretrained=True)',
-        note=(
-            "SPT's code: timm.create_model('vit_base_patch16_224_in21k'), the timm "
-            "0.6 name of these weights"
-        ),
-    ),
+        timm='vit_base_patch16_224.augreg_in21k', weights='timm (pretrained=True)',
+        note="SPT's code: timm.create_model('vit_base_patch16_224_in21k'), the timm "
+        "0.6 name of these weights"),
     'mae': dict(
         timm='vit_base_patch16_224.mae',
         weights='https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base.pth',
-        note=(
-            "also timm (pretrained=True). SPT's MAE model averages the tokens after "
-            "[CLS], then applies the final norm"
-        ),
-    ),
+        note="also timm (pretrained=True). SPT's MAE model averages the tokens after "
+        "[CLS], then applies the final norm"),
     'mocov3': dict(
         timm='vit_base_patch16_224',
         weights='https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/linear-vit-b-300ep.pth.tar',
-        note=(
-            "not in timm: download the file and pass checkpoint= (keys under 'module.' "
-            "or 'module.base_encoder.' are accepted)"
-        ),
-    ),
+        note="not in timm: download the file and pass checkpoint= (keys under 'module.' "
+        "or 'module.base_encoder.' are accepted)"),
 }
 
 def _encoder_state(payload: dict) -> dict:
@@ -228,12 +179,8 @@ def _encoder_state(payload: dict) -> dict:
     return out
 
 
-def timm_backbone(
-    name: str = 'vit_base_patch16_224',
-    pretrained: bool = False,
-    checkpoint: str | None = None,
-    **kwargs,
-) -> LoadedCLIP:
+def timm_backbone(name: str = 'vit_base_patch16_224', pretrained: bool = False,
+                  checkpoint: str | None = None, **kwargs) -> LoadedCLIP:
     """A frozen timm ViT in a `LoadedCLIP` without a text side (use VPT's linear head): a timm name
     or a key of `SPT_BACKBONES`."""
     import timm
@@ -259,13 +206,8 @@ def timm_backbone(
                                 f'(e.g. {missing[0]}). Is it a ViT-B/16 checkpoint?')
     model.eval().requires_grad_(False)
     data_cfg = timm.data.resolve_data_config({}, model=model)
-    return LoadedCLIP(
-        model,
-        None,
-        timm.data.create_transform(**data_cfg),
-        name,
-        'timm' if pretrained else checkpoint,
-    )
+    return LoadedCLIP(model, None, timm.data.create_transform(**data_cfg), name,
+                      'timm' if pretrained else checkpoint)
 
 # %% ../../nbs/15_vpt_spt.ipynb #028d4361
 @lru_cache(maxsize=4)
@@ -279,9 +221,8 @@ def micro_task_data(task: str = 'micro-pairs-noise', shots: int = 8) -> dict:
 
 # %% ../../nbs/15_vpt_spt.ipynb #cc90857f
 @torch.no_grad()
-def layer_tokens(
-    model, images: torch.Tensor, layers: int | None = None, batch_size: int = 256
-) -> list[torch.Tensor]:
+def layer_tokens(model, images: torch.Tensor, layers: int | None = None,
+                 batch_size: int = 256) -> list[torch.Tensor]:
     """Patch tokens (n_images, n_patches, width) at the input of each layer of the frozen,
     unprompted encoder ([CLS] removed)."""
     shape = vit_shape(model)
@@ -289,16 +230,14 @@ def layer_tokens(
     device = next(model.parameters()).device
     out = [[] for _ in range(layers)]
     for i in range(0, len(images), batch_size):
-        _, inputs = encode_image_prompted(
-            model, images[i : i + batch_size].to(device), return_layer_inputs=True
-        )
+        _, inputs = encode_image_prompted(model, images[i:i + batch_size].to(device),
+                                          return_layer_inputs=True)
         for l in range(layers): out[l].append(inputs[l][:, shape['prefix']:].float().cpu())
     return [torch.cat(t) for t in out]
 
 # %% ../../nbs/15_vpt_spt.ipynb #734f10b8
-def assign(
-    x: torch.Tensor, centres: torch.Tensor, chunk: int = 16384
-) -> tuple[torch.Tensor, torch.Tensor]:
+def assign(x: torch.Tensor, centres: torch.Tensor,
+           chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
     "Nearest centre of each row of x (n, d) and its squared distance, computed in chunks of rows."
     c2 = centres.pow(2).sum(1)
     labels, dists = [], []
@@ -308,7 +247,6 @@ def assign(
         m = d2.min(1)
         labels.append(m.indices); dists.append(m.values)
     return torch.cat(labels), torch.cat(dists)
-
 
 def update_centres(x: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     "Means of the rows assigned to each centre; an empty cluster keeps its centre."
@@ -323,9 +261,8 @@ def lloyd_step(x: torch.Tensor, centres: torch.Tensor, chunk: int = 16384) -> to
     return update_centres(x, assign(x, centres, chunk)[0], centres)
 
 
-def kmeans_plus_plus(
-    x: torch.Tensor, k: int, g: torch.Generator, chunk: int = 16384
-) -> torch.Tensor:
+def kmeans_plus_plus(x: torch.Tensor, k: int, g: torch.Generator,
+                     chunk: int = 16384) -> torch.Tensor:
     """k-means++ seeding: the first centre uniformly, each next one with probability proportional to
     D(x)^2."""
     n = len(x)
@@ -338,7 +275,6 @@ def kmeans_plus_plus(
         d2 = torch.minimum(d2, assign(x, x[idx[-1:]], chunk)[1])
     return x[idx].clone()
 
-
 @dataclass
 class KMeansResult:
     """Centres (k, d), labels (n,), the inertia after the seeding and after each iteration, and
@@ -350,15 +286,8 @@ class KMeansResult:
     converged: bool
 
 
-def kmeans(
-    x: torch.Tensor,
-    k: int,
-    seed: int = 0,
-    max_iter: int = 100,
-    tol: float = 1e-4,
-    chunk: int = 16384,
-    dtype: torch.dtype = torch.float64,
-) -> KMeansResult:
+def kmeans(x: torch.Tensor, k: int, seed: int = 0, max_iter: int = 100, tol: float = 1e-4,
+           chunk: int = 16384, dtype: torch.dtype = torch.float64) -> KMeansResult:
     """K-means in torch: k-means++ seeding (seeded), Lloyd iterations until no assignment changes or
     inertia improves by <= tol (relative)."""
     x = x.reshape(-1, x.shape[-1]).to(dtype)
@@ -378,13 +307,12 @@ def kmeans(
     return KMeansResult(centres, labels, inertia, it, converged)
 
 # %% ../../nbs/15_vpt_spt.ipynb #3ba13766
-def pool_windows(
-    tokens: torch.Tensor, n: int, how: str = 'mean', split: str = 'official'
-) -> torch.Tensor:
+def pool_windows(tokens: torch.Tensor, n: int, how: str = 'mean',
+                 split: str = 'official') -> torch.Tensor:
     """Pool each image's token sequence (B, L, d) over n windows of consecutive tokens -> (B, n, d).
-    split='official': n-1 windows of w = L // (n-1) tokens, then the last L % w tokens (all L when
-    that is 0), as SPT's code;
-    split='even': n near-equal windows that cover the sequence once."""
+    split='official': n-1 windows of w = L // (n-1) tokens, then the last L % w tokens (all L
+    when that is 0), as SPT's code; split='even': n near-equal windows that cover the sequence
+    once."""
     if how not in ('mean', 'max'): raise VLPromptError(f"how must be 'mean' or 'max', not {how!r}.")
     if split not in ('official', 'even'):
         raise VLPromptError(f"split must be 'official' or 'even', not {split!r}.")
@@ -396,25 +324,19 @@ def pool_windows(
     if n == 1 or split == 'even': windows = torch.tensor_split(tokens, n, dim=1)
     else:
         w = L // (n - 1)
-        windows = [tokens[:, i * w : (i + 1) * w] for i in range(n - 1)]
-        windows += [tokens[:, L - (L % w or L) :]]
+        windows = [tokens[:, i * w:(i + 1) * w]
+                   for i in range(n - 1)] + [tokens[:, L - (L % w or L):]]
     reduce = (lambda t: t.mean(1)) if how == 'mean' else (lambda t: t.amax(1))
     return torch.stack([reduce(t) for t in windows], dim=1)
     # end exercise
 
-def token_prototypes(
-    tokens: torch.Tensor,
-    n: int,
-    strategy: str = 'kmeans',
-    seed: int = 0,
-    max_tokens: int | None = None,
-    **kmeans_options
-) -> torch.Tensor:
+
+def token_prototypes(tokens: torch.Tensor, n: int, strategy: str = 'kmeans', seed: int = 0,
+                     max_tokens: int | None = None, **kmeans_options) -> torch.Tensor:
     """n prompt initialisations (n, d) from one layer's patch tokens (B, L, d) of the training
-    images, by SPT's strategies:
-    'kmeans' centres of all tokens, 'mean_pooling' / 'max_pooling' over windows of each image then n
-    picked at random,
-    'random_tokens' n tokens picked at random."""
+    images, by SPT's strategies: 'kmeans' centres of all tokens, 'mean_pooling' / 'max_pooling'
+    over windows of each image then n picked at random, 'random_tokens' n tokens picked at
+    random."""
     if strategy not in SPT_STRATEGIES:
         raise VLPromptError(f"strategy must be one of {', '.join(SPT_STRATEGIES)}, not "
                             f"{strategy!r}.")
@@ -434,32 +356,19 @@ def token_prototypes(
 
 # %% ../../nbs/15_vpt_spt.ipynb #3bb6118d
 @torch.no_grad()
-def spt_init(
-    method: VPT,
-    images: torch.Tensor,
-    strategy: str | None = None,
-    seed: int = 0,
-    max_tokens: int | None = None,
-    batch_size: int = 256,
-    **kmeans_options
-) -> dict:
+def spt_init(method: VPT, images: torch.Tensor, strategy: str | None = None, seed: int = 0,
+             max_tokens: int | None = None, batch_size: int = 256, **kmeans_options) -> dict:
     """Set `method`'s prompts from the training images' tokens at each prompted layer's input (SPT);
     returns the seconds spent."""
     strategy = strategy or method.init
     t0 = time.perf_counter()
-    tokens = layer_tokens(
-        method.clip.model, images, layers=len(method.prompts), batch_size=batch_size
-    )
+    tokens = layer_tokens(method.clip.model, images, layers=len(method.prompts),
+                          batch_size=batch_size)
     t1 = time.perf_counter()
     for l, t in enumerate(tokens):
-        method.prompts[l] = token_prototypes(
-            t,
-            method.n_prompts,
-            strategy,
-            seed=seed * 1000 + l,
-            max_tokens=max_tokens,
-            **kmeans_options
-        ).to(method.prompts)
+        method.prompts[l] = token_prototypes(t, method.n_prompts, strategy, seed=seed * 1000 + l,
+                                             max_tokens=max_tokens,
+                                             **kmeans_options).to(method.prompts)
     method.init, method.prepared = strategy, True
     return dict(capture_s=t1 - t0, build_s=time.perf_counter() - t1)
 
@@ -513,18 +422,9 @@ def fit_tracked(method: nn.Module, data: TrainSet, cfg: TrainConfig,
 
 # %% ../../nbs/15_vpt_spt.ipynb #2c1e198b
 @lru_cache(maxsize=None)
-def micro_spt_run(
-    init: str = 'kmeans',
-    n_prompts: int = 4,
-    deep: bool = True,
-    head: str = 'linear',
-    seed: int = 1,
-    epochs: int = 6,
-    lr: float = 1e-2,
-    shots: int = 8,
-    task: str = 'micro-pairs-noise',
-    curve_every: int = 2,
-) -> dict:
+def micro_spt_run(init: str = 'kmeans', n_prompts: int = 4, deep: bool = True, head: str = 'linear',
+                  seed: int = 1, epochs: int = 6, lr: float = 1e-2, shots: int = 8,
+                  task: str = 'micro-pairs-noise', curve_every: int = 2) -> dict:
     """Train VPT (init 'xavier') or SPT on a micro task with the micro CLIP; test accuracy and NMI
     per layer after every epoch (memoised)."""
     clip, data = get_clip('micro'), micro_task_data(task, shots)
@@ -534,45 +434,17 @@ def micro_spt_run(
     # 32 training images for the NMI
     probe = micro_preprocess(data['train'][::max(1, len(data['train']) // 32)])
     start = time.perf_counter()
-    method = VPT(
-        clip,
-        data['task'].classnames,
-        n_prompts=n_prompts,
-        deep=deep,
-        head=head,
-        template=data['task'].template,
-        init=init,
-        seed=seed,
-    )
+    method = VPT(clip, data['task'].classnames, n_prompts=n_prompts, deep=deep, head=head,
+                 template=data['task'].template, init=init, seed=seed)
     init_s = method.prepare(micro_preprocess(data['train']))
-    cfg = TrainConfig(
-        epochs=epochs,
-        batch_size=32,
-        optimizer='adamw',
-        lr=lr,
-        weight_decay=1e-2,
-        warmup_epochs=1,
-        warmup_lr=lr / 10,
-        seed=seed,
-    )
+    cfg = TrainConfig(epochs=epochs, batch_size=32, optimizer='adamw', lr=lr, weight_decay=1e-2,
+                      warmup_epochs=1, warmup_lr=lr / 10, seed=seed)
     rows = fit_tracked(
-        method,
-        TrainSet(data['train'], data['train_labels'], augment=augment_micro),
-        cfg,
-        lambda m: dict(accuracy=evaluate(m, curve_x, curve_y), nmi=layer_nmi(m, probe)),
-    )
-    return dict(
-        init=init,
-        n_prompts=n_prompts,
-        deep=deep,
-        head=head,
-        seed=seed,
-        curve=rows,
-        accuracy=evaluate(method, test, test_labels),
-        seconds=time.perf_counter() - start,
-        init_seconds=init_s,
-    )
-
+        method, TrainSet(data['train'], data['train_labels'], augment=augment_micro), cfg,
+        lambda m: dict(accuracy=evaluate(m, curve_x, curve_y), nmi=layer_nmi(m, probe)))
+    return dict(init=init, n_prompts=n_prompts, deep=deep, head=head, seed=seed, curve=rows,
+                accuracy=evaluate(method, test, test_labels), seconds=time.perf_counter() - start,
+                init_seconds=init_s)
 
 def epochs_to(curve: list[dict], target: float) -> int | None:
     "The first epoch whose accuracy reaches `target` (None if none does)."
@@ -581,80 +453,43 @@ def epochs_to(curve: list[dict], target: float) -> int | None:
 # %% ../../nbs/15_vpt_spt.ipynb #4cdd6719
 def _vpt_builder(deep: bool, init: str):
     def build(clip, classnames, template, seed=0, **options):
-        return VPT(
-            clip,
-            classnames,
-            template=template,
-            seed=seed,
-            **{'deep': deep, 'init': init, **options}
-        )
+        return VPT(clip, classnames, template=template, seed=seed,
+                   **{'deep': deep, 'init': init, **options})
     return build
 
 BENCH_METHODS = {
-    'vpt_shallow': _vpt_builder(False, 'xavier'),
-    'vpt_deep': _vpt_builder(True, 'xavier'),
-    'spt_shallow': _vpt_builder(False, 'kmeans'),
-    'spt_deep': _vpt_builder(True, 'kmeans'),
+    'vpt_shallow': _vpt_builder(False, 'xavier'), 'vpt_deep': _vpt_builder(True, 'xavier'),
+    'spt_shallow': _vpt_builder(False, 'kmeans'), 'spt_deep': _vpt_builder(True, 'kmeans')
 }
 
 _MAPLE_VPT = dict(
-    source=(
-        'MaPLe (CVPR 2023) VPT baseline, '
-        'configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml: deep vision prompts '
-        '(N=8, 12 layers, appended after the patches, N(0, 0.02) init), fixed \'a '
-        'photo of a {}.\' classifier'
-    ),
-    train=dict(optimizer='sgd', lr=0.0025, epochs=5, batch_size=4, warmup_epochs=1, warmup_lr=1e-5),
+    source='MaPLe (CVPR 2023) VPT baseline, '
+    'configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml: deep vision prompts '
+    "(N=8, 12 layers, appended after the patches, N(0, 0.02) init), fixed 'a "
+    "photo of a {}.' classifier", train=dict(optimizer='sgd', lr=0.0025, epochs=5, batch_size=4,
+                                             warmup_epochs=1, warmup_lr=1e-5),
     method=dict(n_prompts=8, placement='append', init='normal', head='zeroshot'),
-    micro=dict(train=dict(batch_size=32, epochs=5, lr=0.01), method=dict(n_prompts=4)),
-)
+    micro=dict(train=dict(batch_size=32, epochs=5, lr=0.01), method=dict(n_prompts=4)))
 _SPT = dict(
-    source=(
-        'SPT (ICML 2024) README and train.py: AdamW, 100 epochs, 10 warm-up (linear '
-        'there, constant here), batch 32, '
-        'weight decay 0.01, lr 1e-3 (MoCo v3 / supervised; MAE 5e-2), linear head, N = '
-        '20 deep / 100 shallow'
-    ),
-    train=dict(
-        optimizer='adamw',
-        lr=1e-3,
-        weight_decay=0.01,
-        epochs=100,
-        warmup_epochs=10,
-        warmup_lr=1e-5,
-        batch_size=32,
-    ),
+    source='SPT (ICML 2024) README and train.py: AdamW, 100 epochs, 10 warm-up (linear '
+    'there, constant here), batch 32, '
+    'weight decay 0.01, lr 1e-3 (MoCo v3 / supervised; MAE 5e-2), linear head, N = '
+    '20 deep / 100 shallow', train=dict(optimizer='adamw', lr=1e-3, weight_decay=0.01, epochs=100,
+                                        warmup_epochs=10, warmup_lr=1e-5, batch_size=32),
     method=dict(head='linear'),
-    micro=dict(train=dict(epochs=6, lr=1e-2, warmup_epochs=1, warmup_lr=1e-3), method=dict()),
-)
+    micro=dict(train=dict(epochs=6, lr=1e-2, warmup_epochs=1, warmup_lr=1e-3), method=dict()))
 _VPT = dict(
-    source=(
-        'VPT (ECCV 2022) configs/base-prompt.yaml, prompt/cub.yaml: SGD, 100 epochs, 10 '
-        'warm-up, batch 128, '
-        'lr 0.1 and weight decay 0.01 for CUB (the paper grid-searches both per '
-        'dataset), Xavier init, linear head'
-    ),
-    train=dict(
-        optimizer='sgd',
-        lr=0.1,
-        weight_decay=0.01,
-        epochs=100,
-        warmup_epochs=10,
-        warmup_lr=1e-5,
-        batch_size=128,
-    ),
-    method=dict(head='linear', n_prompts=10),
-    micro=dict(
-        train=dict(
-            optimizer='adamw', epochs=6, lr=1e-2, batch_size=32, warmup_epochs=1, warmup_lr=1e-3
-        )
-    ),
-)
+    source='VPT (ECCV 2022) configs/base-prompt.yaml, prompt/cub.yaml: SGD, 100 epochs, 10 '
+    'warm-up, batch 128, lr 0.1 and weight decay 0.01 for CUB (the paper grid-searches both per '
+    'dataset), Xavier init, linear head',
+    train=dict(optimizer='sgd', lr=0.1, weight_decay=0.01, epochs=100, warmup_epochs=10,
+               warmup_lr=1e-5, batch_size=128), method=dict(head='linear', n_prompts=10),
+    micro=dict(train=dict(optimizer='adamw', epochs=6, lr=1e-2, batch_size=32, warmup_epochs=1,
+                          warmup_lr=1e-3)))
 
 def _with(cfg, **method):
     micro = {
-        **cfg['micro'],
-        'method': {**cfg['micro'].get('method', {}), **method.pop('micro', {})},
+        **cfg['micro'], 'method': {**cfg['micro'].get('method', {}), **method.pop('micro', {})}
     }
     return {**cfg, 'method': {**cfg['method'], **method}, 'micro': micro}
 

@@ -27,12 +27,8 @@ __all__ = ['BENCH_METHODS', 'BENCH_CONFIGS', 'ENTRIES', 'ZeroShotClassifier', 'l
 class ZeroShotClassifier(nn.Module):
     "Zero-shot CLIP: logits from fixed class weights built from class names and template(s)."
     needs_images = False
-    def __init__(
-        self,
-        clip: LoadedCLIP,
-        classnames: list[str],
-        templates: str | list[str] = 'a photo of a {}.',
-    ):
+    def __init__(self, clip: LoadedCLIP, classnames: list[str], templates: str | list[str] = 'a '
+                 'photo of a {}.'):
         super().__init__()
         self.clip, self.classnames, self.templates = clip, list(classnames), templates
         self.register_buffer('class_weights', zeroshot_weights(clip, classnames, templates))
@@ -43,9 +39,8 @@ class ZeroShotClassifier(nn.Module):
 
     def for_classes(self, classnames: list[str]) -> 'ZeroShotClassifier':
         "The same classifier rule over other class names."
-        return ZeroShotClassifier(self.clip, classnames, self.templates).to(
-            self.class_weights.device
-        )
+        return ZeroShotClassifier(self.clip, classnames,
+                                  self.templates).to(self.class_weights.device)
 
 # %% ../../nbs/10_zeroshot.ipynb #865ada90
 def _as_samples(features: torch.Tensor, labels: torch.Tensor):
@@ -69,20 +64,12 @@ def logistic_regression(features: torch.Tensor, labels: torch.Tensor, n_classes:
     x = F.normalize(features.double(), dim=-1)
     W = torch.zeros(n_classes, x.shape[1], dtype=torch.float64, device=x.device, requires_grad=True)
     b = torch.zeros(n_classes, dtype=torch.float64, device=x.device, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [W, b],
-        lr=1,
-        max_iter=max_iter,
-        tolerance_grad=1e-7,
-        tolerance_change=1e-12,
-        history_size=20,
-        line_search_fn='strong_wolfe',
-    )
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-7,
+                            tolerance_change=1e-12, history_size=20, line_search_fn='strong_wolfe')
     def objective():
         opt.zero_grad()
-        loss = (
-            F.cross_entropy(x @ W.t() + b, y, reduction='sum') + 0.5 * lam * W.pow(2).sum()
-        ) / len(y)
+        loss = (F.cross_entropy(x @ W.t() + b, y, reduction='sum') +
+                0.5 * lam * W.pow(2).sum()) / len(y)
         loss.backward()
         return loss
     with torch.enable_grad(): opt.step(objective)
@@ -90,30 +77,13 @@ def logistic_regression(features: torch.Tensor, labels: torch.Tensor, n_classes:
 
 # %% ../../nbs/10_zeroshot.ipynb #7cd6084b
 def _accuracy(W, b, features, labels) -> float:
-    return (
-        100
-        * (
-            (F.normalize(features, dim=-1) @ W.t().to(features.device) + b.to(features.device))
-            .argmax(-1)
-            .cpu()
-            == labels.cpu()
-        )
-        .float()
-        .mean()
-        .item()
-    )
+    return 100 * ((F.normalize(features, dim=-1) @ W.t().to(features.device) +
+                   b.to(features.device)).argmax(-1).cpu() == labels.cpu()).float().mean().item()
 
-
-def search_regularisation(
-    train_features: torch.Tensor,
-    train_labels: torch.Tensor,
-    val_features: torch.Tensor,
-    val_labels: torch.Tensor,
-    n_classes: int,
-    lam_range=(-6, 6),
-    steps_per_decade: int = 8,
-    max_iter: int = 1000,
-) -> tuple[float, dict]:
+def search_regularisation(train_features: torch.Tensor, train_labels: torch.Tensor,
+                          val_features: torch.Tensor, val_labels: torch.Tensor, n_classes: int,
+                          lam_range=(-6, 6), steps_per_decade: int = 8,
+                          max_iter: int = 1000) -> tuple[float, dict]:
     """CLIP's parametric binary search for the L2 strength on the val split. Returns the best lam
     and {log10 lam: val accuracy}."""
     lo, hi = lam_range
@@ -130,10 +100,8 @@ def search_regularisation(
     step = 2.0
     while step > 1 / steps_per_decade:
         step /= 2
-        best = max(
-            [e for e in (best - step, best, best + step) if lo <= e <= hi],
-            key=lambda e: (score(e), e),
-        )
+        best = max([e for e in (best - step, best, best + step) if lo <= e <= hi], key=lambda e:
+                   (score(e), e))
     return 10.0 ** best, dict(sorted(scores.items()))
 
 # %% ../../nbs/10_zeroshot.ipynb #43fd6324
@@ -143,16 +111,8 @@ class LinearProbe(nn.Module):
     needs_images = False
     train_augment = False  # CLIP's protocol fits on features of un-augmented images
 
-    def __init__(
-        self,
-        clip: LoadedCLIP,
-        classnames: list[str],
-        lam: float | None = None,
-        lam_range=(-6, 6),
-        steps_per_decade: int = 8,
-        max_iter: int = 1000,
-        seed: int = 0,
-    ):
+    def __init__(self, clip: LoadedCLIP, classnames: list[str], lam: float | None = None,
+                 lam_range=(-6, 6), steps_per_decade: int = 8, max_iter: int = 1000, seed: int = 0):
         super().__init__()  # `seed` is accepted for the common signature: the fit is deterministic
         self.classnames, self.lam, self.lam_range = list(classnames), lam, tuple(lam_range)
         self.steps_per_decade, self.max_iter, self.search, self.fitted = (
@@ -175,16 +135,9 @@ class LinearProbe(nn.Module):
             if val_features is None:
                 raise VLPromptError('LinearProbe chooses lam on the val split: pass val_features '
                                     'and val_labels (or give lam=...).')
-            lam, self.search = search_regularisation(
-                train_features,
-                train_labels,
-                val_features,
-                val_labels,
-                K,
-                self.lam_range,
-                self.steps_per_decade,
-                self.max_iter,
-            )
+            lam, self.search = search_regularisation(train_features, train_labels, val_features,
+                                                     val_labels, K, self.lam_range,
+                                                     self.steps_per_decade, self.max_iter)
         W, b = logistic_regression(train_features, train_labels, K, lam, self.max_iter)
         self.weight.copy_(W); self.bias.copy_(b)
         self.lam, self.fitted = lam, True
@@ -203,11 +156,9 @@ class LinearProbe(nn.Module):
         unseen = [c for c in classnames if c not in self.classnames]
         raise VLPromptError(
             f'A linear probe has weights only for the {len(self.classnames)} '
-            'classes it was fitted on and no text encoder, '
-            'so it cannot classify '
+            f'classes it was fitted on and no text encoder, so it cannot classify '
             f'{unseen[:3] or list(classnames)[:3]}{"..." if len(unseen) > 3 else ""}. '
-            'Use zero-shot CLIP, CLIP-Adapter or TaskRes for new classes.'
-        )
+            'Use zero-shot CLIP, CLIP-Adapter or TaskRes for new classes.')
 
 # %% ../../nbs/10_zeroshot.ipynb #d27ac7f9
 def _zeroshot(clip, classnames, template, seed=0, **options):
@@ -227,8 +178,7 @@ BENCH_CONFIGS = {
     },
     ('linprobe', 'fewshot'): dict(
         source=(
-            'CLIP (ICML 2021) App. A.3: L-BFGS logistic regression on '
-            'frozen normalised features, '
+            'CLIP (ICML 2021) App. A.3: L-BFGS logistic regression on frozen normalised features, '
             'lam by parametric binary search over 1e-6..1e6 (8 steps '
             'per decade) on the few-shot val split'
         ),
