@@ -127,6 +127,11 @@ def readable(path: Path):
     if path.suffix == '.pt': return torch.load(path, map_location='cpu', weights_only=True)
     return path.read_bytes()
 
+def epochs_in(run) -> int:
+    "Epochs a run folder's checkpoint holds (0 without one, or while it is being replaced)."
+    try: return torch.load(run/'checkpoint.pt', weights_only=True)['epoch'] + 1
+    except Exception: return 0
+
 def test_kill_at_20_random_points_then_resume_gives_the_uninterrupted_metrics(tmp_path):
     """SIGKILL `vlprompt train` at 20 random moments in a row (start-up, feature caching, epochs, checkpoint writes); after each,
     every file is whole; resuming then finishes with exactly the metrics of a run never interrupted."""
@@ -141,7 +146,12 @@ def test_kill_at_20_random_points_then_resume_gives_the_uninterrupted_metrics(tm
     run, rng, kills = tmp_path/'killed', random.Random(0), 0
     while kills < 20 and not (run/'metrics.json').exists():
         proc = subprocess.Popen([VLPROMPT, *map(str, args), '--out', str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-        time.sleep(rng.uniform(0.3 * startup, startup + 1.5 * epoch))  # from start-up to the first epochs of this attempt
+        # from start-up to the first epochs of this attempt; the timings above are rough on a busy
+        # machine, so an attempt is also killed once only 2 epochs per kill still to come are left
+        deadline = time.time() + rng.uniform(0.3 * startup, startup + 1.5 * epoch)
+        limit = epochs - 2 * (20 - kills)
+        while proc.poll() is None and time.time() < deadline and epochs_in(run) < limit:
+            time.sleep(0.02)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL); kills += 1
         proc.wait()

@@ -431,8 +431,8 @@ def fit(method: nn.Module, data: TrainSet, cfg: TrainConfig, out: str | Path | N
     must match); `method.callbacks()` and `callbacks` add hooks."""
     params = [p for p in method.parameters() if p.requires_grad]
     if not params:
-        raise VLPromptError(f'{type(method).__name__} has no learnable parameters: nothing to '
-                            f'train.')
+        name = type(method).__name__
+        raise VLPromptError(f'{name} has no learnable parameters: nothing to train.')
     cbs = [NaNGuard(), RecordLoss(), *([ShowProgress()] if progress else [])]
     cbs += [*getattr(method, 'callbacks', list)(), *callbacks]
     if stop_after is not None: cbs.append(StopAfter(stop_after))
@@ -442,24 +442,26 @@ def fit(method: nn.Module, data: TrainSet, cfg: TrainConfig, out: str | Path | N
     labels = data.labels.to(device)
     amp = cfg.amp and device.type == 'cuda'
     run_callbacks(cbs, 'before_fit', s)
-    for s.epoch in range(s.start, cfg.epochs):
-        run_callbacks(cbs, 'epoch_start', s)
-        for group in s.opt.param_groups: group['lr'] = lr_at_epoch(cfg, s.epoch)
-        torch.manual_seed(epoch_seed(cfg.seed, s.epoch))
-        g = torch.Generator().manual_seed(epoch_seed(cfg.seed, s.epoch))
-        method.train()
-        for s.step, s.batch in enumerate(
-                torch.randperm(len(data), generator=g).split(cfg.batch_size)):
-            x = data.batch(s.batch, g).to(device)
-            with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
-                s.loss = rule(method, x, labels[s.batch.to(device)])
-            run_callbacks(cbs, 'after_loss', s)
-            s.opt.step()
-            s.opt.zero_grad(set_to_none=True)
-            run_callbacks(cbs, 'after_step', s)
-        run_callbacks(cbs, 'epoch_end', s)
-        if s.stop: break
-    run_callbacks(cbs, 'after_fit', s)
+    try:
+        for s.epoch in range(s.start, cfg.epochs):
+            run_callbacks(cbs, 'epoch_start', s)
+            for group in s.opt.param_groups: group['lr'] = lr_at_epoch(cfg, s.epoch)
+            torch.manual_seed(epoch_seed(cfg.seed, s.epoch))
+            g = torch.Generator().manual_seed(epoch_seed(cfg.seed, s.epoch))
+            method.train()
+            batches = torch.randperm(len(data), generator=g).split(cfg.batch_size)
+            for s.step, s.batch in enumerate(batches):
+                x = data.batch(s.batch, g).to(device)
+                with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
+                    s.loss = rule(method, x, labels[s.batch.to(device)])
+                run_callbacks(cbs, 'after_loss', s)
+                s.opt.step()
+                s.opt.zero_grad(set_to_none=True)
+                run_callbacks(cbs, 'after_step', s)
+            run_callbacks(cbs, 'epoch_end', s)
+            if s.stop: break
+    finally:  # also when the rule or a callback stops training with an error
+        run_callbacks(cbs, 'after_fit', s)
     method.eval()
     return s.history
 
