@@ -45,7 +45,7 @@ __all__ = ['METHOD_MODULES', 'PROTOCOLS', 'ENTRIES', 'METHODS', 'CONFIGS', 'RULE
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
 # the method modules (vlprompt.methods.*), listed once
-METHOD_MODULES = ('zeroshot', 'coop', 'prograd', 'taskres', 'maple', 'vpt')
+METHOD_MODULES = ('zeroshot', 'coop', 'prograd', 'taskres', 'maple', 'vpt', 'kgcoop')
 PROTOCOLS = ('fewshot', 'base2new', 'xd', 'dg')
 
 ENTRIES: dict = {}  # name -> its Method entry
@@ -663,8 +663,10 @@ def train_run(method, rule, s: dict, clip: LoadedCLIP, train_data,
     train_method(method, train.inputs, train.labels, val_x, val_y, cfg, out=folder, rule=rule,
                  augment=train.augment, progress=progress,
                  identity=run_identity(s, clip, train_data), prepare_inputs=prepare_x)
-    return dict(conflict_fraction=rule.conflict_fraction) if getattr(rule, 'conflicts', None) else {
-    }  # of the steps run in this process
+    extra = dict(conflict_fraction=rule.conflict_fraction) if getattr(rule, 'conflicts',
+                                                                      None) else {}
+    # of the steps run in this process; then what the method reports (KgCoOp: its mean cosine)
+    return {**extra, **getattr(method, 'train_metrics', dict)()}
 
 def _for(method, s, clip, data):
     """The method moved to another dataset's classes with what it learned; one with nothing learned
