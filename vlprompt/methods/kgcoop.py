@@ -29,7 +29,8 @@ KGCOOP_SOURCE = ('KgCoOp (CVPR 2023), htyao89/KgCoOp @ c43ccc32, KgCoOp/trainers
                  '(CUSTOM_TEMPLATES, PromptLearner, CustomCLIP) and '
                  'configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml, scripts/base2new_train.sh')
 # the hand-made template per CoOp dataset (CUSTOM_TEMPLATES in the official trainer); it differs
-# from CoOp's zero-shot template for DTD only ('a photo of a {}, a type of texture.' vs '{} texture.')
+# from CoOp's zero-shot template for DTD only ('a photo of a {}, a type of texture.' there,
+# '{} texture.' in CoOp)
 KGCOOP_TEMPLATES = {
     'OxfordPets': 'a photo of a {}, a type of pet.',
     'OxfordFlowers': 'a photo of a {}, a type of flower.',
