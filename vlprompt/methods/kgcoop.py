@@ -5,7 +5,6 @@
 # %% ../../nbs/16_kgcoop.ipynb #efeea3e6
 from __future__ import annotations
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from ..clip import clip_logits, zeroshot_weights
 from .coop import CoOp
