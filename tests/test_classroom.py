@@ -22,11 +22,12 @@ def solution(name):
     from vlprompt.bench import harmonic_mean
     from vlprompt.data import fewshot_indices
     from vlprompt.methods.coop import CoOp
+    from vlprompt.methods.kgcoop import kgcoop_loss
     from vlprompt.methods.maple import MaPLe
     from vlprompt.methods.prograd import prograd_project
     from vlprompt.methods.taskres import TaskRes
     from vlprompt.methods.vpt import nmi_from_joint, pool_windows
-    return dict(fewshot=fewshot_indices, prompt_assembly=CoOp.prompts, prograd_project=prograd_project,
+    return dict(fewshot=fewshot_indices, prompt_assembly=CoOp.prompts, prograd_project=prograd_project, kgcoop_loss=kgcoop_loss,
                 taskres_classifier=TaskRes.classifier, maple_coupling=MaPLe.vision_layer_prompts, spt_pooling=pool_windows,
                 nmi=nmi_from_joint, harmonic_mean=harmonic_mean)[name]
 
@@ -92,7 +93,12 @@ def _fewshot_shuffle(labels, shots, rng, what='split'):  # a different draw from
         idx = list(idx); rng.shuffle(idx); out += idx[:shots]
     return out
 
+def _kgcoop_sum(t, h, w=8.0): return w * (1 - F.cosine_similarity(t, h, dim=-1)).sum()  # sums the classes
+def _kgcoop_no_w(t, h, w=8.0): return 1 - F.cosine_similarity(t, h, dim=-1).mean()
+def _kgcoop_raw_distance(t, h, w=8.0): return w / 2 * (t - h).pow(2).sum(-1).mean()  # not normalised
+
 WRONG = {
+    'kgcoop_loss': [_kgcoop_sum, _kgcoop_no_w, _kgcoop_raw_distance],
     'prograd_project': [_prograd_always, _prograd_no_lambda, _prograd_rows],
     'taskres_classifier': [_taskres_self_alpha, _taskres_unscaled, _taskres_normalised],
     'prompt_assembly': [_coop_shared_ctx, _coop_no_prefix],
@@ -205,7 +211,8 @@ def test_cli(tmp_path, capsys):
 
 
 NOTEBOOKS = sorted(p for p in NBS.glob('*.ipynb') if p.name != 'index.ipynb')  # index.ipynb (the README) has its own badges
-GPU_NOTEBOOKS = ['00_clip', '10_zeroshot', '11_coop', '12_prograd', '13_taskres', '14_maple', '15_vpt_spt']
+GPU_NOTEBOOKS = ['00_clip', '10_zeroshot', '11_coop', '12_prograd', '13_taskres', '14_maple', '15_vpt_spt',
+                 '16_kgcoop']
 
 
 def test_repo_is_the_one_in_settings():

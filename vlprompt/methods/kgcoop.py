@@ -4,14 +4,17 @@
 
 # %% ../../nbs/16_kgcoop.ipynb #efeea3e6
 from __future__ import annotations
+from typing import Callable
 import torch
 import torch.nn.functional as F
 from ..clip import clip_logits, zeroshot_weights
 from .coop import CoOp
-from ..train import Method, configs_of
+from ..train import (CheckFailed, Exercise, Method, check_call, check_fail, check_passed,
+                            configs_of, show_value, tensors_close)
 
 # %% auto #0
-__all__ = ['KGCOOP_SOURCE', 'KGCOOP_TEMPLATES', 'BENCH_CONFIGS', 'ENTRIES', 'kgcoop_loss', 'KgCoOp']
+__all__ = ['EXERCISES', 'KGCOOP_SOURCE', 'KGCOOP_TEMPLATES', 'BENCH_CONFIGS', 'ENTRIES', 'kgcoop_loss', 'check_kgcoop_loss',
+           'KgCoOp']
 
 # %% ../../nbs/16_kgcoop.ipynb #e261492a
 def kgcoop_loss(text_features: torch.Tensor, hand_features: torch.Tensor,
@@ -22,6 +25,56 @@ def kgcoop_loss(text_features: torch.Tensor, hand_features: torch.Tensor,
     cos = F.cosine_similarity(text_features, hand_features, dim=-1, eps=1e-7)  # (K,)
     return w * (1 - cos.mean())
     # end exercise
+
+# %% ../../nbs/16_kgcoop.ipynb #ea9349f5
+def check_kgcoop_loss(fn: Callable, seed: int = 0) -> None:
+    """Check `fn(text_features, hand_features, w)`, KgCoOp's term, on hidden class features; raises
+    CheckFailed with what is wrong."""
+    name, g = 'check_kgcoop_loss', torch.Generator().manual_seed(seed)
+    unit = lambda K, D: F.normalize(torch.randn(K, D, generator=g), dim=-1)
+    cases = [('unit features', unit(5, 16), unit(5, 16), 8.0),
+             ('unit features', unit(12, 32), unit(12, 32), 1.0),
+             ('features of other lengths', 3 * unit(6, 8), 0.5 * unit(6, 8), 8.0),
+             ('one class', unit(1, 4), unit(1, 4), 2.0),
+             ('w = 0', unit(4, 8), unit(4, 8), 0.0)]
+    t = unit(7, 16)
+    cases += [('equal features', t, t.clone(), 8.0), ('opposite features', t, -t, 8.0)]
+    for kind, t, h, w in cases:
+        case = f'{kind}, K = {len(t)} classes, D = {t.shape[1]}, w = {w}'
+        t0, h0 = t.clone().requires_grad_(), h.clone()
+        got = check_call(name, fn, case, t0, h0, w)
+        want = kgcoop_loss(t, h, w)
+        if not torch.is_tensor(got) or got.numel() != 1:
+            check_fail(name, 'the term is one number (a tensor with one element) for '
+                       f'the whole prompt, not {show_value(got)}.', case)
+        if not got.requires_grad:
+            check_fail(name, 'the result carries no gradient: compute it with torch '
+                       'operations on text_features (no .item(), no .detach()), so that the '
+                       'context learns from it.', case)
+        if tensors_close(got.reshape(()), want, tol=1e-4): continue
+        norms = t.norm(dim=-1).sub(1).abs().max() > 1e-3 or h.norm(dim=-1).sub(1).abs().max() > 1e-3
+        tn, hn = F.normalize(t, dim=-1), F.normalize(h, dim=-1)
+        if w == 0: msg = 'w = 0 is plain CoOp: the term must be 0.'
+        elif tensors_close(got.reshape(()), w * (1 - (tn * hn).sum(-1)).sum(), tol=1e-4):
+            msg = 'sum over the classes gives K times too much: take the mean over the K classes.'
+        elif tensors_close(got.reshape(()), 1 - (tn * hn).sum(-1).mean(), tol=1e-4):
+            msg = 'multiply by the weight w (lambda in the paper).'
+        elif norms:
+            msg = ('the cosine does not depend on the features\' lengths: normalise both sides '
+                   '(or use F.cosine_similarity) before comparing them.')
+        else:
+            msg = ('the term is w * (1 - mean_k cos(t_k, t_k^hand)), the cosine of each class\'s '
+                   'pair of rows: for unit vectors, w/2 times the mean squared distance.')
+        check_fail(name, msg + f' Expected {show_value(want)}, got {show_value(got)}.',
+                   case)
+    check_passed(name, fn, len(cases))
+
+EXERCISES = (Exercise(
+    'kgcoop_loss', '16_kgcoop.ipynb', 'kgcoop_loss', 'check_kgcoop_loss',
+    task='KgCoOp\'s term: w times one minus the mean over the K classes of the cosine between each '
+    'learned class feature and its hand-made one (text_features, hand_features: (K, D)).',
+    hint='F.cosine_similarity(a, b, dim=-1) gives one cosine per row; then the mean, then '
+    'w * (1 - mean)', module='vlprompt.methods.kgcoop'), )
 
 # %% ../../nbs/16_kgcoop.ipynb #b608b9a0
 KGCOOP_SOURCE = ('KgCoOp (CVPR 2023), htyao89/KgCoOp @ c43ccc32, KgCoOp/trainers/kgcoop.py '
