@@ -6,6 +6,7 @@
 from __future__ import annotations
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 from vlprompt.clip import (
     LoadedCLIP,
     VLPromptError,
@@ -69,46 +70,6 @@ class CoOp(nn.Module):
                                 "class name; that layout has the class name at the end only.")
         self.name_lens = (self.eot - n_ctx - 2).tolist()  # tokens between the context and '.'
 
-    def prompts(self) -> torch.Tensor:
-        "Token embeddings (K, L, d) of every class's prompt with the current context."
-        # exercise: prompt_assembly
-        K = len(self.classnames)
-        ctx = self.ctx if self.csc else self.ctx.unsqueeze(0).expand(K, -1, -1)
-        ctx = ctx.to(self.token_prefix.dtype)
-        prefix, suffix = self.token_prefix, self.token_suffix
-        if self.class_token_position == 'end':
-            return torch.cat([prefix, ctx, suffix], dim=1)
-        # end exercise
-        rows, half = [], self.n_ctx // 2
-        for k, n in enumerate(self.name_lens):
-            name, rest = suffix[k:k + 1, :n], suffix[k:k + 1, n:]
-            c = ctx[k:k + 1]
-            parts = (
-                [prefix[k : k + 1], c[:, :half], name, c[:, half:], rest]
-                if self.class_token_position == 'middle'
-                else [prefix[k : k + 1], name, c, rest]
-            )
-            rows.append(torch.cat(parts, dim=1))
-        return torch.cat(rows)
-
-    def text_features(self) -> torch.Tensor:
-        "Normalised class weights (K, D) from the learned prompts, through the shared text encoder."
-        return encode_text_prompted(self.clip.model, self.prompts(), self.eot, normalize=True)
-
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        return clip_logits(image_features, self.text_features(), self.clip.model.logit_scale.exp())
-
-    def for_classes(self, classnames: list[str]) -> 'CoOp':
-        """A CoOp over other class names with a copy of this unified context (base -> new
-        evaluation)."""
-        if self.csc:
-            raise VLPromptError('Class-specific context (csc) is tied to the training classes; it '
-                                'cannot be moved to new classes.')
-        other = CoOp(self.clip, classnames, n_ctx=self.n_ctx, ctx_init=self.ctx_init,
-                     class_token_position=self.class_token_position, ctx_pad=self.ctx_pad)
-        with torch.no_grad(): other.ctx.copy_(self.ctx)
-        return other
-
 def phrase_context(tokenizer, embed: nn.Embedding, phrase: str, n_ctx: int | None = None,
                    pad: bool = False) -> tuple[torch.Tensor, int, str]:
     """The official context from a phrase: (ctx (n_ctx, d), n_ctx, the prompt's text before the
@@ -142,6 +103,52 @@ def _check_length(tokenizer, prompts, context_length, n_ctx):
                             f'takes {context_length}: shorten the prompt length by '
                             f'{need - context_length} or more.')
 
+# %% ../../nbs/11_coop.ipynb #44b7c731
+@patch
+def prompts(self: CoOp) -> torch.Tensor:
+    "Token embeddings (K, L, d) of every class's prompt with the current context."
+    # exercise: prompt_assembly
+    K = len(self.classnames)
+    ctx = self.ctx if self.csc else self.ctx.unsqueeze(0).expand(K, -1, -1)
+    ctx = ctx.to(self.token_prefix.dtype)
+    prefix, suffix = self.token_prefix, self.token_suffix
+    if self.class_token_position == 'end':
+        return torch.cat([prefix, ctx, suffix], dim=1)
+    # end exercise
+    rows, half = [], self.n_ctx // 2
+    for k, n in enumerate(self.name_lens):
+        name, rest = suffix[k:k + 1, :n], suffix[k:k + 1, n:]
+        c = ctx[k:k + 1]
+        parts = (
+            [prefix[k : k + 1], c[:, :half], name, c[:, half:], rest]
+            if self.class_token_position == 'middle'
+            else [prefix[k : k + 1], name, c, rest]
+        )
+        rows.append(torch.cat(parts, dim=1))
+    return torch.cat(rows)
+
+# %% ../../nbs/11_coop.ipynb #61676e79
+@patch
+def text_features(self: CoOp) -> torch.Tensor:
+    "Normalised class weights (K, D) from the learned prompts, through the shared text encoder."
+    return encode_text_prompted(self.clip.model, self.prompts(), self.eot, normalize=True)
+
+@patch
+def forward(self: CoOp, image_features: torch.Tensor) -> torch.Tensor:
+    return clip_logits(image_features, self.text_features(), self.clip.model.logit_scale.exp())
+
+@patch
+def for_classes(self: CoOp, classnames: list[str]) -> 'CoOp':
+    """A CoOp over other class names with a copy of this unified context (base -> new
+    evaluation)."""
+    if self.csc:
+        raise VLPromptError('Class-specific context (csc) is tied to the training classes; it '
+                            'cannot be moved to new classes.')
+    other = CoOp(self.clip, classnames, n_ctx=self.n_ctx, ctx_init=self.ctx_init,
+                 class_token_position=self.class_token_position, ctx_pad=self.ctx_pad)
+    with torch.no_grad(): other.ctx.copy_(self.ctx)
+    return other
+
 # %% ../../nbs/11_coop.ipynb #6db88955
 class CoCoOp(CoOp):
     "CoCoOp: CoOp's unified context plus a Meta-Net shift pi(x) of every context vector, per image."
@@ -156,33 +163,36 @@ class CoCoOp(CoOp):
             self.meta_net = nn.Sequential(nn.Linear(D, D // 16), nn.ReLU(inplace=True),
                                           nn.Linear(D // 16, d)).to(self.ctx.device)
 
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        f = nn.functional.normalize(image_features, dim=-1)
-        pi = self.meta_net(f)  # (B, d)
-        B, K = len(f), len(self.classnames)
-        ctx = (self.ctx.unsqueeze(0) + pi.unsqueeze(1)).to(self.token_prefix.dtype)  # (B, M, d)
-        prompts = torch.cat([self.token_prefix.unsqueeze(0).expand(B, -1, -1, -1),
-                             ctx.unsqueeze(1).expand(-1, K, -1, -1),
-                             # (B, K, L, d)
-                             self.token_suffix.unsqueeze(0).expand(B, -1, -1, -1)], dim=2)
-        t = encode_text_prompted(
-            self.clip.model,
-            prompts.flatten(0, 1),
-            self.eot.repeat(B),
-            normalize=True,
-            # each image's [SOS] + context runs once
-            prefix_groups=B).view(B, K, -1)
-        return self.clip.model.logit_scale.exp() * torch.einsum('bd,bkd->bk', f, t)
+# %% ../../nbs/11_coop.ipynb #e4409309
+@patch
+def forward(self: CoCoOp, image_features: torch.Tensor) -> torch.Tensor:
+    f = nn.functional.normalize(image_features, dim=-1)
+    pi = self.meta_net(f)  # (B, d)
+    B, K = len(f), len(self.classnames)
+    ctx = (self.ctx.unsqueeze(0) + pi.unsqueeze(1)).to(self.token_prefix.dtype)  # (B, M, d)
+    prompts = torch.cat([self.token_prefix.unsqueeze(0).expand(B, -1, -1, -1),
+                         ctx.unsqueeze(1).expand(-1, K, -1, -1),
+                         # (B, K, L, d)
+                         self.token_suffix.unsqueeze(0).expand(B, -1, -1, -1)], dim=2)
+    t = encode_text_prompted(
+        self.clip.model,
+        prompts.flatten(0, 1),
+        self.eot.repeat(B),
+        normalize=True,
+        # each image's [SOS] + context runs once
+        prefix_groups=B).view(B, K, -1)
+    return self.clip.model.logit_scale.exp() * torch.einsum('bd,bkd->bk', f, t)
 
-    def for_classes(self, classnames: list[str]) -> 'CoCoOp':
-        "A CoCoOp over other class names with copies of this context and Meta-Net."
-        other = CoCoOp(self.clip, classnames, n_ctx=self.n_ctx, ctx_init=self.ctx_init)
-        other.load_state_dict(
-            {
-                k: v
-                for k, v in self.state_dict().items() if k in ('ctx', ) or k.startswith('meta_net.')
-            }, strict=False)
-        return other
+@patch
+def for_classes(self: CoCoOp, classnames: list[str]) -> 'CoCoOp':
+    "A CoCoOp over other class names with copies of this context and Meta-Net."
+    other = CoCoOp(self.clip, classnames, n_ctx=self.n_ctx, ctx_init=self.ctx_init)
+    other.load_state_dict(
+        {
+            k: v
+            for k, v in self.state_dict().items() if k in ('ctx', ) or k.startswith('meta_net.')
+        }, strict=False)
+    return other
 
 # %% ../../nbs/11_coop.ipynb #c0e1b002
 def _coop(clip, classnames, template, seed=0, **options):

@@ -8,6 +8,7 @@ import copy
 from functools import partial
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 from ..clip import (LoadedCLIP, VLPromptError, clean_classname, encode_image_prompted,
                            encode_text_prompted, eot_positions)
 from ..train import Method, configs_of
@@ -145,46 +146,54 @@ class MaPLe(nn.Module):
             # independent V_0 .. V_{J-1}
             self.vision_prompts = nn.ParameterList([normal(d_vis) for _ in range(layers(vision))])
 
-    def text_layer_prompts(self) -> list[torch.Tensor]:
-        """[P_0, ..., P_{J-1}], each (n_ctx, d_text): replaced at text positions 1..n_ctx of block
-        i's input (P_0: of the embeddings)."""
-        return [self.ctx, *self.text_prompts] if self.text != 'none' else []
+# %% ../../nbs/14_maple.ipynb #ba8ef7ae
+@patch
+def text_layer_prompts(self: MaPLe) -> list[torch.Tensor]:
+    """[P_0, ..., P_{J-1}], each (n_ctx, d_text): replaced at text positions 1..n_ctx of block
+    i's input (P_0: of the embeddings)."""
+    return [self.ctx, *self.text_prompts] if self.text != 'none' else []
 
-    def vision_layer_prompts(self) -> list[torch.Tensor]:
-        """[V_0, ..., V_{J-1}], each (n_ctx, d_vis): F_i(P_i) with coupling, else the independent
-        prompts; the last n_ctx vision tokens."""
-        if self.vision == 'none': return []
-        # exercise: maple_coupling
-        if self.coupled:
-            return [F_i(P_i) for F_i, P_i in zip(self.couplings, self.text_layer_prompts())]
-        # end exercise
-        return list(self.vision_prompts)
+@patch
+def vision_layer_prompts(self: MaPLe) -> list[torch.Tensor]:
+    """[V_0, ..., V_{J-1}], each (n_ctx, d_vis): F_i(P_i) with coupling, else the independent
+    prompts; the last n_ctx vision tokens."""
+    if self.vision == 'none': return []
+    # exercise: maple_coupling
+    if self.coupled:
+        return [F_i(P_i) for F_i, P_i in zip(self.couplings, self.text_layer_prompts())]
+    # end exercise
+    return list(self.vision_prompts)
 
-    def text_features(self) -> torch.Tensor:
-        "Normalised class weights (K, D) from the prompted text encoder."
-        if self.text == 'none': return self.class_weights
-        return encode_text_prompted(self.clip.model, self.token_embeds, self.eot,
-                                    self.text_layer_prompts(), prompt_start=1, normalize=True)
+# %% ../../nbs/14_maple.ipynb #1b124bf0
+@patch
+def text_features(self: MaPLe) -> torch.Tensor:
+    "Normalised class weights (K, D) from the prompted text encoder."
+    if self.text == 'none': return self.class_weights
+    return encode_text_prompted(self.clip.model, self.token_embeds, self.eot,
+                                self.text_layer_prompts(), prompt_start=1, normalize=True)
 
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised image features (N, D) from the prompted image encoder (prompts appended after
-        the patches)."""
-        return encode_image_prompted(self.clip.model, images, self.vision_layer_prompts(),
-                                     placement='append', normalize=True)
+@patch
+def image_features(self: MaPLe, images: torch.Tensor) -> torch.Tensor:
+    """Normalised image features (N, D) from the prompted image encoder (prompts appended after
+    the patches)."""
+    return encode_image_prompted(self.clip.model, images, self.vision_layer_prompts(),
+                                 placement='append', normalize=True)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        "Logits (N, K) = exp(logit_scale) cos(image, class) for preprocessed images."
-        return self.clip.model.logit_scale.exp() * self.image_features(
-            images) @ self.text_features().t()
+@patch
+def forward(self: MaPLe, images: torch.Tensor) -> torch.Tensor:
+    "Logits (N, K) = exp(logit_scale) cos(image, class) for preprocessed images."
+    return self.clip.model.logit_scale.exp() * self.image_features(
+        images) @ self.text_features().t()
 
-    def for_classes(self, classnames: list[str]) -> 'MaPLe':
-        """The same module over other class names, with copies of every learned tensor (all
-        class-agnostic): base -> new, cross-dataset."""
-        other = MaPLe(self.clip, classnames, self.n_ctx, self.depth, self.coupled, self.text,
-                      self.vision, self.ctx_init)
-        other.load_state_dict({n: p.detach().clone()
-                               for n, p in self.named_parameters()}, strict=False)
-        return other
+@patch
+def for_classes(self: MaPLe, classnames: list[str]) -> 'MaPLe':
+    """The same module over other class names, with copies of every learned tensor (all
+    class-agnostic): base -> new, cross-dataset."""
+    other = MaPLe(self.clip, classnames, self.n_ctx, self.depth, self.coupled, self.text,
+                  self.vision, self.ctx_init)
+    other.load_state_dict({n: p.detach().clone()
+                           for n, p in self.named_parameters()}, strict=False)
+    return other
 
 # %% ../../nbs/14_maple.ipynb #867dd8a7
 # plus Dassl's defaults: momentum 0.9, weight decay 5e-4, 1 warm-up epoch at 1e-5, cosine

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from ..clip import (IMAGENET_TEMPLATES_SELECT, LoadedCLIP, VLPromptError, clean_classname,
                            clip_logits, text_features, zeroshot_weights)
 from ..train import Method, TrainConfig, TrainSet, configs_of, fit
@@ -67,38 +68,43 @@ class TaskRes(nn.Module):
         self.register_buffer('base', base.detach().float().clone().to(device))  # t (K, D), frozen
         self.task_residual = nn.Parameter(torch.zeros_like(self.base))  # x (K, D)
 
-    def classifier(self, alpha: float | None = None) -> torch.Tensor:
-        "t + alpha x (K, D), before normalisation (`alpha` overrides the module's for evaluation)."
-        # exercise: taskres_classifier
-        return self.base + (self.alpha if alpha is None else alpha) * self.task_residual
         # end exercise
 
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        return clip_logits(image_features, self.classifier(), self.logit_scale)
+# %% ../../nbs/13_taskres.ipynb #2b09b414
+@patch
+def classifier(self: TaskRes, alpha: float | None = None) -> torch.Tensor:
+    "t + alpha x (K, D), before normalisation (`alpha` overrides the module's for evaluation)."
+    # exercise: taskres_classifier
+    return self.base + (self.alpha if alpha is None else alpha) * self.task_residual
 
-    def for_classes(self, classnames: list[str], base: torch.Tensor | None = None) -> 'TaskRes':
-        """TaskRes over other class names: a class keeps its residual only under the same name;
-        unseen classes get zero (zero-shot)."""
-        classnames, index = list(classnames), {c: i for i, c in enumerate(self.classnames)}
-        unseen = [c for c in classnames if c not in index]
-        if base is None:
-            if unseen and self.custom_base:
-                raise VLPromptError(f'This TaskRes has a custom base, which has no row for '
-                                    f'{unseen[:3]}; '
-                                    'pass base= (one row per new class name) to for_classes.')
-            fresh = dict(
-                zip(unseen,
-                    taskres_base(self.clip, unseen, self.templates).to(
-                        self.base.device))) if unseen else {}
-            base = torch.stack(
-                [self.base[index[c]] if c in index else fresh[c] for c in classnames])
-        other = TaskRes(self.clip, classnames, self.templates, self.alpha, base,
-                        self.logit_scale_option)
-        other.custom_base = self.custom_base
-        with torch.no_grad():
-            for i, c in enumerate(classnames):
-                if c in index: other.task_residual[i] = self.task_residual[index[c]]
-        return other
+@patch
+def forward(self: TaskRes, image_features: torch.Tensor) -> torch.Tensor:
+    return clip_logits(image_features, self.classifier(), self.logit_scale)
+
+@patch
+def for_classes(self: TaskRes, classnames: list[str], base: torch.Tensor | None = None) -> 'TaskRes':
+    """TaskRes over other class names: a class keeps its residual only under the same name;
+    unseen classes get zero (zero-shot)."""
+    classnames, index = list(classnames), {c: i for i, c in enumerate(self.classnames)}
+    unseen = [c for c in classnames if c not in index]
+    if base is None:
+        if unseen and self.custom_base:
+            raise VLPromptError(f'This TaskRes has a custom base, which has no row for '
+                                f'{unseen[:3]}; '
+                                'pass base= (one row per new class name) to for_classes.')
+        fresh = dict(
+            zip(unseen,
+                taskres_base(self.clip, unseen, self.templates).to(
+                    self.base.device))) if unseen else {}
+        base = torch.stack(
+            [self.base[index[c]] if c in index else fresh[c] for c in classnames])
+    other = TaskRes(self.clip, classnames, self.templates, self.alpha, base,
+                    self.logit_scale_option)
+    other.custom_base = self.custom_base
+    with torch.no_grad():
+        for i, c in enumerate(classnames):
+            if c in index: other.task_residual[i] = self.task_residual[index[c]]
+    return other
 
 # %% ../../nbs/13_taskres.ipynb #f1fa3fb7
 class CLIPAdapter(nn.Module):

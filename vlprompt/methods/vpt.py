@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 
 from ..clip import (LoadedCLIP, VLPromptError, clip_logits, encode_image_prompted, get_clip,
                            zeroshot_weights)
@@ -110,42 +111,49 @@ class VPT(nn.Module):
                                           generator=g))
                 self.head.bias.zero_()
 
-    def features(self, images: torch.Tensor, return_layer_inputs: bool = False):
-        """Image features (N, D) through the prompted encoder (and, on request, each layer's input
-        tokens)."""
-        prompts = self.prompt_dropout(self.prompts)
-        return encode_image_prompted(self.clip.model, images, list(prompts), self.placement,
-                                     return_layer_inputs=return_layer_inputs)
+# %% ../../nbs/15_vpt_spt.ipynb #f18e324c
+@patch
+def features(self: VPT, images: torch.Tensor, return_layer_inputs: bool = False):
+    """Image features (N, D) through the prompted encoder (and, on request, each layer's input
+    tokens)."""
+    prompts = self.prompt_dropout(self.prompts)
+    return encode_image_prompted(self.clip.model, images, list(prompts), self.placement,
+                                 return_layer_inputs=return_layer_inputs)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        f = self.features(images)
-        if self.head_type == 'linear': return self.head(f)
-        return clip_logits(f, self.class_weights, self.clip.model.logit_scale.exp())
+@patch
+def forward(self: VPT, images: torch.Tensor) -> torch.Tensor:
+    f = self.features(images)
+    if self.head_type == 'linear': return self.head(f)
+    return clip_logits(f, self.class_weights, self.clip.model.logit_scale.exp())
 
-    def patch_slice(self) -> slice:
-        "Positions of the patch tokens in a prompted sequence."
-        n, prefix = self.n_prompts, self.shape['prefix']
-        return slice(prefix + n, None) if self.placement == 'after_cls' else slice(
-            prefix, prefix + self.shape['patches'])
+@patch
+def patch_slice(self: VPT) -> slice:
+    "Positions of the patch tokens in a prompted sequence."
+    n, prefix = self.n_prompts, self.shape['prefix']
+    return slice(prefix + n, None) if self.placement == 'after_cls' else slice(
+        prefix, prefix + self.shape['patches'])
 
-    def prepare(self, images, labels=None, val_images=None, val_labels=None, **options) -> dict:
-        """Before training (`vlprompt.train.train_method` calls it): SPT builds the prompts from the
-        preprocessed, un-augmented training images (a tensor, or a sliceable loader such as
-        `vlprompt.data.LazyImages`); VPT's random inits need nothing."""
-        return spt_init(self, images, seed=self.seed, **
-                        options) if self.init in SPT_STRATEGIES else {}
+# %% ../../nbs/15_vpt_spt.ipynb #c5a85460
+@patch
+def prepare(self: VPT, images, labels=None, val_images=None, val_labels=None, **options) -> dict:
+    """Before training (`vlprompt.train.train_method` calls it): SPT builds the prompts from the
+    preprocessed, un-augmented training images (a tensor, or a sliceable loader such as
+    `vlprompt.data.LazyImages`); VPT's random inits need nothing."""
+    return spt_init(self, images, seed=self.seed, **
+                    options) if self.init in SPT_STRATEGIES else {}
 
-    def for_classes(self, classnames: list[str]) -> 'VPT':
-        """The same prompts over other class names (zero-shot head only; a linear head is tied to
-        its classes)."""
-        if self.head_type == 'linear':
-            raise VLPromptError('A linear head is tied to the training classes; only the zero-shot '
-                                'head moves to new classes.')
-        other = VPT(self.clip, classnames, self.n_prompts, self.deep, self.head_type, self.template,
-                    self.placement, init='xavier', dropout=self.prompt_dropout.p)
-        with torch.no_grad(): other.prompts.copy_(self.prompts)
-        other.init, other.prepared = self.init, True
-        return other
+@patch
+def for_classes(self: VPT, classnames: list[str]) -> 'VPT':
+    """The same prompts over other class names (zero-shot head only; a linear head is tied to
+    its classes)."""
+    if self.head_type == 'linear':
+        raise VLPromptError('A linear head is tied to the training classes; only the zero-shot '
+                            'head moves to new classes.')
+    other = VPT(self.clip, classnames, self.n_prompts, self.deep, self.head_type, self.template,
+                self.placement, init='xavier', dropout=self.prompt_dropout.p)
+    with torch.no_grad(): other.prompts.copy_(self.prompts)
+    other.init, other.prepared = self.init, True
+    return other
 
 # %% ../../nbs/15_vpt_spt.ipynb #3bf4e3df
 # the SPT paper's ViT-B/16 backbones as timm names them; weights are fetched only when asked for
