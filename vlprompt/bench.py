@@ -203,9 +203,6 @@ def official_to_kit(state: dict) -> dict:
     for key, value in state.items():
         for old, new in OFFICIAL_RENAMES:
             if key.startswith(old): key = new + key[len(old):]
-        if key.startswith('compound_prompt_projections.'):  # MaPLe's F_1 .. F_{J-1}
-            i, rest = key.split('.', 2)[1:]
-            key = f'couplings.{int(i) + 1}.{rest}'
         if key not in OFFICIAL_FIXED: out[key] = value
     return out
 

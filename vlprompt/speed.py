@@ -343,14 +343,15 @@ def slider_functions(small: bool = False) -> dict:
                               dict(n_ctx=8, shots=16)),
         '12 ProGrad: λ': (partial(bench.base_to_new, 'prograd',
                                   epochs=2 if small else 30), dict(lam=1.0), dict(lam=0.5)),
-        "13 TaskRes: α'": (partial(w.taskres_setting, **(dict(epochs=5, views=2) if small else {})),
+        "13 TaskRes: α'": (partial(w.slider('taskres_setting'),
+                                   **(dict(epochs=5, views=2) if small else {})),
                            dict(alpha=0.5), dict(alpha=0.55)),
-        '13 TaskRes: α in training': (partial(w.taskres_trained_setting,
+        '13 TaskRes: α in training': (partial(w.slider('taskres_trained_setting'),
                                               **(dict(epochs=5, views=2) if small else {})),
                                       dict(alpha=0.25), dict(alpha=1.0)),
-        '14 MaPLe: J, n_ctx': (partial(w.maple_setting,
+        '14 MaPLe: J, n_ctx': (partial(w.slider('maple_setting'),
                                        **sizes), dict(depth=3, n_ctx=2), dict(depth=2, n_ctx=2)),
-        '15 VPT/SPT: N, depth, init': (partial(w.spt_setting, target=36.0, **sizes),
+        '15 VPT/SPT: N, depth, init': (partial(w.slider('spt_setting'), target=36.0, **sizes),
                                        dict(n_prompts=4, depth='deep', init='xavier'),
                                        dict(n_prompts=8, depth='deep', init='xavier')),
     }
@@ -360,8 +361,7 @@ def slider_times(small: bool = False, names=None) -> list[dict]:
     memory (printout and figure included)."""
     import contextlib, io
     from vlprompt import widgets as w
-    from vlprompt.methods.vpt import micro_spt_run
-    micro_spt_run.cache_clear(); w.micro_taskres.cache_clear()  # fresh, as in a new kernel
+    w.clear_memos()  # fresh, as in a new kernel
     rows = []
     for name, (run, start, moved) in slider_functions(small).items():
         if names and name not in names: continue

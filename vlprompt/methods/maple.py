@@ -9,12 +9,14 @@ from functools import partial
 import torch
 import torch.nn as nn
 from fastcore.basics import patch
-from ..clip import (LoadedCLIP, VLPromptError, clean_classname, encode_image_prompted,
+from ..clip import (LoadedCLIP, VLPromptError, clean_classname, encode_image_prompted, get_clip,
                            encode_text_prompted, eot_positions)
+from ..micro import get_task
 from ..train import Method, configs_of
 
 # %% auto #0
-__all__ = ['PROMPT_MODES', 'BENCH_CONFIGS', 'BENCH_METHODS', 'ENTRIES', 'prompt_layout', 'MaPLe']
+__all__ = ['PROMPT_MODES', 'BENCH_CONFIGS', 'BENCH_METHODS', 'OFFICIAL_RENAMES', 'ENTRIES', 'SLIDERS', 'prompt_layout', 'MaPLe',
+           'maple_setting']
 
 # %% ../../nbs/14_maple.ipynb #7e88227a
 def prompt_layout(clip: LoadedCLIP, classnames: list[str], n_ctx: int = 2,
@@ -242,6 +244,11 @@ BENCH_METHODS = {
     'vpt_deep_clip': partial(_build, coupling=False, text='none', n_ctx=8, depth=12),
     'language_deep': partial(_build, coupling=False, vision='none', n_ctx=4, depth=12),
 }
+# the official keys: P_1.. `compound_prompts_text.i`, F_0 `proj`, and F_1 .. F_11 (J <= 12 blocks)
+# `compound_prompt_projections.i`, which is the kit's `couplings.{i + 1}`
+OFFICIAL_RENAMES = (('compound_prompts_text.', 'text_prompts.'), ('proj.', 'couplings.0.'),
+                    *((f'compound_prompt_projections.{i}.', f'couplings.{i + 1}.')
+                      for i in range(11)))
 _B2N = lambda b, n, hm: dict(base2new=(b, n, hm))  # ViT-B/16, 11-dataset avg (methods.md §7)
 ENTRIES = (  # what vlprompt.bench registers. `vpt_deep_clip` is not one: the same model is the VPT
     # notebook's `vpt_deep`, reached here through MaPLe's switches (tests/test_vpt.py)
@@ -251,7 +258,7 @@ ENTRIES = (  # what vlprompt.bench registers. `vpt_deep_clip` is not one: the sa
         configs_of(BENCH_CONFIGS, 'maple'),
         paper=_B2N(82.28, 75.14, 78.55),
         demo=True,
-        official_renames=(('compound_prompts_text.', 'text_prompts.'), ('proj.', 'couplings.0.')),
+        official_renames=OFFICIAL_RENAMES,
     ),
     Method(
         'ivlp',
@@ -267,3 +274,14 @@ ENTRIES = (  # what vlprompt.bench registers. `vpt_deep_clip` is not one: the sa
         paper=_B2N(81.72, 73.81, 77.56),
     ),
 )
+
+# %% ../../nbs/14_maple.ipynb #f57ee5f5
+def maple_setting(bench, depth: int = 3, n_ctx: int = 2, seed: int = 1, **train) -> dict:
+    """MaPLe base-to-new on micro-pairs (`bench.base_to_new`) at prompt depth J and length n_ctx,
+    with its learnable numbers."""
+    r = bench.base_to_new('maple', seed=seed, depth=depth, n_ctx=n_ctx, **train)
+    method = MaPLe(get_clip('micro'),
+                   get_task('micro-pairs').classnames[:1], n_ctx=n_ctx, depth=depth)
+    return dict(r, params=sum(p.numel() for p in method.parameters() if p.requires_grad))
+
+SLIDERS = (maple_setting,)  # found by vlprompt.widgets

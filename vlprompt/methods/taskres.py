@@ -4,18 +4,21 @@
 
 # %% ../../nbs/13_taskres.ipynb #881be9dc
 from __future__ import annotations
+import functools
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
-from ..clip import (IMAGENET_TEMPLATES_SELECT, LoadedCLIP, VLPromptError, clean_classname,
+from ..clip import (IMAGENET_TEMPLATES_SELECT, LoadedCLIP, VLPromptError, clean_classname, get_clip,
                            clip_logits, text_features, zeroshot_weights)
+from ..data import fewshot_splits, load_dataset, subsample_classes
 from ..train import Method, TrainConfig, TrainSet, configs_of, fit
 
 # %% auto #0
-__all__ = ['BENCH_METHODS', 'BENCH_CONFIGS', 'PAPER_NUMBERS', 'ENTRIES', 'bottleneck_adapter', 'taskres_base', 'TaskRes',
-           'CLIPAdapter', 'tip_grid', 'TipAdapter', 'TipAdapterF', 'taskres_epochs', 'taskres_accuracy',
-           'taskres_sweep', 'train_taskres', 'residual_norms']
+__all__ = ['BENCH_METHODS', 'BENCH_CONFIGS', 'PAPER_NUMBERS', 'ENTRIES', 'SLIDERS', 'bottleneck_adapter', 'taskres_base',
+           'TaskRes', 'CLIPAdapter', 'tip_grid', 'TipAdapter', 'TipAdapterF', 'taskres_epochs', 'taskres_accuracy',
+           'taskres_sweep', 'train_taskres', 'residual_norms', 'micro_taskres', 'taskres_setting',
+           'taskres_trained_setting']
 
 # %% ../../nbs/13_taskres.ipynb #873dafd4
 def bottleneck_adapter(dim: int, reduction: int = 4, seed: int = 0) -> nn.Sequential:
@@ -82,7 +85,8 @@ def forward(self: TaskRes, image_features: torch.Tensor) -> torch.Tensor:
     return clip_logits(image_features, self.classifier(), self.logit_scale)
 
 @patch
-def for_classes(self: TaskRes, classnames: list[str], base: torch.Tensor | None = None) -> 'TaskRes':
+def for_classes(self: TaskRes, classnames: list[str],
+                base: torch.Tensor | None = None) -> 'TaskRes':
     """TaskRes over other class names: a class keeps its residual only under the same name;
     unseen classes get zero (zero-shot)."""
     classnames, index = list(classnames), {c: i for i, c in enumerate(self.classnames)}
@@ -408,3 +412,39 @@ def residual_norms(method: TaskRes) -> dict:
     relative = (method.alpha * method.task_residual.norm(dim=-1) / method.base.norm(dim=-1)).cpu()
     return dict(classnames=list(method.classnames), norm=norm, relative=relative,
                 mean_relative=relative.mean().item())
+
+# %% ../../nbs/13_taskres.ipynb #5380bec5
+@functools.lru_cache(maxsize=None)
+def micro_taskres(bench, alpha: float = 0.5, epochs: int = 200, views: int = 10, shots: int = 16,
+                  seed: int = 1) -> dict:
+    """TaskRes trained at `alpha` on micro-pairs' base classes as 13_taskres does (Adam lr 2e-3,
+    batch 256, weight decay 5e-4, `views` flipped views of `shots` images per class, features
+    through `bench.dataset_features`), and the tests it is read on:
+    {'base'|'new': (TaskRes, features, labels)}."""
+    clip = get_clip('micro')
+    data = fewshot_splits(load_dataset('micro-pairs'), shots, seed=seed, cache_dir=None)
+    base, new = subsample_classes(data, 'base'), subsample_classes(data, 'new')
+    train = bench.dataset_features(clip, base, 'train', views=views, augment=True)
+    cfg = TrainConfig(optimizer='adam', lr=2e-3, batch_size=256, epochs=epochs, weight_decay=5e-4,
+                      seed=seed)
+    method = train_taskres(clip, base.classnames, base.template, *train, alpha=alpha, cfg=cfg)
+    (base_f, base_y), (new_f, new_y) = [
+        bench.dataset_features(clip, d, 'test') for d in (base, new)]
+    return {
+        'base': (method, base_f[0], base_y),
+        'new': (method.for_classes(new.classnames), new_f[0], new_y)
+    }
+
+def taskres_setting(bench, alpha: float = 0.5, trained_alpha: float = 0.5, **train) -> dict:
+    """Base and new accuracy of the micro TaskRes trained at `trained_alpha`, read at residual scale
+    `alpha` (no training after the first call)."""
+    return taskres_accuracy(alpha, micro_taskres(bench, trained_alpha, **train))
+
+def taskres_trained_setting(bench, alpha: float = 0.5, **train) -> dict:
+    """The micro TaskRes trained (once) at `alpha`: base and new accuracy, and the residual's share
+    of the classifier |αx| / |t|."""
+    tests = micro_taskres(bench, alpha, **train)
+    return dict(taskres_accuracy(alpha, tests),
+                relative=residual_norms(tests['base'][0])['mean_relative'])
+
+SLIDERS = (taskres_setting, taskres_trained_setting)  # found by vlprompt.widgets

@@ -20,10 +20,11 @@ from ..train import (Method, Track, TrainConfig, TrainSet, augment_micro, config
                             cross_entropy_rule, evaluate, fit)
 
 # %% auto #0
-__all__ = ['SPT_STRATEGIES', 'INITS', 'SPT_BACKBONES', 'BENCH_METHODS', 'BENCH_CONFIGS', 'ENTRIES', 'vit_shape', 'xavier_bound',
-           'VPT', 'timm_backbone', 'micro_task_data', 'layer_tokens', 'assign', 'update_centres', 'lloyd_step',
-           'kmeans_plus_plus', 'KMeansResult', 'kmeans', 'pool_windows', 'token_prototypes', 'spt_init',
-           'nmi_from_joint', 'prompt_patch_nmi', 'layer_nmi', 'fit_tracked', 'micro_spt_run', 'epochs_to']
+__all__ = ['SPT_STRATEGIES', 'INITS', 'SPT_BACKBONES', 'SLIDERS', 'BENCH_METHODS', 'BENCH_CONFIGS', 'ENTRIES', 'vit_shape',
+           'xavier_bound', 'VPT', 'timm_backbone', 'micro_task_data', 'layer_tokens', 'assign', 'update_centres',
+           'lloyd_step', 'kmeans_plus_plus', 'KMeansResult', 'kmeans', 'pool_windows', 'token_prototypes', 'spt_init',
+           'nmi_from_joint', 'prompt_patch_nmi', 'layer_nmi', 'fit_tracked', 'micro_spt_run', 'epochs_to', 'sparkline',
+           'spt_setting']
 
 # %% ../../nbs/15_vpt_spt.ipynb #f13702e5
 def vit_shape(model) -> dict:
@@ -457,6 +458,27 @@ def micro_spt_run(init: str = 'kmeans', n_prompts: int = 4, deep: bool = True, h
 def epochs_to(curve: list[dict], target: float) -> int | None:
     "The first epoch whose accuracy reaches `target` (None if none does)."
     return next((r['epoch'] for r in curve if r['accuracy'] >= target), None)
+
+# %% ../../nbs/15_vpt_spt.ipynb #af9d3986
+def sparkline(values, lo=None, hi=None) -> str:
+    "A row of block characters, one per value."
+    blocks = '▁▂▃▄▅▆▇█'
+    lo, hi = min(values) if lo is None else lo, max(values) if hi is None else hi
+    return ''.join(blocks[min(7, int(8 * (v - lo) / (hi - lo + 1e-12)))] for v in values)
+
+def spt_setting(n_prompts: int = 4, depth: str = 'deep', init: str = 'kmeans', *, target: float,
+                **run) -> dict:
+    """One micro VPT/SPT run (`micro_spt_run`, memoised, seed 1, linear head): test accuracy, the
+    first epoch reaching `target` accuracy, and the NMI and accuracy by epoch as sparklines. `run`
+    overrides micro_spt_run's sizes (epochs, shots)."""
+    r = micro_spt_run(init, n_prompts=n_prompts, deep=depth == 'deep', head='linear', seed=1, **run)
+    nmi = [sum(row['nmi']) / len(row['nmi']) for row in r['curve']]
+    return dict(n_prompts=n_prompts, depth=depth, init=init, accuracy=r['accuracy'],
+                reach=epochs_to(r['curve'], target), nmi_start=nmi[0], nmi_end=nmi[-1],
+                nmi_curve=sparkline(nmi, 0, max(0.2, max(nmi))),
+                acc_curve=sparkline([row['accuracy'] for row in r['curve']], 0, 100))
+
+SLIDERS = (spt_setting,)  # found by vlprompt.widgets
 
 # %% ../../nbs/15_vpt_spt.ipynb #4cdd6719
 def _vpt_builder(deep: bool, init: str):
