@@ -33,14 +33,14 @@ from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone
 
 # %% auto #0
 __all__ = ['METHOD_MODULES', 'PROTOCOLS', 'ENTRIES', 'METHODS', 'CONFIGS', 'RULES', 'GRADIENT_RULES', 'PAPER_BASE2NEW',
-           'PAPER_FEWSHOT_RN50', 'OFFICIAL_RENAMES', 'OFFICIAL_FIXED', 'register_method', 'register_rule',
+           'PAPER_FEWSHOT_RN50', 'OFFICIAL_RENAMES', 'OFFICIAL_FIXED', 'EXERCISES', 'register_method', 'register_rule',
            'run_template', 'run_settings', 'read_official_checkpoint', 'official_to_kit', 'init_learnable',
            'load_official', 'dassl_train_transform', 'dataset_features', 'train_inputs', 'split_inputs', 'accuracy',
            'harmonic_mean', 'overrides', 'run_name', 'run_dir', 'run_dataset', 'config_differences', 'RunLog',
            'checkpoint_epoch', 'use_split_indices', 'run', 'learnable', 'build_method', 'build_run', 'check_split',
-           'finished_metrics', 'run_identity', 'train_run', 'evaluate_method', 'evaluate_run', 'use_checkpoint',
-           'read_config', 'evaluate_official', 'plan', 'grid_datasets', 'write_grid', 'reproduce', 'base_to_new',
-           'summarize', 'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables',
+           'finished_metrics', 'run_identity', 'train_run', 'evaluate_method', 'evaluate_run', 'check_harmonic_mean',
+           'use_checkpoint', 'read_config', 'evaluate_official', 'plan', 'grid_datasets', 'write_grid', 'reproduce',
+           'base_to_new', 'summarize', 'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables',
            'merge_duplicates']
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
@@ -730,6 +730,62 @@ def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = No
     # prepare again, reload the learned tensors, calibrate
     train_run(method, rule, s, clip, train_data, folder=folder)
     return evaluate_method(method, s, clip, data, data_root)
+
+# %% ../nbs/20_benchmark.ipynb #7370eaa0
+import random
+from typing import Callable
+from .train import Exercise, check_call, check_fail, check_passed, show_value
+
+def check_harmonic_mean(fn: Callable, seed: int = 0) -> None:
+    """Check `fn(base, new)`, the harmonic mean of base and new accuracy, on hidden pairs; raises
+    CheckFailed with what is wrong."""
+    from vlprompt.bench import harmonic_mean as solution
+    name, r = 'check_harmonic_mean', random.Random(seed)
+    cases = [(80.0, 60.0), (60.0, 80.0), (70.0, 70.0), (100.0, 0.0), (0.0, 100.0), (0.0, 0.0),
+             (0.9, 0.45)]
+    cases += [(round(r.uniform(0, 100), 2), round(r.uniform(0, 100), 2)) for _ in range(10)]
+    for b, n in cases:
+        case = f'base = {b}, new = {n}'
+        got = check_call(
+            name, fn, case, b, n, explain={
+                ZeroDivisionError: f'HM({b}, {n}) divided by '
+                f'zero: when B + N = 0 the HM is 0.0 by '
+                'convention (a method that gets nothing right). Guard the division.'
+            })
+        try: got = float(got)
+        except (TypeError, ValueError):
+            check_fail(name, f'the harmonic mean should be a number, not {show_value(got)}.', case)
+        want = solution(b, n)
+        if math.isnan(got):
+            check_fail(name, f'HM({b}, {n}) is NaN: when B + N = 0 the HM is 0.0 by convention.',
+                       case)
+        if abs(got - want) <= 1e-9 * max(1.0, abs(want)): continue
+        near = lambda v: abs(got - v) <= 1e-9 * max(1.0, abs(v))
+        if near((b + n) / 2):
+            msg = (f'HM({b}, {n}) should be {want:.4g}; yours, {got:.4g}, is the arithmetic mean '
+                   f'(B + N)/2. The harmonic mean 2BN/(B + N) '
+                   'is pulled towards the smaller of the two, so a high base accuracy cannot hide '
+                   'a poor new-class one.')
+        elif near(math.sqrt(b * n)):
+            msg = (
+                f'HM({b}, {n}) should be 2BN/(B + N) = {want:.4g}; yours, {got:.4g}, is the '
+                f'geometric mean sqrt(BN).'
+            )
+        elif min(b, n) == 0 and b + n > 0:
+            msg = (
+                f"a method with {'new' if n == 0 else 'base'} accuracy 0 has HM 0, whatever the "
+                f"other accuracy: HM({b}, {n}) should be 0.0, yours is {got:.4g}."
+            )
+        elif b + n == 0:
+            msg = f'HM(0, 0) should be 0.0 (nothing right on either side), yours is {got:.4g}.'
+        else: msg = f'HM({b}, {n}) should be 2BN/(B + N) = {want:.4g}, yours is {got:.4g}.'
+        check_fail(name, msg, case)
+    check_passed(name, fn, len(cases))
+
+EXERCISES = (Exercise(
+    'harmonic_mean', '20_benchmark.ipynb', 'harmonic_mean', 'check_harmonic_mean',
+    'Return the harmonic mean HM = 2 B N / (B + N) of the base and new accuracies, and '
+    '0.0 when B + N is 0.', '2BN / (B + N), and 0.0 when B + N is 0', module='vlprompt.bench'), )
 
 # %% ../nbs/20_benchmark.ipynb #a24b0001
 from .train import file_sha256

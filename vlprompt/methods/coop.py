@@ -4,6 +4,7 @@
 
 # %% ../../nbs/11_coop.ipynb #8542294a
 from __future__ import annotations
+from typing import Callable
 import torch
 import torch.nn as nn
 from fastcore.basics import patch
@@ -16,9 +17,11 @@ from vlprompt.clip import (
     eot_positions,
 )
 from ..train import Method, configs_of
+from ..train import (Exercise, check_call, check_clip, check_fail, check_passed, show_value,
+                            tensors_close)
 
 # %% auto #0
-__all__ = ['BENCH_METHODS', 'BENCH_CONFIGS', 'ENTRIES', 'CoOp', 'phrase_context', 'CoCoOp']
+__all__ = ['EXERCISES', 'BENCH_METHODS', 'BENCH_CONFIGS', 'ENTRIES', 'CoOp', 'phrase_context', 'check_prompt_assembly', 'CoCoOp']
 
 # %% ../../nbs/11_coop.ipynb #bf720cef
 class CoOp(nn.Module):
@@ -148,6 +151,96 @@ def for_classes(self: CoOp, classnames: list[str]) -> 'CoOp':
                  class_token_position=self.class_token_position, ctx_pad=self.ctx_pad)
     with torch.no_grad(): other.ctx.copy_(self.ctx)
     return other
+
+# %% ../../nbs/11_coop.ipynb #3bb087c3
+def check_prompt_assembly(fn: Callable, seed: int = 0) -> None:
+    """Check `fn(self)`, CoOp's prompt assembly (`CoOp.prompts`), on CoOp modules with hidden
+    contexts; raises CheckFailed."""
+    from vlprompt.methods.coop import CoOp
+    if isinstance(fn, type): fn = fn.prompts
+    name, g, clip = 'check_prompt_assembly', torch.Generator().manual_seed(seed), check_clip()
+    pool = [
+        'dog', 'red star', 'golden retriever', 'small blue ring', 'airliner', 'green square',
+        'sunflower', 'a very long flower name'
+    ]
+    cases = []
+    for i, (position, csc) in enumerate([(p, c) for p in ('end', 'middle', 'front')
+                                         for c in (False, True)] + [('end', False)]):
+        names = [pool[j] for j in torch.randperm(len(pool), generator=g)[:2 + i % 3].tolist()]
+        coop = CoOp(clip, names, n_ctx=[4, 3, 2, 5, 1, 6, 8][i], csc=csc,
+                    class_token_position=position, seed=seed * 10 + i)
+        cases.append(
+            (
+                (
+                    f"class_token_position={position!r}, csc={csc}, n_ctx={coop.n_ctx},"
+                    f" {len(names)} classes"
+                ),
+                coop,
+            )
+        )
+    cases.append(("context from 'a photo of a', class_token_position='end'",
+                  CoOp(clip, pool[:3], ctx_init='a photo of a')))
+    for case, coop in cases:
+        ctx = coop.ctx.detach().clone()
+        got = check_call(name, fn, case, coop)
+        if not torch.equal(coop.ctx, ctx):
+            check_fail(name, 'your function changed self.ctx; build new tensors instead.', case)
+        want, M, K = CoOp.prompts(coop), coop.n_ctx, len(coop.classnames)
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            check_fail(
+                name,
+                f"the prompts should be (K, L, d) = {tuple(want.shape)}: one row per class, the"
+                f" whole token sequence ([SOS], {M} context vectors, then the class name, '.',"
+                f" [EOS] and padding), of width d; yours are {show_value(got)}.",
+                case,
+            )
+        if tensors_close(got, want):
+            if not (got.requires_grad
+                    and torch.autograd.grad(got.sum(), coop.ctx, allow_unused=True)[0] is not None):
+                check_fail(
+                    name,
+                    'the prompts must stay a function of self.ctx (no .detach(), no'
+                    ' torch.no_grad()): CoOp learns the context through them.',
+                    case,
+                )
+            continue
+        if not tensors_close(got[:, :1], want[:, :1]):
+            msg = 'position 0 of every prompt is [SOS], the buffer self.token_prefix.'
+        elif coop.class_token_position != 'end':
+            msg = (f"for class_token_position={coop.class_token_position!r} the lines after yours "
+                   f"assemble the prompt from your ctx, prefix "
+                   'and suffix: ctx must be (K, M, d), one context per class row, prefix = '
+                   'self.token_prefix and suffix = self.token_suffix.')
+        elif not tensors_close(got[:, 1:1 + M], want[:, 1:1 + M]):
+            if coop.csc and tensors_close(got[:, 1:1 + M], ctx[:1].expand(K, -1, -1)):
+                msg = ('with class-specific context (csc=True) self.ctx is already (K, M, d): '
+                       'class k uses its own self.ctx[k]; '
+                       'only a unified context (M, d) is expanded over the classes.')
+            else:
+                msg = (
+                    f'positions 1..{M} hold the context vectors self.ctx (the same for every class'
+                    ' unless csc).'
+                )
+        else:
+            msg = (
+                "after the context come the fixed tokens of self.token_suffix: the class name, "
+                "'.', [EOS] and padding."
+            )
+        check_fail(name, msg, case)
+    check_passed(name, fn, len(cases))
+
+EXERCISES = (Exercise(
+    'prompt_assembly', '11_coop.ipynb', 'CoOp.prompts', 'check_prompt_assembly',
+    'Build the context `ctx` of shape (K, M, d): the unified context `self.ctx` (M, d) '
+    'expanded over the K classes, or the '
+    'class-specific one (K, M, d) as it is (`self.csc`), in the dtype of the buffers. '
+    'Name `prefix = self.token_prefix` ([SOS]) '
+    'and `suffix = self.token_suffix` (class name, ".", [EOS], padding). For '
+    'class_token_position "end" return '
+    '[SOS], context, suffix concatenated along the sequence; the lines below use ctx, '
+    'prefix and suffix for "middle" and "front".',
+    'expand the unified context to (K, M, d), then concatenate [SOS], context and suffix '
+    'along the sequence (dim 1)', module='vlprompt.methods.coop'), )
 
 # %% ../../nbs/11_coop.ipynb #6db88955
 class CoCoOp(CoOp):

@@ -4,19 +4,22 @@
 
 # %% ../../nbs/14_maple.ipynb #3da87325
 from __future__ import annotations
+from typing import Callable
 import copy
 from functools import partial
 import torch
 import torch.nn as nn
 from fastcore.basics import patch
-from ..clip import (LoadedCLIP, VLPromptError, clean_classname, encode_image_prompted, get_clip,
-                           encode_text_prompted, eot_positions)
+from ..clip import (LoadedCLIP, VLPromptError, clean_classname, encode_image_prompted,
+                           encode_text_prompted, eot_positions, get_clip)
 from ..micro import get_task
 from ..train import Method, configs_of
+from ..train import (Exercise, check_call, check_classnames, check_clip, check_fail,
+                            check_passed, show_value, tensors_close)
 
 # %% auto #0
-__all__ = ['PROMPT_MODES', 'BENCH_CONFIGS', 'BENCH_METHODS', 'OFFICIAL_RENAMES', 'ENTRIES', 'SLIDERS', 'prompt_layout', 'MaPLe',
-           'maple_setting']
+__all__ = ['PROMPT_MODES', 'EXERCISES', 'BENCH_CONFIGS', 'BENCH_METHODS', 'OFFICIAL_RENAMES', 'ENTRIES', 'SLIDERS',
+           'prompt_layout', 'MaPLe', 'check_coupling', 'maple_setting']
 
 # %% ../../nbs/14_maple.ipynb #7e88227a
 def prompt_layout(clip: LoadedCLIP, classnames: list[str], n_ctx: int = 2,
@@ -196,6 +199,98 @@ def for_classes(self: MaPLe, classnames: list[str]) -> 'MaPLe':
     other.load_state_dict({n: p.detach().clone()
                            for n, p in self.named_parameters()}, strict=False)
     return other
+
+# %% ../../nbs/14_maple.ipynb #42c79940
+def check_coupling(fn: Callable, seed: int = 0) -> None:
+    """Check `fn(self)`, MaPLe's vision prompts F_i(P_i) (`MaPLe.vision_layer_prompts`), on MaPLe
+    modules with hidden weights."""
+    from vlprompt.methods.maple import MaPLe
+    name, g, clip, names = 'check_coupling', torch.Generator().manual_seed(
+        seed), check_clip(), check_classnames()[:3]
+    settings = [
+        dict(n_ctx=2, depth=3),
+        dict(n_ctx=2, depth=1),
+        dict(n_ctx=3, depth=4),
+        dict(n_ctx=1, depth=2),
+        dict(n_ctx=2, depth=3, vision='shallow'),
+        dict(n_ctx=2, depth=2, coupling=False),
+        dict(n_ctx=2, depth=2, coupling=False, vision='none')
+    ]
+    for i, options in enumerate(settings):
+        m = MaPLe(clip, names, seed=seed * 10 + i, **options)
+        with torch.no_grad():
+            for p in m.parameters():
+                # the deeper couplings no longer start alike
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        case = ', '.join(f'{k}={v!r}'
+                         for k, v in options.items()) + (f' ({len(m.couplings)} coupling layers)'
+                                                         if m.coupled else '')
+        got = check_call(name, fn, case, m)
+        want = MaPLe.vision_layer_prompts(m)
+        if not isinstance(got, (list, tuple)):
+            check_fail(
+                name,
+                f'return a list of tensors, one per prompted vision layer, not {show_value(got)}.',
+                case)
+        if len(got) != len(want):
+            what = (
+                'one per coupling layer F_0 .. F_{J-1}'
+                if m.coupled
+                else 'one per prompted vision layer'
+            )
+            check_fail(
+                name,
+                f'there should be {len(want)} vision prompts here ({what}); yours has {len(got)}.',
+                case)
+        P = m.text_layer_prompts()
+        for d, (v, w) in enumerate(zip(got, want)):
+            if not isinstance(v, torch.Tensor) or v.shape != w.shape:
+                check_fail(
+                    name,
+                    f'vision prompt {d} should be (n_ctx, d_vision) = {tuple(w.shape)}, not'
+                    f' {show_value(v)}.',
+                    case,
+                )
+            if tensors_close(v, w): continue
+            if not m.coupled:
+                msg = ('without coupling (IVLP) the vision prompts are the independent tensors '
+                       'self.vision_prompts: write your line under '
+                       '`if self.coupled:` and let the line after it return them.')
+            elif d > 0 and tensors_close(v, m.couplings[d](P[0])):
+                msg = (
+                    f'vision prompt {d} comes from the language prompt of the same depth, P_{d} ='
+                    f' self.text_layer_prompts()[{d}], not from the context P_0.'
+                )
+            elif d > 0 and tensors_close(v, m.couplings[0](P[d])):
+                msg = (
+                    f'each depth has its own coupling layer: vision prompt {d} is'
+                    f' self.couplings[{d}](P_{d}), not self.couplings[0](P_{d}).'
+                )
+            else:
+                msg = (
+                    f'vision prompt {d} should be F_{d}(P_{d}) ='
+                    f' self.couplings[{d}](self.text_layer_prompts()[{d}]).'
+                )
+            check_fail(name, msg, case)
+        if m.coupled:
+            total = sum(v.sum() for v in got)
+            grads = torch.autograd.grad(total, [m.ctx, m.couplings[0].weight],
+                                        allow_unused=True) if total.requires_grad else [None]
+            if any(gr is None or not gr.any() for gr in grads):
+                check_fail(
+                    name, 'the vision prompts must stay functions of the language prompts and '
+                    'the coupling layers (no .detach()): '
+                    'in MaPLe a loss on the image side trains P_i through F_i.', case)
+    check_passed(name, fn, len(settings))
+
+EXERCISES = (Exercise(
+    'maple_coupling', '14_maple.ipynb', 'MaPLe.vision_layer_prompts', 'check_coupling',
+    'With coupling (`self.coupled`) return the vision prompts F_i(P_i), one per coupling '
+    'layer: `self.couplings[i]` applied '
+    'to the language prompt of the same depth, `self.text_layer_prompts()[i]`. Without '
+    'coupling let the line below return the independent prompts.',
+    'with coupling, vision prompt i is F_i(P_i): coupling layer i applied to the language '
+    'prompt of depth i', module='vlprompt.methods.maple'), )
 
 # %% ../../nbs/14_maple.ipynb #867dd8a7
 # plus Dassl's defaults: momentum 0.9, weight decay 5e-4, 1 warm-up epoch at 1e-5, cosine

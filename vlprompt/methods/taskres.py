@@ -4,21 +4,24 @@
 
 # %% ../../nbs/13_taskres.ipynb #881be9dc
 from __future__ import annotations
+from typing import Callable
 import functools
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
-from ..clip import (IMAGENET_TEMPLATES_SELECT, LoadedCLIP, VLPromptError, clean_classname, get_clip,
-                           clip_logits, text_features, zeroshot_weights)
+from ..clip import (IMAGENET_TEMPLATES_SELECT, LoadedCLIP, VLPromptError, clean_classname,
+                           clip_logits, get_clip, text_features, zeroshot_weights)
 from ..data import fewshot_splits, load_dataset, subsample_classes
 from ..train import Method, TrainConfig, TrainSet, configs_of, fit
+from ..train import (Exercise, check_call, check_classnames, check_clip, check_fail,
+                            check_passed, show_value, tensors_close)
 
 # %% auto #0
-__all__ = ['BENCH_METHODS', 'BENCH_CONFIGS', 'PAPER_NUMBERS', 'ENTRIES', 'SLIDERS', 'bottleneck_adapter', 'taskres_base',
-           'TaskRes', 'CLIPAdapter', 'tip_grid', 'TipAdapter', 'TipAdapterF', 'taskres_epochs', 'taskres_accuracy',
-           'taskres_sweep', 'train_taskres', 'residual_norms', 'micro_taskres', 'taskres_setting',
-           'taskres_trained_setting']
+__all__ = ['EXERCISES', 'BENCH_METHODS', 'BENCH_CONFIGS', 'PAPER_NUMBERS', 'ENTRIES', 'SLIDERS', 'bottleneck_adapter',
+           'taskres_base', 'TaskRes', 'check_taskres_classifier', 'CLIPAdapter', 'tip_grid', 'TipAdapter',
+           'TipAdapterF', 'taskres_epochs', 'taskres_accuracy', 'taskres_sweep', 'train_taskres', 'residual_norms',
+           'micro_taskres', 'taskres_setting', 'taskres_trained_setting']
 
 # %% ../../nbs/13_taskres.ipynb #873dafd4
 def bottleneck_adapter(dim: int, reduction: int = 4, seed: int = 0) -> nn.Sequential:
@@ -109,6 +112,102 @@ def for_classes(self: TaskRes, classnames: list[str],
         for i, c in enumerate(classnames):
             if c in index: other.task_residual[i] = self.task_residual[index[c]]
     return other
+
+# %% ../../nbs/13_taskres.ipynb #c07091dd
+def check_taskres_classifier(fn: Callable, seed: int = 0) -> None:
+    """Check `fn(self, alpha=None)`, TaskRes's classifier t + alpha x, on TaskRes modules with
+    hidden residuals; raises CheckFailed."""
+    from vlprompt.methods.taskres import TaskRes
+    name, g, clip, pool = 'check_taskres_classifier', torch.Generator().manual_seed(
+        seed), check_clip(), check_classnames()
+    def module(k, alpha, residual=True):
+        names = [pool[i] for i in torch.randperm(len(pool), generator=g)[:k].tolist()]
+        m = TaskRes(clip, names, alpha=alpha)
+        if residual:
+            with torch.no_grad():
+                m.task_residual.copy_(
+                    torch.randn(m.base.shape, generator=g) * m.base.norm(dim=-1, keepdim=True) / 8)
+        return m
+    m_zero, m_half, m_one = module(5, 0.5, residual=False), module(7, 0.5), module(4, 1.0)
+    cases = [('the residual x is zero (its initial value)', m_zero, None),
+             ("alpha=None: the module's alpha = 0.5", m_half, None),
+             ('alpha = 0 given explicitly', m_half, 0.0),
+             ("alpha = 1.7 given (the module's is 0.5)", m_half, 1.7),
+             ("alpha=None: the module's alpha = 1.0", m_one, None),
+             ("alpha = 0.25 given (the module's is 1.0)", m_one, 0.25)]
+    for case, m, alpha in cases:
+        base, residual = m.base.clone(), m.task_residual.detach().clone()
+        got = check_call(name, fn, case, m) if alpha is None else check_call(
+            name, fn, case, m, alpha)
+        if not (torch.equal(m.base, base) and torch.equal(m.task_residual, residual)):
+            check_fail(
+                name,
+                'your classifier changed the module (self.base or self.task_residual); compute a'
+                ' new tensor instead.',
+                case,
+            )
+        want, a = TaskRes.classifier(m, alpha), m.alpha if alpha is None else alpha
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            check_fail(
+                name,
+                f'the classifier should be a tensor (K, D) = {tuple(want.shape)}, one row per'
+                f' class, not {show_value(got)}.',
+                case,
+            )
+        if tensors_close(got, want):
+            if a != 0 and not (got.requires_grad and torch.autograd.grad(
+                    got.sum(), m.task_residual, allow_unused=True)[0] is not None):
+                check_fail(
+                    name,
+                    'the classifier must stay a function of the residual (no .detach(), no'
+                    ' torch.no_grad()): TaskRes learns x through it.',
+                    case,
+                )
+            continue
+        if tensors_close(got, F.normalize(want, dim=-1)):
+            msg = ('return t + alpha x before normalisation: clip_logits normalises the classifier '
+                   '(and the image features) when it '
+                   'computes the logits, and the checks compare the raw classifier with the base '
+                   't.')
+        elif tensors_close(got, F.normalize(base, dim=-1) + a * F.normalize(residual, dim=-1)):
+            msg = (
+                'add first, normalise after: the classifier is t + alpha x, not t/|t| + alpha'
+                ' x/|x|.'
+            )
+        elif alpha is not None and tensors_close(got, base + m.alpha * residual):
+            msg = (f"an explicit alpha overrides the module's: classifier(alpha={alpha}) should "
+                   f"use {alpha}, not self.alpha = {m.alpha} "
+                   "(that is how `taskres_accuracy` evaluates a trained residual at another "
+                   "alpha').")
+        elif residual.any() and a != 1 and tensors_close(got, base + residual):
+            msg = (
+                f'the residual enters scaled by alpha: t + alpha x with alpha = {a}; yours adds x'
+                ' unscaled.'
+            )
+        elif residual.any() and tensors_close(got, a * base + residual):
+            msg = 'alpha scales the residual x, not the base t: the classifier is t + alpha x.'
+        elif not residual.any():
+            msg = (
+                'with x = 0 (the residual\'s initial value) the classifier should be the base t'
+                ' itself: TaskRes starts at zero-shot CLIP.'
+            )
+        else:
+            msg = (
+                'the classifier should be t + alpha x = self.base + alpha * self.task_residual,'
+                f' with alpha = {a} here.'
+            )
+        check_fail(name, msg, case)
+    check_passed(name, fn, len(cases))
+
+EXERCISES = (Exercise(
+    'taskres_classifier', '13_taskres.ipynb', 'TaskRes.classifier',
+    'check_taskres_classifier',
+    'Return the classifier t + alpha x of shape (K, D), before normalisation (clip_logits '
+    'normalises it): t is the frozen '
+    'base `self.base`, x the learned residual `self.task_residual`, and alpha the '
+    'argument `alpha`, or the module\'s own `self.alpha` when it is None.',
+    "the classifier is t + alpha x before normalisation; alpha=None means the module's "
+    "own self.alpha", module='vlprompt.methods.taskres'), )
 
 # %% ../../nbs/13_taskres.ipynb #f1fa3fb7
 class CLIPAdapter(nn.Module):
