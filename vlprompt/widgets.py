@@ -10,7 +10,8 @@ from . import bench
 from .clip import VLPromptError
 
 # %% auto #0
-__all__ = ['Choices', 'choices', 'positions', 'settings_key', 'explorer', 'bars', 'sliders', 'slider', 'clear_memos']
+__all__ = ['Choices', 'choices', 'positions', 'settings_key', 'explorer', 'bars', 'slider_specs', 'sliders', 'slider',
+           'clear_memos']
 
 # %% ../nbs/30_widgets.ipynb #773d0513
 class Choices(NamedTuple):
@@ -130,17 +131,25 @@ def bars(*keys: str, ylim=(0, 100), ylabel: str = 'accuracy (%)'):
     return plot
 
 # %% ../nbs/30_widgets.ipynb #a1c0e7d4
-def sliders() -> dict:
-    """Every slider function the method modules declare (their `SLIDERS`), by name, ready to call:
-    one whose first parameter is `bench` gets `vlprompt.bench` (the protocols)."""
-    found = {}
+def _bound(fn: Callable) -> Callable:
+    "`fn` with `vlprompt.bench` passed as its first argument when that parameter is named `bench`."
+    if next(iter(inspect.signature(fn).parameters), None) != 'bench': return fn
+    return functools.update_wrapper(functools.partial(fn, bench), fn)
+
+def slider_specs() -> dict:
+    """Every slider the method modules declare (their `SLIDERS`: label -> `run`, a `start` and a
+    `moved` setting, `full` and `small` sizes), in the order of the method modules, with `run`
+    ready to call."""
+    specs = {}
     for name in bench.METHOD_MODULES:
         module = importlib.import_module(f'vlprompt.methods.{name}')
-        for fn in getattr(module, 'SLIDERS', ()):
-            first = next(iter(inspect.signature(fn).parameters), None)
-            bound = functools.partial(fn, bench) if first == 'bench' else fn
-            found[fn.__name__] = functools.update_wrapper(bound, fn) if bound is not fn else fn
-    return found
+        for label, spec in getattr(module, 'SLIDERS', {}).items():
+            specs[label] = dict(spec, run=_bound(spec['run']))
+    return specs
+
+def sliders() -> dict:
+    "The method modules' slider functions by name, ready to call (see `slider_specs`)."
+    return {spec['run'].__name__: spec['run'] for spec in slider_specs().values()}
 
 def slider(name: str) -> Callable:
     "The slider function `name` of a method module (see `sliders`)."

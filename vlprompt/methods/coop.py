@@ -21,7 +21,8 @@ from ..train import (Exercise, check_call, check_clip, check_fail, check_passed,
                             tensors_close)
 
 # %% auto #0
-__all__ = ['EXERCISES', 'BENCH_METHODS', 'BENCH_CONFIGS', 'ENTRIES', 'CoOp', 'phrase_context', 'check_prompt_assembly', 'CoCoOp']
+__all__ = ['EXERCISES', 'SLIDERS', 'BENCH_METHODS', 'BENCH_CONFIGS', 'ENTRIES', 'CoOp', 'phrase_context', 'check_prompt_assembly',
+           'coop_setting', 'CoCoOp']
 
 # %% ../../nbs/11_coop.ipynb #bf720cef
 class CoOp(nn.Module):
@@ -241,6 +242,17 @@ EXERCISES = (Exercise(
     'prefix and suffix for "middle" and "front".',
     'expand the unified context to (K, M, d), then concatenate [SOS], context and suffix '
     'along the sequence (dim 1)', module='vlprompt.methods.coop'), )
+
+# %% ../../nbs/11_coop.ipynb #d52b5f28
+def coop_setting(bench, n_ctx: int = 4, shots: int = 16, **train) -> dict:
+    """CoOp base-to-new on micro-pairs (`bench.base_to_new`) with n_ctx random context vectors and
+    `shots` per base class: base, new, HM (seed 1)."""
+    return bench.base_to_new('coop', n_ctx=n_ctx, shots=shots, ctx_init=None, **train)
+
+# the notebook's sliders, for vlprompt.widgets: label -> function, start and moved setting, sizes
+SLIDERS = {'11 CoOp: M, shots': dict(run=coop_setting, start=dict(n_ctx=4, shots=16),
+                                     moved=dict(n_ctx=8, shots=16), full=dict(epochs=30),
+                                     small=dict(epochs=3))}
 
 # %% ../../nbs/11_coop.ipynb #6db88955
 class CoCoOp(CoOp):

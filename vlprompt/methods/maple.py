@@ -379,4 +379,7 @@ def maple_setting(bench, depth: int = 3, n_ctx: int = 2, seed: int = 1, **train)
                    get_task('micro-pairs').classnames[:1], n_ctx=n_ctx, depth=depth)
     return dict(r, params=sum(p.numel() for p in method.parameters() if p.requires_grad))
 
-SLIDERS = (maple_setting,)  # found by vlprompt.widgets
+# the notebook's slider, for vlprompt.widgets: label -> function, start and moved setting, sizes
+SLIDERS = {'14 MaPLe: J, n_ctx': dict(run=maple_setting, start=dict(depth=3, n_ctx=2),
+                                      moved=dict(depth=2, n_ctx=2), full={},
+                                      small=dict(epochs=1, shots=2))}

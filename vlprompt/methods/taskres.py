@@ -546,4 +546,12 @@ def taskres_trained_setting(bench, alpha: float = 0.5, **train) -> dict:
     return dict(taskres_accuracy(alpha, tests),
                 relative=residual_norms(tests['base'][0])['mean_relative'])
 
-SLIDERS = (taskres_setting, taskres_trained_setting)  # found by vlprompt.widgets
+# the notebook's sliders, found by vlprompt.widgets: label -> the function, a start and a moved
+# setting (`vlprompt bench --sliders` times them), and its sizes at full scale and under nbdev_test
+SLIDERS = {
+    "13 TaskRes: α'": dict(run=taskres_setting, start=dict(alpha=0.5), moved=dict(alpha=0.55),
+                           full={}, small=dict(epochs=5, views=2)),
+    '13 TaskRes: α in training': dict(run=taskres_trained_setting, start=dict(alpha=0.25),
+                                      moved=dict(alpha=1.0), full={},
+                                      small=dict(epochs=5, views=2)),
+}

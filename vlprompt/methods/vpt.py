@@ -677,7 +677,11 @@ def spt_setting(n_prompts: int = 4, depth: str = 'deep', init: str = 'kmeans', *
                 nmi_curve=sparkline(nmi, 0, max(0.2, max(nmi))),
                 acc_curve=sparkline([row['accuracy'] for row in r['curve']], 0, 100))
 
-SLIDERS = (spt_setting,)  # found by vlprompt.widgets
+# the notebook's slider, for vlprompt.widgets: label -> function, start and moved setting, sizes
+SLIDERS = {'15 VPT/SPT: N, depth, init': dict(
+    run=spt_setting, start=dict(n_prompts=4, depth='deep', init='xavier'),
+    moved=dict(n_prompts=8, depth='deep', init='xavier'), full=dict(target=36.0),
+    small=dict(target=36.0, epochs=1, shots=2))}
 
 # %% ../../nbs/15_vpt_spt.ipynb #4cdd6719
 def _vpt_builder(deep: bool, init: str):
