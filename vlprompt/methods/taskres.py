@@ -74,14 +74,13 @@ class TaskRes(nn.Module):
         self.register_buffer('base', base.detach().float().clone().to(device))  # t (K, D), frozen
         self.task_residual = nn.Parameter(torch.zeros_like(self.base))  # x (K, D)
 
-        # end exercise
-
 # %% ../../nbs/13_taskres.ipynb #2b09b414
 @patch
 def classifier(self: TaskRes, alpha: float | None = None) -> torch.Tensor:
     "t + alpha x (K, D), before normalisation (`alpha` overrides the module's for evaluation)."
     # exercise: taskres_classifier
     return self.base + (self.alpha if alpha is None else alpha) * self.task_residual
+    # end exercise
 
 @patch
 def forward(self: TaskRes, image_features: torch.Tensor) -> torch.Tensor:
