@@ -293,51 +293,6 @@ class TipAdapter(nn.Module):
         self._set_cache(F.normalize(F.normalize(train_features, dim=-1).mean(0), dim=-1),
                         train_labels)
 
-    def tip_logits(self, image_features: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-        zero_shot = clip_logits(image_features, self.class_weights, 100.)  # 100 cos(f, w)
-        affinity = F.normalize(image_features, dim=-1) @ self.cache_keys.t()  # (B, N*K)
-        return zero_shot + alpha * torch.exp(-beta * (1 - affinity)) @ self.cache_values
-
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        return self.tip_logits(image_features, self.alpha, self.beta)
-
-    @torch.no_grad()
-    def search(self, val_features: torch.Tensor, val_labels: torch.Tensor) -> dict:
-        """The official grid search of beta and alpha on the val split (first best, beta outer);
-        sets both and returns the result."""
-        f = val_features.to(self.class_weights.device)
-        y = val_labels.to(f.device)
-        zero_shot, affinity = clip_logits(f, self.class_weights,
-                                          100.), F.normalize(f, dim=-1) @ self.cache_keys.t()
-        best = dict(acc=-1.0, alpha=self.alpha, beta=self.beta)
-        for beta in tip_grid(self.search_scale[0], self.search_step[0]):
-            cache = torch.exp(-beta * (1 - affinity)) @ self.cache_values
-            for alpha in tip_grid(self.search_scale[1], self.search_step[1]):
-                acc = 100 * ((zero_shot + alpha * cache).argmax(-1) == y).float().mean().item()
-                if acc > best['acc']: best = dict(acc=acc, alpha=alpha, beta=beta)
-        self.alpha, self.beta, self.search_result = best['alpha'], best['beta'], best
-        return best
-
-    def prepare(self, train_features, train_labels, val_features=None, val_labels=None):
-        """Build the cache from the training features, then search alpha and beta on val (kept as
-        given without val)."""
-        self.build_cache(train_features, train_labels)
-        if val_features is not None: self.search(val_features, val_labels)
-        return self
-
-    def for_classes(self, classnames: list[str]) -> 'TipAdapter':
-        """Over other class names: cache entries are kept for the same class names only; a class
-        without entries gets the zero-shot logit."""
-        other = type(self)(self.clip, classnames, self.templates, self.alpha, self.beta,
-                           self.search_scale, self.search_step)
-        where = {c: i for i, c in enumerate(other.classnames)}
-        old_labels = self.cache_values.argmax(-1).tolist() if len(self.cache_values) else []
-        keep = [j for j, k in enumerate(old_labels) if self.classnames[k] in where]
-        labels = torch.tensor([where[self.classnames[old_labels[j]]] for j in keep],
-                              dtype=torch.long)
-        other._set_cache(self.cache_keys.detach()[keep], labels)
-        return other
-
 class TipAdapterF(TipAdapter):
     """Tip-Adapter-F: the cache keys become learnable (a linear layer initialised from the cache);
     alpha, beta searched on val after training."""
@@ -351,6 +306,60 @@ class TipAdapterF(TipAdapter):
     def calibrate(self, val_features, val_labels) -> dict:
         "After training: search alpha and beta on val with the learned keys."
         return self.search(val_features, val_labels)
+
+# %% ../../nbs/13_taskres.ipynb #29712d75
+@patch
+def tip_logits(self: TipAdapter, image_features: torch.Tensor, alpha: float,
+               beta: float) -> torch.Tensor:
+    zero_shot = clip_logits(image_features, self.class_weights, 100.)  # 100 cos(f, w)
+    affinity = F.normalize(image_features, dim=-1) @ self.cache_keys.t()  # (B, N*K)
+    return zero_shot + alpha * torch.exp(-beta * (1 - affinity)) @ self.cache_values
+
+@patch
+def forward(self: TipAdapter, image_features: torch.Tensor) -> torch.Tensor:
+    return self.tip_logits(image_features, self.alpha, self.beta)
+
+# %% ../../nbs/13_taskres.ipynb #e6123270
+@patch
+@torch.no_grad()
+def search(self: TipAdapter, val_features: torch.Tensor,
+           val_labels: torch.Tensor) -> dict:
+    """The official grid search of beta and alpha on the val split (first best, beta outer);
+    sets both and returns the result."""
+    f = val_features.to(self.class_weights.device)
+    y = val_labels.to(f.device)
+    zero_shot, affinity = clip_logits(f, self.class_weights,
+                                      100.), F.normalize(f, dim=-1) @ self.cache_keys.t()
+    best = dict(acc=-1.0, alpha=self.alpha, beta=self.beta)
+    for beta in tip_grid(self.search_scale[0], self.search_step[0]):
+        cache = torch.exp(-beta * (1 - affinity)) @ self.cache_values
+        for alpha in tip_grid(self.search_scale[1], self.search_step[1]):
+            acc = 100 * ((zero_shot + alpha * cache).argmax(-1) == y).float().mean().item()
+            if acc > best['acc']: best = dict(acc=acc, alpha=alpha, beta=beta)
+    self.alpha, self.beta, self.search_result = best['alpha'], best['beta'], best
+    return best
+
+@patch
+def prepare(self: TipAdapter, train_features, train_labels, val_features=None, val_labels=None):
+    """Build the cache from the training features, then search alpha and beta on val (kept as
+    given without val)."""
+    self.build_cache(train_features, train_labels)
+    if val_features is not None: self.search(val_features, val_labels)
+    return self
+
+@patch
+def for_classes(self: TipAdapter, classnames: list[str]) -> 'TipAdapter':
+    """Over other class names: cache entries are kept for the same class names only; a class
+    without entries gets the zero-shot logit."""
+    other = type(self)(self.clip, classnames, self.templates, self.alpha, self.beta,
+                       self.search_scale, self.search_step)
+    where = {c: i for i, c in enumerate(other.classnames)}
+    old_labels = self.cache_values.argmax(-1).tolist() if len(self.cache_values) else []
+    keep = [j for j, k in enumerate(old_labels) if self.classnames[k] in where]
+    labels = torch.tensor([where[self.classnames[old_labels[j]]] for j in keep],
+                          dtype=torch.long)
+    other._set_cache(self.cache_keys.detach()[keep], labels)
+    return other
 
 # %% ../../nbs/13_taskres.ipynb #809d5f3a
 def taskres_epochs(shots: int) -> int:
