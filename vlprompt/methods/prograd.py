@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ..clip import VLPromptError, clip_logits, image_features, zeroshot_weights
 from .coop import CoOp
-from ..train import Method, Rule
+from ..train import Method, Rule, method_loss
 
 # %% auto #0
 __all__ = ['PROGRAD_SOURCE', 'PROGRAD_TEMPLATES', 'BENCH_CONFIGS', 'ENTRIES', 'RULE_ENTRIES', 'prograd_project', 'ProGradRule',
@@ -47,14 +47,13 @@ class ProGradRule:
         self.conflicts: list[bool] = []
 
     def losses(self, method, x, y):
-        """Cross-entropy on the labels and KL(p_zs || p) to the zero-shot teacher, from one forward
-        pass."""
-        logits = method(x)
+        """The method's loss (cross-entropy on the labels, plus its own terms if it has any) and
+        KL(p_zs || p) to the zero-shot teacher, from one forward pass."""
+        ce, logits = method_loss(method, x, y)
         with torch.no_grad():
             feats = x if self.image_encoder is None else self.image_encoder(x)
             teacher = clip_logits(feats, self.teacher_weights.to(x.device), self.logit_scale)
         T = self.temperature
-        ce = F.cross_entropy(logits, y)
         kl = F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(teacher / T, -1),
                       log_target=True, reduction='batchmean') * T * T
         return ce, kl
