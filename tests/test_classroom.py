@@ -14,7 +14,7 @@ from vlprompt.clip import VLPromptError
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT/'nbs'
-CHECK = {name: getattr(classroom, e.check) for name, e in EXERCISES.items()}
+CHECK = {name: e.grader for name, e in EXERCISES.items()}
 
 
 def solution(name):
@@ -283,7 +283,7 @@ def grade_notebook_dict(nb: dict) -> list:
 def test_solving_the_stubs_gives_back_the_solution(notebook, lab):
     "Only the marked lines differ: a student who writes the solution's lines has the solution notebook's code, plus the checks."
     solved = _splice_solutions(classroom.read_notebook(lab/notebook), classroom.read_notebook(NBS/notebook))
-    added = lambda s: s == classroom.QUICK_CELL or s.startswith('from vlprompt.classroom import check_')
+    added = lambda s: s == classroom.QUICK_CELL or (s.startswith('from vlprompt.') and ' import check_' in s)
     code = [classroom._source(c) for c in solved['cells'] if c['cell_type'] == 'code' and not added(classroom._source(c))]
     assert code == [classroom._source(c) for c in classroom.read_notebook(NBS/notebook)['cells'] if c['cell_type'] == 'code']
     assert all(r['passed'] for r in grade_notebook_dict(solved))

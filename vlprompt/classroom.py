@@ -4,7 +4,7 @@
 
 # %% ../nbs/60_classroom.ipynb #7e4edc8d
 from __future__ import annotations
-import contextlib, copy, functools, hashlib, io, json, math, random, re, sys
+import contextlib, copy, functools, hashlib, importlib, io, json, math, random, re, sys
 import textwrap, types, warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,29 +14,21 @@ import torch
 import torch.nn.functional as F
 
 from .clip import VLPromptError, suggest
+from .train import (CheckFailed, Exercise, check_call, check_classnames, check_clip,
+                            check_fail, check_passed, show_value, tensors_close)
+from .bench import METHOD_MODULES
 
 # %% auto #0
-__all__ = ['EXERCISES', 'QUICK_CELL', 'REPO', 'COLAB_BADGE_IMAGE', 'COLAB_INSTALL_CELL', 'COLAB_GPU_METADATA', 'Exercise',
-           'get_exercise', 'find_exercises', 'stub_lines', 'stub_source', 'read_notebook', 'notebook_exercises',
-           'student_notebook', 'solution_dir', 'write_exercises', 'CheckFailed', 'check_prograd',
-           'check_taskres_classifier', 'check_prompt_assembly', 'check_coupling', 'check_pooling_init', 'check_nmi',
-           'check_harmonic_mean', 'check_fewshot', 'notebook_module', 'grade_notebook', 'colab_url', 'colab_badge',
-           'World', 'pick_world', 'real_run']
+__all__ = ['EXERCISES', 'QUICK_CELL', 'REPO', 'COLAB_BADGE_IMAGE', 'COLAB_INSTALL_CELL', 'COLAB_GPU_METADATA', 'get_exercise',
+           'collect_exercises', 'find_exercises', 'stub_lines', 'stub_source', 'read_notebook', 'notebook_exercises',
+           'student_notebook', 'solution_dir', 'write_exercises', 'check_taskres_classifier', 'check_prompt_assembly',
+           'check_coupling', 'check_pooling_init', 'check_nmi', 'check_harmonic_mean', 'check_fewshot',
+           'notebook_module', 'grade_notebook', 'colab_url', 'colab_badge', 'World', 'pick_world', 'real_run']
 
 # %% ../nbs/60_classroom.ipynb #d68b24e3
-@dataclass(frozen=True)
-class Exercise:
-    """One classroom exercise: the marked lines of a solution notebook, what the student writes
-    there, and the check that grades it."""
-    name: str  # the marker's name: `# exercise: <name>`
-    notebook: str  # the solution notebook in nbs/
-    # what the check is called with, as the notebook names it ('prograd_project', 'CoOp.prompts')
-    target: str
-    check: str  # the check function of this module
-    task: str  # what to write: the comment above the stub and the student's instructions
-    hint: str  # one line, in the stub's NotImplementedError
+# the classroom's own checks (in section 3); each method module declares its own `EXERCISES`
+_OWN = {
 
-EXERCISES = {
     e.name: e
     for e in (
         Exercise(
@@ -62,14 +54,6 @@ EXERCISES = {
             'prefix and suffix for "middle" and "front".',
             'expand the unified context to (K, M, d), then concatenate [SOS], context and suffix '
             'along the sequence (dim 1)'),
-        Exercise(
-            'prograd_project', '12_prograd.ipynb', 'prograd_project', 'check_prograd',
-            'Return G_d unchanged when it agrees with G_g (G_d . G_g >= 0, the dot product over '
-            'all elements of the tensors); '
-            'otherwise remove lam times its component along G_g: G_d - lam (G_d . G_g / |G_g|^2) '
-            'G_g.',
-            "keep G_d when G_d . G_g >= 0; otherwise remove lam times G_d's component along G_g "
-            "(the equation above)"),
         Exercise(
             'taskres_classifier', '13_taskres.ipynb', 'TaskRes.classifier',
             'check_taskres_classifier',
@@ -119,6 +103,16 @@ def get_exercise(name: str) -> Exercise:
         raise VLPromptError(f'No exercise {name!r}.{suggest(name, EXERCISES)} Exercises: '
                             f'{", ".join(EXERCISES)}.')
     return EXERCISES[name]
+
+def collect_exercises() -> dict:
+    """Every exercise by name, in the order of their notebooks: the classroom's own and those
+    each method module declares beside its exercise (its `EXERCISES`)."""
+    found = list(_OWN.values())
+    for name in METHOD_MODULES:
+        found += getattr(importlib.import_module(f'vlprompt.methods.{name}'), 'EXERCISES', ())
+    return {e.name: e for e in sorted(found, key=lambda e: e.notebook)}
+
+EXERCISES = collect_exercises()
 
 # %% ../nbs/60_classroom.ipynb #2cf24bb3
 _START = re.compile(r'^(?P<indent>[ \t]*)# exercise: (?P<name>[A-Za-z_]\w*)[ \t]*$')
@@ -244,7 +238,7 @@ def student_notebook(nb: dict, names=None, notebook: str = 'the notebook') -> di
                     f'your `{ex.target}` on cases you cannot see and says what is wrong.',
                     f'{notebook}:{name}:md'))
             cells.append(
-                _cell('code', f'from vlprompt.classroom import {ex.check}\n{ex.check}({ex.target})',
+                _cell('code', f'from {ex.module} import {ex.check}\n{ex.check}({ex.target})',
                       f'{notebook}:{name}:check'))
         found += done
     if found:
@@ -347,133 +341,13 @@ def write_exercises(out: str | Path, nbs: str | Path | None = None, names=None,
         atomic_write(path, lambda f, text=text: f.write(text.encode('utf-8')))
     return list(plan)
 
-# %% ../nbs/60_classroom.ipynb #b12bf3d6
-class CheckFailed(AssertionError):
-    """A student's function gave a wrong answer on a hidden case; the message says what the right
-    answer has to satisfy."""
-
-def _fail(check: str, message: str, case: str = ''):
-    raise CheckFailed(f'{check}: {message}' + (f'\n  (hidden case: {case})' if case else ''))
-
-def _call(check: str, fn: Callable, case: str, *args, explain: dict | None = None, **kwargs):
-    """Run the student's function; NotImplementedError (not done yet) passes through, any other
-    error fails the check with the case (and, for an error type in `explain`, that explanation
-    instead of the bare error)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            return fn(*args, **kwargs)
-    except NotImplementedError: raise
-    except Exception as e:
-        why = next((text for kind, text in (explain or {}).items() if isinstance(e, kind)), None)
-        raise CheckFailed(f'{check}: ' + (why or f'your function raised {type(e).__name__}: {e}') +
-                          f'\n  (hidden case: {case})') from e
-
-def _passed(check: str, fn: Callable, n: int):
-    print(f"✓ {check}: {getattr(fn, '__qualname__', 'your function')} passes all {n} hidden cases.")
-
-def _close(a, b, tol: float = 1e-5) -> bool:
-    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape:
-        return False
-    a, b = a.detach().double(), b.detach().double()
-    return bool(
-        torch.allclose(a, b, rtol=tol, atol=tol * max(1.0,
-                                                      b.abs().max().item() if b.numel() else 1.0)))
-
-def _show(x) -> str:
-    if isinstance(x, torch.Tensor):
-        return f'tensor{tuple(x.shape)}' if x.numel() > 6 else str(
-            [round(v, 4) for v in x.detach().double().flatten().tolist()])
-    return f'{type(x).__name__} {x!r}'[:80]
-
-@functools.lru_cache(maxsize=1)
-def _micro_clip():
-    import vlprompt.micro  # the micro world registers its CLIP
-    from vlprompt.clip import load_clip
-    return load_clip('micro', device='cpu')
-
-def _micro_names() -> list[str]:
-    from vlprompt.micro import get_task
-    return list(get_task('micro-pairs').classnames)
-
-# %% ../nbs/60_classroom.ipynb #4c1bc06a
-def check_prograd(fn: Callable, seed: int = 0) -> None:
-    """Check `fn(g_domain, g_general, lam=1.0)`, ProGrad's projection, on hidden gradients; raises
-    CheckFailed with what is wrong."""
-    from vlprompt.methods.prograd import prograd_project as solution
-    name, g = 'check_prograd', torch.Generator().manual_seed(seed)
-    def pair(shape, conflict):
-        gg, gd = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-        dot = (gd * gg).sum()
-        if (dot < 0) != conflict:
-            gd = gd - 2 * dot / gg.pow(2).sum() * gg  # reflect: flips the sign of G_d . G_g
-        return gd - (0.1 if conflict else -0.1) * gg, gg
-
-    cases = [('conflicting', *pair(shape, True), lam) for shape in ((2, ), (8, ), (4, 8), (3, 5, 2))
-             for lam in (1.0, 0.5, 0.0, 0.25)]
-    cases += [('agreeing', *pair(shape, False), lam) for shape in ((3, ), (4, 8))
-              for lam in (1.0, 0.5)]
-    cases += [('G_g is zero', torch.randn(6, generator=g), torch.zeros(6), 1.0),
-              ('conflicting in total, one row agreeing', torch.tensor([[-2., 0.],
-                                                                       [0.,
-                                                                        1.]]), torch.eye(2), 1.0)]
-    for kind, gd, gg, lam in cases:
-        case = f'{kind} gradients of shape {tuple(gd.shape)}, lam = {lam}'
-        gd0, gg0 = gd.clone(), gg.clone()
-        got = _call(name, fn, case, gd, gg, lam)
-        if not (torch.equal(gd, gd0) and torch.equal(gg, gg0)):
-            _fail(
-                name,
-                'your function changed its inputs in place; return a new tensor (the rule still '
-                'needs both gradients).',
-                case,
-            )
-        want, dot = solution(gd0, gg0, lam), (gd0 * gg0).sum()
-        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-            _fail(
-                name,
-                f"the result should be a tensor of the gradients' shape {tuple(want.shape)}, not "
-                f"{_show(got)}.",
-                case,
-            )
-        if torch.isnan(got).any():
-            _fail(name, 'the result has NaNs' + (': when G_g is zero nothing conflicts, so return '
-                                                 'G_d (never divide by |G_g|^2 = 0).'
-                                                 if not gg0.any() else '.'), case)
-        if _close(got, want): continue
-        along = (got * gg0).sum().item()
-        if dot >= 0:
-            msg = 'when G_d . G_g >= 0 the gradients agree, and ProGrad keeps G_d unchanged.'
-        elif lam == 0: msg = 'lam = 0 is plain CoOp: the result should be G_d, whatever G_g is.'
-        elif gd0.dim() > 1 and _close(got,
-                                      torch.stack([solution(a, b, lam) for a, b in zip(gd0, gg0)])):
-            msg = (f'the dot product G_d . G_g runs over all elements of the tensor (here of shape '
-                   f'{tuple(gd0.shape)}), as ProGrad\'s '
-                   'code does per parameter tensor, not row by row.')
-        elif lam == 1 and abs(along) > 1e-4 * gd0.norm().item() * gg0.norm().item():
-            msg = (
-                'when the gradients conflict (G_d . G_g < 0) and lam = 1, the result should be '
-                f'orthogonal to G_g; yours gives G . G_g = {along:.3g}.'
-            )
-        elif lam == 1:
-            msg = (
-                "with lam = 1 the result is G_d minus its component along G_g: keep the part of "
-                "G_d orthogonal to G_g as it is."
-            )
-        else:
-            msg = (f"with lam = {lam} only the fraction lam of G_d's component along G_g is "
-                   f"removed: G . G_g should be "
-                   f'(1 - lam) G_d . G_g = {(1 - lam) * dot.item():.3g}, yours is {along:.3g}.')
-        _fail(name, msg, case)
-    _passed(name, fn, len(cases))
-
 # %% ../nbs/60_classroom.ipynb #841ae65b
 def check_taskres_classifier(fn: Callable, seed: int = 0) -> None:
     """Check `fn(self, alpha=None)`, TaskRes's classifier t + alpha x, on TaskRes modules with
     hidden residuals; raises CheckFailed."""
     from vlprompt.methods.taskres import TaskRes
     name, g, clip, pool = 'check_taskres_classifier', torch.Generator().manual_seed(
-        seed), _micro_clip(), _micro_names()
+        seed), check_clip(), check_classnames()
     def module(k, alpha, residual=True):
         names = [pool[i] for i in torch.randperm(len(pool), generator=g)[:k].tolist()]
         m = TaskRes(clip, names, alpha=alpha)
@@ -491,9 +365,10 @@ def check_taskres_classifier(fn: Callable, seed: int = 0) -> None:
              ("alpha = 0.25 given (the module's is 1.0)", m_one, 0.25)]
     for case, m, alpha in cases:
         base, residual = m.base.clone(), m.task_residual.detach().clone()
-        got = _call(name, fn, case, m) if alpha is None else _call(name, fn, case, m, alpha)
+        got = check_call(name, fn, case, m) if alpha is None else check_call(
+            name, fn, case, m, alpha)
         if not (torch.equal(m.base, base) and torch.equal(m.task_residual, residual)):
-            _fail(
+            check_fail(
                 name,
                 'your classifier changed the module (self.base or self.task_residual); compute a'
                 ' new tensor instead.',
@@ -501,43 +376,43 @@ def check_taskres_classifier(fn: Callable, seed: int = 0) -> None:
             )
         want, a = TaskRes.classifier(m, alpha), m.alpha if alpha is None else alpha
         if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-            _fail(
+            check_fail(
                 name,
                 f'the classifier should be a tensor (K, D) = {tuple(want.shape)}, one row per'
-                f' class, not {_show(got)}.',
+                f' class, not {show_value(got)}.',
                 case,
             )
-        if _close(got, want):
+        if tensors_close(got, want):
             if a != 0 and not (got.requires_grad and torch.autograd.grad(
                     got.sum(), m.task_residual, allow_unused=True)[0] is not None):
-                _fail(
+                check_fail(
                     name,
                     'the classifier must stay a function of the residual (no .detach(), no'
                     ' torch.no_grad()): TaskRes learns x through it.',
                     case,
                 )
             continue
-        if _close(got, F.normalize(want, dim=-1)):
+        if tensors_close(got, F.normalize(want, dim=-1)):
             msg = ('return t + alpha x before normalisation: clip_logits normalises the classifier '
                    '(and the image features) when it '
                    'computes the logits, and the checks compare the raw classifier with the base '
                    't.')
-        elif _close(got, F.normalize(base, dim=-1) + a * F.normalize(residual, dim=-1)):
+        elif tensors_close(got, F.normalize(base, dim=-1) + a * F.normalize(residual, dim=-1)):
             msg = (
                 'add first, normalise after: the classifier is t + alpha x, not t/|t| + alpha'
                 ' x/|x|.'
             )
-        elif alpha is not None and _close(got, base + m.alpha * residual):
+        elif alpha is not None and tensors_close(got, base + m.alpha * residual):
             msg = (f"an explicit alpha overrides the module's: classifier(alpha={alpha}) should "
                    f"use {alpha}, not self.alpha = {m.alpha} "
                    "(that is how `taskres_accuracy` evaluates a trained residual at another "
                    "alpha').")
-        elif residual.any() and a != 1 and _close(got, base + residual):
+        elif residual.any() and a != 1 and tensors_close(got, base + residual):
             msg = (
                 f'the residual enters scaled by alpha: t + alpha x with alpha = {a}; yours adds x'
                 ' unscaled.'
             )
-        elif residual.any() and _close(got, a * base + residual):
+        elif residual.any() and tensors_close(got, a * base + residual):
             msg = 'alpha scales the residual x, not the base t: the classifier is t + alpha x.'
         elif not residual.any():
             msg = (
@@ -549,8 +424,8 @@ def check_taskres_classifier(fn: Callable, seed: int = 0) -> None:
                 'the classifier should be t + alpha x = self.base + alpha * self.task_residual,'
                 f' with alpha = {a} here.'
             )
-        _fail(name, msg, case)
-    _passed(name, fn, len(cases))
+        check_fail(name, msg, case)
+    check_passed(name, fn, len(cases))
 
 # %% ../nbs/60_classroom.ipynb #d5e6dcf2
 def check_prompt_assembly(fn: Callable, seed: int = 0) -> None:
@@ -558,7 +433,7 @@ def check_prompt_assembly(fn: Callable, seed: int = 0) -> None:
     contexts; raises CheckFailed."""
     from vlprompt.methods.coop import CoOp
     if isinstance(fn, type): fn = fn.prompts
-    name, g, clip = 'check_prompt_assembly', torch.Generator().manual_seed(seed), _micro_clip()
+    name, g, clip = 'check_prompt_assembly', torch.Generator().manual_seed(seed), check_clip()
     pool = [
         'dog', 'red star', 'golden retriever', 'small blue ring', 'airliner', 'green square',
         'sunflower', 'a very long flower name'
@@ -582,37 +457,37 @@ def check_prompt_assembly(fn: Callable, seed: int = 0) -> None:
                   CoOp(clip, pool[:3], ctx_init='a photo of a')))
     for case, coop in cases:
         ctx = coop.ctx.detach().clone()
-        got = _call(name, fn, case, coop)
+        got = check_call(name, fn, case, coop)
         if not torch.equal(coop.ctx, ctx):
-            _fail(name, 'your function changed self.ctx; build new tensors instead.', case)
+            check_fail(name, 'your function changed self.ctx; build new tensors instead.', case)
         want, M, K = CoOp.prompts(coop), coop.n_ctx, len(coop.classnames)
         if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-            _fail(
+            check_fail(
                 name,
                 f"the prompts should be (K, L, d) = {tuple(want.shape)}: one row per class, the"
                 f" whole token sequence ([SOS], {M} context vectors, then the class name, '.',"
-                f" [EOS] and padding), of width d; yours are {_show(got)}.",
+                f" [EOS] and padding), of width d; yours are {show_value(got)}.",
                 case,
             )
-        if _close(got, want):
+        if tensors_close(got, want):
             if not (got.requires_grad
                     and torch.autograd.grad(got.sum(), coop.ctx, allow_unused=True)[0] is not None):
-                _fail(
+                check_fail(
                     name,
                     'the prompts must stay a function of self.ctx (no .detach(), no'
                     ' torch.no_grad()): CoOp learns the context through them.',
                     case,
                 )
             continue
-        if not _close(got[:, :1], want[:, :1]):
+        if not tensors_close(got[:, :1], want[:, :1]):
             msg = 'position 0 of every prompt is [SOS], the buffer self.token_prefix.'
         elif coop.class_token_position != 'end':
             msg = (f"for class_token_position={coop.class_token_position!r} the lines after yours "
                    f"assemble the prompt from your ctx, prefix "
                    'and suffix: ctx must be (K, M, d), one context per class row, prefix = '
                    'self.token_prefix and suffix = self.token_suffix.')
-        elif not _close(got[:, 1:1 + M], want[:, 1:1 + M]):
-            if coop.csc and _close(got[:, 1:1 + M], ctx[:1].expand(K, -1, -1)):
+        elif not tensors_close(got[:, 1:1 + M], want[:, 1:1 + M]):
+            if coop.csc and tensors_close(got[:, 1:1 + M], ctx[:1].expand(K, -1, -1)):
                 msg = ('with class-specific context (csc=True) self.ctx is already (K, M, d): '
                        'class k uses its own self.ctx[k]; '
                        'only a unified context (M, d) is expanded over the classes.')
@@ -626,8 +501,8 @@ def check_prompt_assembly(fn: Callable, seed: int = 0) -> None:
                 "after the context come the fixed tokens of self.token_suffix: the class name, "
                 "'.', [EOS] and padding."
             )
-        _fail(name, msg, case)
-    _passed(name, fn, len(cases))
+        check_fail(name, msg, case)
+    check_passed(name, fn, len(cases))
 
 # %% ../nbs/60_classroom.ipynb #c92a6164
 def check_coupling(fn: Callable, seed: int = 0) -> None:
@@ -635,7 +510,7 @@ def check_coupling(fn: Callable, seed: int = 0) -> None:
     modules with hidden weights."""
     from vlprompt.methods.maple import MaPLe
     name, g, clip, names = 'check_coupling', torch.Generator().manual_seed(
-        seed), _micro_clip(), _micro_names()[:3]
+        seed), check_clip(), check_classnames()[:3]
     settings = [
         dict(n_ctx=2, depth=3),
         dict(n_ctx=2, depth=1),
@@ -654,42 +529,43 @@ def check_coupling(fn: Callable, seed: int = 0) -> None:
         case = ', '.join(f'{k}={v!r}'
                          for k, v in options.items()) + (f' ({len(m.couplings)} coupling layers)'
                                                          if m.coupled else '')
-        got = _call(name, fn, case, m)
+        got = check_call(name, fn, case, m)
         want = MaPLe.vision_layer_prompts(m)
         if not isinstance(got, (list, tuple)):
-            _fail(name,
-                  f'return a list of tensors, one per prompted vision layer, not {_show(got)}.',
-                  case)
+            check_fail(
+                name,
+                f'return a list of tensors, one per prompted vision layer, not {show_value(got)}.',
+                case)
         if len(got) != len(want):
             what = (
                 'one per coupling layer F_0 .. F_{J-1}'
                 if m.coupled
                 else 'one per prompted vision layer'
             )
-            _fail(
+            check_fail(
                 name,
                 f'there should be {len(want)} vision prompts here ({what}); yours has {len(got)}.',
                 case)
         P = m.text_layer_prompts()
         for d, (v, w) in enumerate(zip(got, want)):
             if not isinstance(v, torch.Tensor) or v.shape != w.shape:
-                _fail(
+                check_fail(
                     name,
                     f'vision prompt {d} should be (n_ctx, d_vision) = {tuple(w.shape)}, not'
-                    f' {_show(v)}.',
+                    f' {show_value(v)}.',
                     case,
                 )
-            if _close(v, w): continue
+            if tensors_close(v, w): continue
             if not m.coupled:
                 msg = ('without coupling (IVLP) the vision prompts are the independent tensors '
                        'self.vision_prompts: write your line under '
                        '`if self.coupled:` and let the line after it return them.')
-            elif d > 0 and _close(v, m.couplings[d](P[0])):
+            elif d > 0 and tensors_close(v, m.couplings[d](P[0])):
                 msg = (
                     f'vision prompt {d} comes from the language prompt of the same depth, P_{d} ='
                     f' self.text_layer_prompts()[{d}], not from the context P_0.'
                 )
-            elif d > 0 and _close(v, m.couplings[0](P[d])):
+            elif d > 0 and tensors_close(v, m.couplings[0](P[d])):
                 msg = (
                     f'each depth has its own coupling layer: vision prompt {d} is'
                     f' self.couplings[{d}](P_{d}), not self.couplings[0](P_{d}).'
@@ -699,16 +575,17 @@ def check_coupling(fn: Callable, seed: int = 0) -> None:
                     f'vision prompt {d} should be F_{d}(P_{d}) ='
                     f' self.couplings[{d}](self.text_layer_prompts()[{d}]).'
                 )
-            _fail(name, msg, case)
+            check_fail(name, msg, case)
         if m.coupled:
             total = sum(v.sum() for v in got)
             grads = torch.autograd.grad(total, [m.ctx, m.couplings[0].weight],
                                         allow_unused=True) if total.requires_grad else [None]
             if any(gr is None or not gr.any() for gr in grads):
-                _fail(name, 'the vision prompts must stay functions of the language prompts and '
-                            'the coupling layers (no .detach()): '
-                            'in MaPLe a loss on the image side trains P_i through F_i.', case)
-    _passed(name, fn, len(settings))
+                check_fail(
+                    name, 'the vision prompts must stay functions of the language prompts and '
+                    'the coupling layers (no .detach()): '
+                    'in MaPLe a loss on the image side trains P_i through F_i.', case)
+    check_passed(name, fn, len(settings))
 
 # %% ../nbs/60_classroom.ipynb #49999836
 def _windows(L: int, n: int, split: str) -> list[tuple[int, int]]:
@@ -736,7 +613,8 @@ def check_pooling_init(fn: Callable, seed: int = 0) -> None:
         case = f'tokens of shape (B, L, d) = {(B, L, d)}, n = {n}, how={how!r}, split={split!r}'
         tokens = torch.randn(B, L, d, generator=g)
         t0 = tokens.clone()
-        try: got = _call(name, fn, case, tokens, n, how=how, split=split)
+        try:
+            got = check_call(name, fn, case, tokens, n, how=how, split=split)
         except CheckFailed as e:  # e.g. an empty last window
             if split == 'official' and n > 1 and L % (L // (n - 1)) == 0:
                 raise CheckFailed(
@@ -745,20 +623,20 @@ def check_pooling_init(fn: Callable, seed: int = 0) -> None:
                 ) from e.__cause__
             raise
         if not torch.equal(tokens, t0):
-            _fail(name, 'your function changed the tokens in place.', case)
+            check_fail(name, 'your function changed the tokens in place.', case)
         want = solution(t0, n, how, split)
         if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-            _fail(
+            check_fail(
                 name,
                 f'the pooled tokens should be (B, n, d) = {tuple(want.shape)}, one per window and '
-                f'image; yours are {_show(got)}.',
+                f'image; yours are {show_value(got)}.',
                 case,
             )
-        if _close(got, want): continue
-        k = next(i for i in range(n) if not _close(got[:, i], want[:, i]))
+        if tensors_close(got, want): continue
+        k = next(i for i in range(n) if not tensors_close(got[:, i], want[:, i]))
         a, b = _windows(L, n, split)[k]
         other = t0[:, a:b].amax(1) if how == 'mean' else t0[:, a:b].mean(1)
-        if _close(got[:, k], other):
+        if tensors_close(got[:, k], other):
             msg = (
                 f"how={how!r} takes the {'mean' if how == 'mean' else 'maximum'} of each window's "
                 f"tokens, coordinate by coordinate; yours took the "
@@ -787,8 +665,8 @@ def check_pooling_init(fn: Callable, seed: int = 0) -> None:
                 f"split='even' cuts the L = {L} tokens into n = {n} near-equal windows, as"
                 f" torch.tensor_split(tokens, n, dim=1) does: window {k} is tokens [{a}, {b})."
             )
-        _fail(name, msg, case)
-    _passed(name, fn, len(cases))
+        check_fail(name, msg, case)
+    check_passed(name, fn, len(cases))
 
 # %% ../nbs/60_classroom.ipynb #d0d2b83a
 def _nmi_variants(joint: torch.Tensor) -> dict:
@@ -846,44 +724,43 @@ def check_nmi(fn: Callable, seed: int = 0) -> None:
               for k, m, s in ((3, 16, 1.0), (8, 16, 3.0), (4, 9, 0.3))]
     for case, joint in cases:
         j0 = joint.clone()
-        got = _call(name, fn, case, joint)
+        got = check_call(name, fn, case, joint)
         if not torch.equal(joint, j0):
-            _fail(name, 'your function changed the joint in place.', case)
+            check_fail(name, 'your function changed the joint in place.', case)
         want = solution(j0)
         if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-            _fail(
+            check_fail(
                 name,
                 f'one NMI per joint: a joint of shape {tuple(j0.shape)} (..., K, M) gives NMIs of '
-                f'shape {tuple(want.shape)}, not {_show(got)}.',
+                f'shape {tuple(want.shape)}, not {show_value(got)}.',
                 case,
             )
         if torch.isnan(got).any():
-            _fail(
+            check_fail(
                 name,
                 'the NMI has NaNs: entries with pi = 0 contribute 0 (0 log 0 = 0), and where an '
                 'entropy is 0 the NMI is 0 by the kit\'s convention.',
                 case,
             )
-        if _close(got, want, 1e-6): continue
+        if tensors_close(got, want, 1e-6): continue
         slip = next((text for text, v in _nmi_variants(j0).items()
-                     if torch.isfinite(v).all() and _close(got, v, 1e-6)), None)
+                     if torch.isfinite(v).all() and tensors_close(got, v, 1e-6)), None)
         if slip: msg = f'your value is {slip}.'
         elif 'diagonal' in case:
             msg = ('a diagonal joint shares all its information: the NMI should be 1, yours is '
-                   f'{_show(got)}.')
+                   f'{show_value(got)}.')
         elif 'independent' in case:
             msg = (
                 'independent prompts and patches share nothing, I(p; e) = 0: the NMI should be 0, '
-                f'yours is {_show(got)}.'
-            )
+                f'yours is {show_value(got)}.')
         elif 'H(' in case:
             msg = (
                 'here an entropy is 0 and I / sqrt(H(p) H(e)) is 0 / 0: the kit returns 0; yours is'
-                f' {_show(got)}.'
-            )
-        else: msg = f'the NMI should be {_show(want)}, yours is {_show(got)}.'
-        _fail(name, msg, case)
-    _passed(name, fn, len(cases))
+                f' {show_value(got)}.')
+        else:
+            msg = f'the NMI should be {show_value(want)}, yours is {show_value(got)}.'
+        check_fail(name, msg, case)
+    check_passed(name, fn, len(cases))
 
 # %% ../nbs/60_classroom.ipynb #47363248
 def check_harmonic_mean(fn: Callable, seed: int = 0) -> None:
@@ -896,7 +773,7 @@ def check_harmonic_mean(fn: Callable, seed: int = 0) -> None:
     cases += [(round(r.uniform(0, 100), 2), round(r.uniform(0, 100), 2)) for _ in range(10)]
     for b, n in cases:
         case = f'base = {b}, new = {n}'
-        got = _call(
+        got = check_call(
             name, fn, case, b, n, explain={
                 ZeroDivisionError: f'HM({b}, {n}) divided by '
                 f'zero: when B + N = 0 the HM is 0.0 by '
@@ -904,10 +781,11 @@ def check_harmonic_mean(fn: Callable, seed: int = 0) -> None:
             })
         try: got = float(got)
         except (TypeError, ValueError):
-            _fail(name, f'the harmonic mean should be a number, not {_show(got)}.', case)
+            check_fail(name, f'the harmonic mean should be a number, not {show_value(got)}.', case)
         want = solution(b, n)
         if math.isnan(got):
-            _fail(name, f'HM({b}, {n}) is NaN: when B + N = 0 the HM is 0.0 by convention.', case)
+            check_fail(name, f'HM({b}, {n}) is NaN: when B + N = 0 the HM is 0.0 by convention.',
+                       case)
         if abs(got - want) <= 1e-9 * max(1.0, abs(want)): continue
         near = lambda v: abs(got - v) <= 1e-9 * max(1.0, abs(v))
         if near((b + n) / 2):
@@ -928,8 +806,8 @@ def check_harmonic_mean(fn: Callable, seed: int = 0) -> None:
         elif b + n == 0:
             msg = f'HM(0, 0) should be 0.0 (nothing right on either side), yours is {got:.4g}.'
         else: msg = f'HM({b}, {n}) should be 2BN/(B + N) = {want:.4g}, yours is {got:.4g}.'
-        _fail(name, msg, case)
-    _passed(name, fn, len(cases))
+        check_fail(name, msg, case)
+    check_passed(name, fn, len(cases))
 
 # %% ../nbs/60_classroom.ipynb #eaca3f6d
 def check_fewshot(fn: Callable, seed: int = 0) -> None:
@@ -951,31 +829,33 @@ def check_fewshot(fn: Callable, seed: int = 0) -> None:
             f' {labels[:12]}{" ..." if len(labels) > 12 else ""}'
         )
         rng, ref = random.Random(state), random.Random(state)
-        got = _call(name, fn, case, list(labels), shots, rng)
+        got = check_call(name, fn, case, list(labels), shots, rng)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore'); want = solution(labels, shots, ref)
         try: got = [int(i) for i in got]
         except (TypeError, ValueError):
-            _fail(name, f'return a list of positions (ints) into the split, not {_show(got)}.',
-                  case)
+            check_fail(name,
+                       f'return a list of positions (ints) into the split, not {show_value(got)}.',
+                       case)
         by_label = {}
         for i, y in enumerate(labels): by_label.setdefault(y, []).append(i)
         if any(not 0 <= i < len(labels) for i in got):
-            _fail(name, f'positions index the split: they lie in 0..{len(labels) - 1}.', case)
+            check_fail(name, f'positions index the split: they lie in 0..{len(labels) - 1}.', case)
         if len(set(got)) != len(got):
-            _fail(name, 'positions should be distinct: random.sample draws without replacement.',
-                  case)
+            check_fail(name,
+                       'positions should be distinct: random.sample draws without replacement.',
+                       case)
         for y, idx in by_label.items():
             count = sum(labels[i] == y for i in got)
             if count != min(len(idx), shots):
-                _fail(
+                check_fail(
                     name, f'class {y} has {len(idx)} items and shots = {shots}: it should get '
                     f'{min(len(idx), shots)} positions, yours has {count} '
                     '(a class with fewer than K items keeps all of them, as Dassl does).', case)
         order = list(dict.fromkeys(labels[i] for i in got))
         if order != list(by_label):
             hint = ', not sorted' if order == sorted(by_label) else ''
-            _fail(
+            check_fail(
                 name,
                 'go through the classes in the order their labels first appear in the '
                 f'split ({list(by_label)}){hint}, '
@@ -986,7 +866,7 @@ def check_fewshot(fn: Callable, seed: int = 0) -> None:
         if got != want:
             y = next(y for y in by_label
                      if [i for i in got if labels[i] == y] != [i for i in want if labels[i] == y])
-            _fail(
+            check_fail(
                 name,
                 f"class {y}: the draw differs from Dassl's. Take rng.sample(positions of class {y} "
                 f"in split"
@@ -995,7 +875,7 @@ def check_fewshot(fn: Callable, seed: int = 0) -> None:
                 case,
             )
         if rng.getstate() != ref.getstate():
-            _fail(
+            check_fail(
                 name,
                 "your function advanced the random state differently from Dassl's (one "
                 "rng.sample call per class with at least "
@@ -1003,7 +883,7 @@ def check_fewshot(fn: Callable, seed: int = 0) -> None:
                 "would differ.",
                 case,
             )
-    _passed(name, fn, len(cases))
+    check_passed(name, fn, len(cases))
 
 # %% ../nbs/60_classroom.ipynb #f0076323
 def notebook_module(nb: dict | str | Path, name: str | None = None) -> types.ModuleType:
@@ -1045,7 +925,7 @@ def grade_notebook(path: str | Path, quiet: bool = False) -> list[dict]:
             out = io.StringIO()
             try:
                 with contextlib.redirect_stdout(out):
-                    globals()[ex.check](_target(module, ex.target))
+                    ex.grader(_target(module, ex.target))
                 row = dict(passed=True, message=out.getvalue().strip())
             except NotImplementedError as e: row = dict(passed=False, message=f'not done yet: {e}')
             except AssertionError as e: row = dict(passed=False, message=str(e))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_train.ipynb #15527e4c
 from __future__ import annotations
-import hashlib, itertools, json, math, os, tempfile, time, warnings
+import functools, hashlib, importlib, itertools, json, math, os, tempfile, time, warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -15,14 +15,15 @@ import torch.nn.functional as F
 
 from .clip import (LoadedCLIP, VLPromptError, atomic_write, image_features, save_atomic,
                            write_json, write_text)
-from .micro import micro_preprocess
+from .micro import get_task, micro_preprocess
 
 # %% auto #0
 __all__ = ['TRAIN_RANGES', 'TrainConfig', 'typed_setting', 'epochs_for_shots', 'lr_at_epoch', 'make_optimizer', 'RunBusy',
            'run_lock', 'weights_fingerprint', 'backbone_id', 'FeatureCache', 'file_sha256', 'TrainSet', 'epoch_seed',
            'method_loss', 'cross_entropy_rule', 'learnable_state', 'FitState', 'Callback', 'run_callbacks', 'NaNGuard',
            'RecordLoss', 'ShowProgress', 'Checkpoint', 'StopAfter', 'Track', 'fit', 'module_device', 'evaluate',
-           'train_method', 'augment_micro', 'Method', 'Rule', 'configs_of']
+           'train_method', 'augment_micro', 'Method', 'Rule', 'configs_of', 'Exercise', 'CheckFailed', 'check_fail',
+           'check_call', 'check_passed', 'tensors_close', 'show_value', 'check_clip', 'check_classnames']
 
 # %% ../nbs/03_train.ipynb #002a04ca
 @dataclass
@@ -556,3 +557,73 @@ class Rule:
 def configs_of(table: dict, name: str) -> dict:
     "The {protocol: settings} of method `name` in a {(method, protocol): settings} table."
     return {protocol: cfg for (method, protocol), cfg in table.items() if method == name}
+
+# %% ../nbs/03_train.ipynb #77c60426
+@dataclass(frozen=True)
+class Exercise:
+    """One classroom exercise: the marked lines of a solution notebook, what the student writes
+    there, and the check that grades it."""
+    name: str  # the marker's name: `# exercise: <name>`
+    notebook: str  # the solution notebook in nbs/
+    # what the check is called with, as the notebook names it ('prograd_project', 'CoOp.prompts')
+    target: str
+    check: str  # the check function's name, in `module`
+    task: str  # what to write: the comment above the stub and the student's instructions
+    hint: str  # one line, in the stub's NotImplementedError
+    module: str = 'vlprompt.classroom'  # where the check function lives
+
+    @property
+    def grader(self) -> Callable:
+        "The check function itself."
+        return getattr(importlib.import_module(self.module), self.check)
+
+class CheckFailed(AssertionError):
+    """A student's function gave a wrong answer on a hidden case; the message says what the right
+    answer has to satisfy."""
+
+def check_fail(check: str, message: str, case: str = ''):
+    "Fail `check` with what the right answer has to satisfy, and the hidden case."
+    raise CheckFailed(f'{check}: {message}' + (f'\n  (hidden case: {case})' if case else ''))
+
+def check_call(check: str, fn: Callable, case: str, *args, explain: dict | None = None, **kwargs):
+    """Run the student's function; NotImplementedError (not done yet) passes through, any other
+    error fails the check with the case (and, for an error type in `explain`, that explanation
+    instead of the bare error)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            return fn(*args, **kwargs)
+    except NotImplementedError: raise
+    except Exception as e:
+        why = next((text for kind, text in (explain or {}).items() if isinstance(e, kind)), None)
+        raise CheckFailed(f'{check}: ' + (why or f'your function raised {type(e).__name__}: {e}') +
+                          f'\n  (hidden case: {case})') from e
+
+def check_passed(check: str, fn: Callable, n: int):
+    "The one line a passing check prints."
+    print(f"✓ {check}: {getattr(fn, '__qualname__', 'your function')} passes all {n} hidden cases.")
+
+def tensors_close(a, b, tol: float = 1e-5) -> bool:
+    "Two tensors of one shape, equal to `tol` relative to the larger of 1 and |b|'s maximum."
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape:
+        return False
+    a, b = a.detach().double(), b.detach().double()
+    scale = max(1.0, b.abs().max().item() if b.numel() else 1.0)
+    return bool(torch.allclose(a, b, rtol=tol, atol=tol * scale))
+
+def show_value(x) -> str:
+    "A short description of a student's answer for a message."
+    if isinstance(x, torch.Tensor):
+        if x.numel() > 6: return f'tensor{tuple(x.shape)}'
+        return str([round(v, 4) for v in x.detach().double().flatten().tolist()])
+    return f'{type(x).__name__} {x!r}'[:80]
+
+@functools.lru_cache(maxsize=1)
+def check_clip() -> LoadedCLIP:
+    "The micro CLIP on the CPU, loaded once: the model of the checks' hidden cases."
+    from vlprompt.clip import load_clip
+    return load_clip('micro', device='cpu')
+
+def check_classnames() -> list[str]:
+    "The classes of micro-pairs: the class names of the checks' hidden cases."
+    return list(get_task('micro-pairs').classnames)

@@ -10,11 +10,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ..clip import VLPromptError, clip_logits, image_features, zeroshot_weights
 from .coop import CoOp
-from ..train import Method, Rule, method_loss
+from ..train import (CheckFailed, Exercise, Method, Rule, check_call, check_fail,
+                            check_passed, method_loss, show_value, tensors_close)
 
 # %% auto #0
-__all__ = ['PROGRAD_SOURCE', 'PROGRAD_TEMPLATES', 'BENCH_CONFIGS', 'ENTRIES', 'RULE_ENTRIES', 'prograd_project', 'ProGradRule',
-           'prograd_phrase', 'prograd_coop', 'prograd_rule']
+__all__ = ['EXERCISES', 'PROGRAD_SOURCE', 'PROGRAD_TEMPLATES', 'BENCH_CONFIGS', 'ENTRIES', 'RULE_ENTRIES', 'prograd_project',
+           'check_prograd', 'ProGradRule', 'prograd_phrase', 'prograd_coop', 'prograd_rule']
 
 # %% ../../nbs/12_prograd.ipynb #16fc6ad3
 def prograd_project(g_domain: torch.Tensor, g_general: torch.Tensor,
@@ -26,6 +27,86 @@ def prograd_project(g_domain: torch.Tensor, g_general: torch.Tensor,
     if dot >= 0: return g_domain
     return g_domain - lam * dot / g_general.pow(2).sum().clamp_min(1e-12) * g_general
     # end exercise
+
+# %% ../../nbs/12_prograd.ipynb #4c1bc06a
+def check_prograd(fn: Callable, seed: int = 0) -> None:
+    """Check `fn(g_domain, g_general, lam=1.0)`, ProGrad's projection, on hidden gradients; raises
+    CheckFailed with what is wrong."""
+    from vlprompt.methods.prograd import prograd_project as solution
+    name, g = 'check_prograd', torch.Generator().manual_seed(seed)
+    def pair(shape, conflict):
+        gg, gd = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+        dot = (gd * gg).sum()
+        if (dot < 0) != conflict:
+            gd = gd - 2 * dot / gg.pow(2).sum() * gg  # reflect: flips the sign of G_d . G_g
+        return gd - (0.1 if conflict else -0.1) * gg, gg
+
+    cases = [('conflicting', *pair(shape, True), lam) for shape in ((2, ), (8, ), (4, 8), (3, 5, 2))
+             for lam in (1.0, 0.5, 0.0, 0.25)]
+    cases += [('agreeing', *pair(shape, False), lam) for shape in ((3, ), (4, 8))
+              for lam in (1.0, 0.5)]
+    cases += [('G_g is zero', torch.randn(6, generator=g), torch.zeros(6), 1.0),
+              ('conflicting in total, one row agreeing', torch.tensor([[-2., 0.],
+                                                                       [0.,
+                                                                        1.]]), torch.eye(2), 1.0)]
+    for kind, gd, gg, lam in cases:
+        case = f'{kind} gradients of shape {tuple(gd.shape)}, lam = {lam}'
+        gd0, gg0 = gd.clone(), gg.clone()
+        got = check_call(name, fn, case, gd, gg, lam)
+        if not (torch.equal(gd, gd0) and torch.equal(gg, gg0)):
+            check_fail(
+                name,
+                'your function changed its inputs in place; return a new tensor (the rule still '
+                'needs both gradients).',
+                case,
+            )
+        want, dot = solution(gd0, gg0, lam), (gd0 * gg0).sum()
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            check_fail(
+                name,
+                f"the result should be a tensor of the gradients' shape {tuple(want.shape)}, not "
+                f"{show_value(got)}.",
+                case,
+            )
+        if torch.isnan(got).any():
+            check_fail(
+                name, 'the result has NaNs' +
+                (': when G_g is zero nothing conflicts, so return '
+                 'G_d (never divide by |G_g|^2 = 0).' if not gg0.any() else '.'), case)
+        if tensors_close(got, want): continue
+        along = (got * gg0).sum().item()
+        if dot >= 0:
+            msg = 'when G_d . G_g >= 0 the gradients agree, and ProGrad keeps G_d unchanged.'
+        elif lam == 0: msg = 'lam = 0 is plain CoOp: the result should be G_d, whatever G_g is.'
+        elif gd0.dim() > 1 and tensors_close(
+                got, torch.stack([solution(a, b, lam) for a, b in zip(gd0, gg0)])):
+            msg = (f'the dot product G_d . G_g runs over all elements of the tensor (here of shape '
+                   f'{tuple(gd0.shape)}), as ProGrad\'s '
+                   'code does per parameter tensor, not row by row.')
+        elif lam == 1 and abs(along) > 1e-4 * gd0.norm().item() * gg0.norm().item():
+            msg = (
+                'when the gradients conflict (G_d . G_g < 0) and lam = 1, the result should be '
+                f'orthogonal to G_g; yours gives G . G_g = {along:.3g}.'
+            )
+        elif lam == 1:
+            msg = (
+                "with lam = 1 the result is G_d minus its component along G_g: keep the part of "
+                "G_d orthogonal to G_g as it is."
+            )
+        else:
+            msg = (f"with lam = {lam} only the fraction lam of G_d's component along G_g is "
+                   f"removed: G . G_g should be "
+                   f'(1 - lam) G_d . G_g = {(1 - lam) * dot.item():.3g}, yours is {along:.3g}.')
+        check_fail(name, msg, case)
+    check_passed(name, fn, len(cases))
+
+EXERCISES = (Exercise(
+    'prograd_project', '12_prograd.ipynb', 'prograd_project', 'check_prograd',
+    'Return G_d unchanged when it agrees with G_g (G_d . G_g >= 0, the dot product over all '
+    'elements of the tensors); otherwise remove lam times its component along G_g: '
+    'G_d - lam (G_d . G_g / |G_g|^2) G_g.',
+    "keep G_d when G_d . G_g >= 0; otherwise remove lam times G_d's component along G_g "
+    "(the equation above)", module='vlprompt.methods.prograd'), )
 
 # %% ../../nbs/12_prograd.ipynb #d8de1ae3
 class ProGradRule:
