@@ -127,7 +127,10 @@ def test_the_entry_and_its_configs():
     assert e.paper['base2new'] == (84.26, 76.10, 79.97) and set(e.configs) == {'base2new', 'fewshot', 'xd', 'dg'}
     s = bench.run_settings('promptsrc', 'base2new', 'oxford_pets', 16, 1)
     assert s['train']['lr'] == 0.0025 and s['train']['batch_size'] == 4 and s['train']['epochs'] == 20
-    assert s['method_options'] == dict(n_ctx=4, depth=9, gpa_mean=15.0, gpa_std=1.0)
+    assert s['method_options'] == dict(n_ctx=4, depth=9, gpa_mean=15.0, gpa_std=1.0, text_weight=25.0,
+                                       image_weight=10.0, kl_weight=1.0)
+    low = bench.run_settings('promptsrc', 'base2new', 'micro-pairs', 16, 1, method_options=dict(text_weight=5.0))
+    assert low['method_options']['text_weight'] == 5.0  # `--set text_weight=5` reaches the module
     assert bench.run_settings('promptsrc', 'fewshot', 'dtd', 16, 1)['method_options']['gpa_mean'] == 45.0
     assert bench.run_settings('promptsrc', 'fewshot', 'caltech101', 16, 1)['method_options']['gpa_std'] == 30.0
     xd = bench.run_settings('promptsrc', 'xd', 'imagenet', 16, 1)['method_options']

@@ -198,14 +198,17 @@ _TRAIN = dict(optimizer='sgd', batch_size=4, lr=0.0025)
 # the micro CLIP has 4 blocks: depth 9 of 12 -> 3 of 4 (3 of 12 -> 1), as MaPLe's micro entry;
 # its text encoder knows only the micro world's words: the micro-pairs ensemble
 _MICRO = lambda depth: dict(method=dict(depth=depth, templates='micro'))
+# the agreement weights, named so that `--set text_weight=...` reaches them
+_SCL = dict(text_weight=25.0, image_weight=10.0, kl_weight=1.0)
 BENCH_CONFIGS = {
     ('promptsrc', 'base2new'): dict(
         source=_SRC + 'vit_b16_c2_ep20_batch4_4+4ctx.yaml', train=dict(_TRAIN, epochs=20),
-        method=dict(n_ctx=4, depth=9, gpa_mean=15.0, gpa_std=1.0), micro=_MICRO(3)),
+        method=dict(_SCL, n_ctx=4, depth=9, gpa_mean=15.0, gpa_std=1.0), micro=_MICRO(3)),
     ('promptsrc', 'fewshot'): dict(
         source=_SRC + 'vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml (GPA 30 / 30; its comment: '
         '45 / 5 for StanfordCars, Flowers102, FGVCAircraft, DTD, EuroSAT)',
-        train=dict(_TRAIN, epochs=50), method=dict(n_ctx=4, depth=9, gpa_mean=30.0, gpa_std=30.0),
+        train=dict(_TRAIN, epochs=50),
+        method=dict(_SCL, n_ctx=4, depth=9, gpa_mean=30.0, gpa_std=30.0),
         datasets={d: dict(method=dict(gpa_mean=45.0, gpa_std=5.0))
                   for d in ('stanford_cars', 'oxford_flowers', 'fgvc_aircraft', 'dtd', 'eurosat')},
         micro=_MICRO(3)),
@@ -214,7 +217,8 @@ for _protocol in ('xd', 'dg'):  # ImageNet, all classes, 16 shots; the README na
     BENCH_CONFIGS[('promptsrc', _protocol)] = dict(
         source=_SRC + 'vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets.yaml (scripts/promptsrc/'
         'xd_train.sh names an ep5 file the repository does not have)',
-        train=dict(_TRAIN, epochs=20), method=dict(n_ctx=4, depth=3, gpa_mean=6.0, gpa_std=10.0),
+        train=dict(_TRAIN, epochs=20),
+        method=dict(_SCL, n_ctx=4, depth=3, gpa_mean=6.0, gpa_std=10.0),
         micro=_MICRO(1))
 
 def _build(clip, classnames, template, seed=0, **options):
