@@ -19,7 +19,7 @@ from vlprompt.clip import (
     reference_path,
     suggest,
 )
-from .train import cross_entropy_rule, make_optimizer, TrainConfig, write_json
+from .train import cross_entropy_rule, make_optimizer, method_loss, TrainConfig, write_json
 from . import bench
 
 # %% auto #0
@@ -104,11 +104,11 @@ def reference_gradients(module, rule, images, labels, clip: LoadedCLIP) -> list[
             with torch.no_grad():
                 # no feature cache: every step re-encodes its images
                 x = image_features(clip, images)
-        logits = module(x)
         if hasattr(rule, 'reference_backward'):
             # a rule brings its own (ProGrad: a second image pass)
-            rule.reference_backward(logits, labels, images, clip, params)
-        else: F.cross_entropy(logits, labels).backward()
+            rule.reference_backward(module(x), labels, images, clip, params)
+        # the method's own loss (KgCoOp's term too), as its official code forms it
+        else: method_loss(module, x, labels)[0].backward()
         return [p.grad for p in params]
 
 # %% ../nbs/50_speed.ipynb #96970176

@@ -20,10 +20,10 @@ from .micro import get_task, micro_preprocess
 # %% auto #0
 __all__ = ['TRAIN_RANGES', 'TrainConfig', 'typed_setting', 'epochs_for_shots', 'lr_at_epoch', 'make_optimizer', 'RunBusy',
            'run_lock', 'weights_fingerprint', 'backbone_id', 'FeatureCache', 'file_sha256', 'TrainSet', 'epoch_seed',
-           'cross_entropy_rule', 'learnable_state', 'FitState', 'Callback', 'run_callbacks', 'NaNGuard', 'RecordLoss',
-           'ShowProgress', 'Checkpoint', 'StopAfter', 'Track', 'fit', 'module_device', 'evaluate', 'train_method',
-           'augment_micro', 'Method', 'Rule', 'configs_of', 'Exercise', 'CheckFailed', 'check_fail', 'check_call',
-           'check_passed', 'tensors_close', 'show_value', 'check_clip', 'check_classnames']
+           'method_loss', 'cross_entropy_rule', 'learnable_state', 'FitState', 'Callback', 'run_callbacks', 'NaNGuard',
+           'RecordLoss', 'ShowProgress', 'Checkpoint', 'StopAfter', 'Track', 'fit', 'module_device', 'evaluate',
+           'train_method', 'augment_micro', 'Method', 'Rule', 'configs_of', 'Exercise', 'CheckFailed', 'check_fail',
+           'check_call', 'check_passed', 'tensors_close', 'show_value', 'check_clip', 'check_classnames']
 
 # %% ../nbs/03_train.ipynb #002a04ca
 @dataclass
@@ -259,9 +259,16 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**31)
 
 # %% ../nbs/03_train.ipynb #a07ae990
+def method_loss(method: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple:
+    """(loss, logits) of one batch: the method's own `loss(x, y)` where it adds terms to the
+    cross-entropy (KgCoOp), else cross-entropy on `method(x)`. Rules start from it."""
+    if hasattr(method, 'loss'): return method.loss(x, y)
+    logits = method(x)
+    return F.cross_entropy(logits, y), logits
+
 def cross_entropy_rule(method: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    "The default gradient rule: cross-entropy on the method's logits, then backward."
-    loss = F.cross_entropy(method(x), y)
+    "The default gradient rule: the method's loss (cross-entropy unless it has its own), backward."
+    loss, _ = method_loss(method, x, y)
     loss.backward()
     return loss
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ..clip import VLPromptError, clip_logits, image_features, zeroshot_weights
 from .coop import CoOp
 from ..train import (CheckFailed, Exercise, Method, Rule, check_call, check_fail,
-                            check_passed, show_value, tensors_close)
+                            check_passed, method_loss, show_value, tensors_close)
 
 # %% auto #0
 __all__ = ['EXERCISES', 'PROGRAD_SOURCE', 'PROGRAD_TEMPLATES', 'SLIDERS', 'BENCH_CONFIGS', 'ENTRIES', 'RULE_ENTRIES',
@@ -129,14 +129,13 @@ class ProGradRule:
         self.conflicts: list[bool] = []
 
     def losses(self, method, x, y):
-        """Cross-entropy on the labels and KL(p_zs || p) to the zero-shot teacher, from one forward
-        pass."""
-        logits = method(x)
+        """The method's loss (cross-entropy on the labels, plus its own terms if it has any) and
+        KL(p_zs || p) to the zero-shot teacher, from one forward pass."""
+        ce, logits = method_loss(method, x, y)
         with torch.no_grad():
             feats = x if self.image_encoder is None else self.image_encoder(x)
             teacher = clip_logits(feats, self.teacher_weights.to(x.device), self.logit_scale)
         T = self.temperature
-        ce = F.cross_entropy(logits, y)
         kl = F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(teacher / T, -1),
                       log_target=True, reduction='batchmean') * T * T
         return ce, kl
