@@ -219,8 +219,8 @@ def test_progress_shows_each_run_and_says_where_the_time_went(tmp_path, capsys):
     for method in ('zeroshot', 'coop'):
         seconds = sum(r['seconds'] for r in rows if r['settings']['method'] == method)
         assert table[method][1] == pytest.approx(seconds, abs=0.06)
-        assert 0 < sum(table[method][2:]) <= table[method][1] + 0.3  # the phases lie within the runs
-    assert table['coop'][5] > 0 and table['zeroshot'][5] == 0  # training: CoOp only
-    assert table['zeroshot'][6] > 0  # evaluation
+        assert sum(table[method][2:]) <= table[method][1] + 0.3  # the phases lie within the runs
+    assert table['coop'][5] > 0.5 and table['zeroshot'][5] == 0  # training: CoOp only
+    assert sum(table['coop'][2:]) > table['coop'][1] / 2  # the phases hold most of a run's time
     launch.run_local(runs, tmp_path/'b', progress=False)
     assert capsys.readouterr() == ('', '')

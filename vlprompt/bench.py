@@ -758,7 +758,8 @@ def train_run(r: Run, method, rule, clip: LoadedCLIP, train_data,
                      rule=rule, augment=train.augment, progress=progress,
                      identity=run_identity(r, clip, train_data), prepare_inputs=prepare_x)
     # of the steps run in this process
-    return dict(conflict_fraction=rule.conflict_fraction) if getattr(rule, 'conflicts', None) else {}
+    conflicts = getattr(rule, 'conflicts', None)
+    return dict(conflict_fraction=rule.conflict_fraction) if conflicts else {}
 
 def _for(method, r: Run, clip, data):
     """The method moved to another dataset's classes with what it learned; one with nothing learned
