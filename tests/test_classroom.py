@@ -25,14 +25,24 @@ def solution(name):
     from vlprompt.methods.kgcoop import kgcoop_loss
     from vlprompt.methods.maple import MaPLe
     from vlprompt.methods.prograd import prograd_project
+    from vlprompt.methods.promptsrc import gaussian_weights
     from vlprompt.methods.taskres import TaskRes
     from vlprompt.methods.vpt import nmi_from_joint, pool_windows
     return dict(fewshot=fewshot_indices, prompt_assembly=CoOp.prompts, prograd_project=prograd_project, kgcoop_loss=kgcoop_loss,
                 taskres_classifier=TaskRes.classifier, maple_coupling=MaPLe.vision_layer_prompts, spt_pooling=pool_windows,
-                nmi=nmi_from_joint, harmonic_mean=harmonic_mean)[name]
+                nmi=nmi_from_joint, harmonic_mean=harmonic_mean,
+                promptsrc_gaussian_weights=gaussian_weights)[name]
 
 
 # plausible wrong answers, one or more per exercise: each must fail its check with CheckFailed
+def _gauss(e, mean, std): return torch.exp(-0.5 * ((e - mean) / std) ** 2) / (std * (2 * torch.pi) ** 0.5)
+def _gauss_from_0(epochs, mean=15.0, std=1.0):  # epochs counted from 0
+    w = _gauss(torch.arange(epochs, dtype=torch.float64), mean, std); return w / w.sum()
+def _gauss_unnormalised(epochs, mean=15.0, std=1.0): return _gauss(torch.arange(1, epochs + 1, dtype=torch.float64), mean, std)
+def _gauss_variance(epochs, mean=15.0, std=1.0):  # std taken as the variance
+    w = _gauss(torch.arange(1, epochs + 1, dtype=torch.float64), mean, std ** 0.5) * 0 + torch.exp(
+        -0.5 * (torch.arange(1, epochs + 1, dtype=torch.float64) - mean) ** 2 / std); return w / w.sum()
+def _gauss_last_epoch(epochs, mean=15.0, std=1.0): return torch.eye(epochs, dtype=torch.float64)[-1]  # no averaging
 def _prograd_always(gd, gg, lam=1.0): return gd - lam * (gd * gg).sum() / gg.pow(2).sum() * gg  # projects agreeing gradients too
 def _prograd_no_lambda(gd, gg, lam=1.0):
     dot = (gd * gg).sum()
@@ -107,6 +117,7 @@ WRONG = {
     'nmi': [_nmi_raw_mi, _nmi_unnormalised],
     'harmonic_mean': [lambda b, n: (b + n) / 2, lambda b, n: 2 * b * n / (b + n), lambda b, n: (b * n) ** 0.5],
     'fewshot': [_fewshot_sorted, _fewshot_first_k, _fewshot_shuffle],
+    'promptsrc_gaussian_weights': [_gauss_from_0, _gauss_unnormalised, _gauss_variance, _gauss_last_epoch],
 }
 
 

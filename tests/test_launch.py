@@ -203,3 +203,24 @@ def test_submitit_is_an_optional_import():
     extras = (ROOT/'settings.ini').read_text()
     assert 'slurm_requirements = submitit' in extras
     assert "'slurm': " in (ROOT/'setup.py').read_text()
+
+def test_progress_shows_each_run_and_says_where_the_time_went(tmp_path, capsys):
+    "A bar over the runs and one over each run's epochs, on_result per run, the time per method and phase; progress=False: silent."
+    runs = bench.plan('base2new', ['zeroshot', 'coop'], ['micro-pairs'], (1, 2), train=dict(epochs=2))
+    seen = []
+    rows = launch.run_local(runs, tmp_path/'a', on_result=lambda i, m: seen.append((i, m['hm'])))
+    out, err = capsys.readouterr()
+    assert seen == [(i, r['hm']) for i, r in enumerate(rows)]
+    assert 'runs: 100%' in err and 'CoOp' in err, err  # the grid's bar, then CoOp's over its epochs
+    report = out[out.index('Where the time went (4 runs in '):].splitlines()
+    assert report[1].split() == ['method', 'runs', 'run', 'total', *launch.PHASES]
+    table = {l.split()[0]: [float(x) for x in l.split()[1:]] for l in report[2:]}
+    assert list(table) == ['zeroshot', 'coop', 'all'] and [t[0] for t in table.values()] == [2, 2, 4]
+    for method in ('zeroshot', 'coop'):
+        seconds = sum(r['seconds'] for r in rows if r['settings']['method'] == method)
+        assert table[method][1] == pytest.approx(seconds, abs=0.06)
+        assert sum(table[method][2:]) <= table[method][1] + 0.3  # the phases lie within the runs
+    assert table['coop'][5] > 0.5 and table['zeroshot'][5] == 0  # training: CoOp only
+    assert sum(table['coop'][2:]) > table['coop'][1] / 2  # the phases hold most of a run's time
+    launch.run_local(runs, tmp_path/'b', progress=False)
+    assert capsys.readouterr() == ('', '')

@@ -73,7 +73,7 @@ def test_overwrite_that_fails_midway_puts_the_finished_run_back(finished, monkey
     from vlprompt import bench
     before = tree(finished)
     def broken(*a, **k): raise bench.VLPromptError('the new run failed half way')
-    monkeypatch.setattr(bench, '_run', broken)
+    monkeypatch.setattr(bench, 'train_run', broken)  # after config.json, before metrics
     said(main('train', '--method', 'coop', *MICRO, '--set', 'epochs=3', '--out', finished, '--overwrite'), 'failed half way')
     assert tree(finished) == before and not (finished/'.replaced').exists()
 

@@ -43,20 +43,24 @@ def prograd(**s):
     return base_to_new('prograd', epochs=2, **s)
 
 def taskres(**s):
-    from vlprompt.widgets import taskres_setting
+    from vlprompt.widgets import slider
+    taskres_setting = slider('taskres_setting')
     return taskres_setting(**s)
 
 def taskres_trained(**s):
-    from vlprompt.widgets import taskres_trained_setting
+    from vlprompt.widgets import slider
+    taskres_trained_setting = slider('taskres_trained_setting')
     return taskres_trained_setting(**s)
 
 def maple(**s):
-    from vlprompt.widgets import maple_setting
+    from vlprompt.widgets import slider
+    maple_setting = slider('maple_setting')
     return maple_setting(shots=2, epochs=1, **s)
 
 def spt(**s):
     from vlprompt.methods.vpt import micro_spt_run
-    from vlprompt.widgets import spt_setting
+    from vlprompt.widgets import slider
+    spt_setting = slider('spt_setting')
     run = dict(epochs=1, shots=2)  # 15_vpt_spt's RUN under IN_TEST; its TARGET is 90% of VPT's (deep, N = 4, seed 1) final accuracy
     target = 0.9 * micro_spt_run('xavier', n_prompts=4, deep=True, head='linear', seed=1, **run)['curve'][-1]['accuracy']
     return spt_setting(target=target, **run, **s)

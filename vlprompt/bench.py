@@ -33,19 +33,19 @@ from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone
 
 # %% auto #0
 __all__ = ['METHOD_MODULES', 'PROTOCOLS', 'ENTRIES', 'METHODS', 'CONFIGS', 'RULES', 'GRADIENT_RULES', 'PAPER_BASE2NEW',
-           'PAPER_FEWSHOT_RN50', 'OFFICIAL_RENAMES', 'OFFICIAL_FIXED', 'register_method', 'register_rule',
-           'run_template', 'run_settings', 'read_official_checkpoint', 'official_to_kit', 'init_learnable',
-           'load_official', 'dassl_train_transform', 'dataset_features', 'train_inputs', 'split_inputs', 'accuracy',
-           'harmonic_mean', 'overrides', 'run_name', 'run_dir', 'run_dataset', 'config_differences', 'RunLog',
-           'checkpoint_epoch', 'use_split_indices', 'run', 'learnable', 'build_method', 'build_run', 'check_split',
-           'finished_metrics', 'run_identity', 'train_run', 'evaluate_method', 'evaluate_run', 'use_checkpoint',
-           'read_config', 'evaluate_official', 'plan', 'grid_datasets', 'write_grid', 'reproduce', 'base_to_new',
-           'summarize', 'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables',
-           'merge_duplicates']
+           'PAPER_FEWSHOT_RN50', 'OFFICIAL_RENAMES', 'OFFICIAL_FIXED', 'SETTINGS_NEEDED', 'SETTINGS_OPTIONAL',
+           'EXERCISES', 'register_method', 'register_rule', 'run_template', 'run_settings', 'read_official_checkpoint',
+           'official_to_kit', 'init_learnable', 'load_official', 'dassl_train_transform', 'dataset_features',
+           'train_inputs', 'split_inputs', 'accuracy', 'harmonic_mean', 'overrides', 'run_name', 'run_dir',
+           'run_dataset', 'config_differences', 'RunLog', 'checkpoint_epoch', 'use_split_indices', 'Run', 'timed',
+           'run', 'learnable', 'build_method', 'build_run', 'check_split', 'finished_metrics', 'run_identity',
+           'train_run', 'evaluate_method', 'evaluate_run', 'check_harmonic_mean', 'use_checkpoint', 'read_config',
+           'evaluate_official', 'plan', 'grid_datasets', 'write_grid', 'reproduce', 'base_to_new', 'summarize',
+           'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables', 'merge_duplicates']
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
 # the method modules (vlprompt.methods.*), listed once
-METHOD_MODULES = ('zeroshot', 'coop', 'prograd', 'taskres', 'maple', 'vpt', 'kgcoop')
+METHOD_MODULES = ('zeroshot', 'coop', 'prograd', 'taskres', 'maple', 'vpt', 'kgcoop', 'promptsrc')
 PROTOCOLS = ('fewshot', 'base2new', 'xd', 'dg')
 
 ENTRIES: dict = {}  # name -> its Method entry
@@ -203,9 +203,6 @@ def official_to_kit(state: dict) -> dict:
     for key, value in state.items():
         for old, new in OFFICIAL_RENAMES:
             if key.startswith(old): key = new + key[len(old):]
-        if key.startswith('compound_prompt_projections.'):  # MaPLe's F_1 .. F_{J-1}
-            i, rest = key.split('.', 2)[1:]
-            key = f'couplings.{int(i) + 1}.{rest}'
         if key not in OFFICIAL_FIXED: out[key] = value
     return out
 
@@ -340,6 +337,7 @@ def accuracy(clip: LoadedCLIP, method, dataset, split: str = 'test',
 
 # %% ../nbs/20_benchmark.ipynb #da265ea4
 import contextlib, re, socket, traceback
+from dataclasses import field
 from .train import run_lock
 from .data import apply_fewshot, fewshot_record, index_set_path, write_index_set
 
@@ -482,96 +480,189 @@ def _index_dir(s: dict, split_indices) -> Path | None:
         raise VLPromptError(f'{path} is {what}: pass the index set the run was made with.')
     return Path(split_indices)
 
+# %% ../nbs/20_benchmark.ipynb #b19a0002
+SETTINGS_NEEDED = ('method', 'protocol', 'dataset', 'shots', 'seed', 'backbone', 'pretrained',
+                   'train', 'method_options')
+SETTINGS_OPTIONAL = ('source', 'template', 'rule', 'split_indices', 'checkpoint')
+
+@dataclass(frozen=True)
+class Run:
+    """One run, built once from its flat settings (`run_settings`): what it trains, and where it
+    reads and writes. `.settings` is the dict written to config.json, key for key."""
+    method: str
+    protocol: str
+    dataset: str
+    shots: int
+    seed: int
+    backbone: str
+    pretrained: str | None
+    train: dict  # TrainConfig's fields (`.cfg`)
+    method_options: dict
+    source: str | None = None  # the paper and code its configuration follows
+    template: str | None = None  # its own prompt template (`--template`)
+    rule: str | None = None  # a gradient rule around the method (`--rule`)
+    split_indices: dict | None = None  # the index file its shots come from: name and SHA-256
+    checkpoint: dict | None = None  # the backbone's weights file: path and SHA-256
+    others: dict = field(default_factory=dict)  # keys of other versions' configs, kept as they are
+    keys: tuple = ()  # the settings' keys in their order (config.json keeps it)
+    # where it reads and writes: not settings
+    folder: Path | None = None
+    data_root: str | Path | None = None
+    cache_dir: Path | None = None
+    weights: str | None = None  # the weights file at hand (`checkpoint` names it)
+    index_dir: Path | None = None  # the index set holding `split_indices`
+
+    @classmethod
+    def of(cls, settings: dict, **places) -> Run:
+        "The run of `settings` (from `run_settings`, `plan` or a config.json) in `places`."
+        if missing := [k for k in SETTINGS_NEEDED if k not in settings]:
+            raise VLPromptError(f'These are not the settings of a run: {missing[0]!r} is missing '
+                                '(make them with `run_settings`).')
+        own = {*SETTINGS_NEEDED, *SETTINGS_OPTIONAL}
+        return cls(**{k: v for k, v in settings.items() if k in own},
+                   others={k: v for k, v in settings.items() if k not in own},
+                   keys=tuple(settings), **places)
+
+    @classmethod
+    def checked(cls, settings: dict, folder=None, data_root=None, cache_dir=None,
+                checkpoint: str | None = None, split_indices=None) -> Run:
+        """`Run.of`, once the weights file, the index set and the folder's config.json agree with
+        the settings: nothing loaded, nothing written."""
+        settings = use_checkpoint(settings, checkpoint)  # the file the settings name, or now
+        r = cls.of(settings, folder=Path(folder) if folder is not None else None,
+                   data_root=data_root, cache_dir=Path(cache_dir) if cache_dir else None,
+                   weights=checkpoint, index_dir=_index_dir(settings, split_indices))
+        if r.folder is not None: _check_config(r.folder, r.settings)
+        return r
+
+    @property
+    def settings(self) -> dict:
+        "The flat settings, in their order: what config.json holds and the run is named by."
+        own = {k: getattr(self, k) for k in SETTINGS_NEEDED}
+        for k in SETTINGS_OPTIONAL:
+            if getattr(self, k) is not None or k in self.keys: own[k] = getattr(self, k)
+        own |= self.others
+        return {k: own[k] for k in (*self.keys, *own) if k in own}
+
+    @property
+    def cfg(self) -> TrainConfig: return TrainConfig(**self.train)
+    @property
+    def log(self) -> RunLog: return RunLog(self.folder/'log.txt' if self.folder else None)
+    @property
+    def cache(self) -> FeatureCache | None:
+        return FeatureCache(self.cache_dir/'features') if self.cache_dir else None
+
+    def trained_on(self, data):
+        "The part of `data` the method trains on: the base classes under base-to-new."
+        return subsample_classes(data, 'base') if self.protocol == 'base2new' else data
+
+    def few_shots(self, dataset):
+        """`dataset` with the run's shots (drawn with its seed, or read from its index set), and the
+        record of which; a drawn set is kept in the cache as an index set to rerun elsewhere."""
+        cache = self.cache_dir
+        rec = fewshot_record(dataset, self.shots, self.seed, cache/'fewshot' if cache else None,
+                             self.index_dir)
+        if (rec is not None and rec['source'] == 'sampled' and cache and
+                not index_set_path(cache/'indices', dataset.name, self.shots, self.seed).exists()):
+            write_index_set(cache/'indices', dataset, rec)
+        return apply_fewshot(dataset, rec), rec
+
+    @contextlib.contextmanager
+    def claimed(self):
+        """Hold the folder's lock while the run writes it (a second writer gets RunBusy). A folder
+        this call made is removed again if the run stops before writing in it."""
+        if self.folder is None: yield; return
+        made = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+        with run_lock(self.folder):
+            try: yield
+            except BaseException:
+                if made and [p.name for p in self.folder.iterdir()] == ['.lock']:
+                    (self.folder/'.lock').unlink()
+                    with contextlib.suppress(OSError):
+                        for p in made: p.rmdir()  # the folders it made, if still empty
+                raise
+
+    def begin(self, dataset):
+        """Start writing: config.json first, a folder dataset's drawn split, the log's first line
+        (with the epoch a started run resumes after)."""
+        if self.folder is not None: write_json(self.folder/'config.json', self.settings)
+        save_split(dataset)  # a no-op for the CoOp datasets
+        done = checkpoint_epoch(self.folder) if self.folder is not None else None
+        self.log(f'start: {self.method} {self.protocol} {self.dataset} {self.shots} shots seed '
+                 f'{self.seed} on {socket.gethostname()} (pid {os.getpid()})' +
+                 (f'; resuming after epoch {done} of {self.train["epochs"]}' if done else ''))
+
+    @contextlib.contextmanager
+    def logged(self):
+        "Log how the run stopped if it did not finish: interrupted, stopped or failed (and why)."
+        try: yield
+        except KeyboardInterrupt:
+            self.log('interrupted: the next run of this folder resumes from its last checkpoint')
+            raise
+        except SystemExit as e:
+            self.log(f'stopped (exit {e.code}): the next run of this folder resumes from its last'
+                     ' checkpoint')
+            raise
+        except BaseException as e:
+            trace = ''.join(traceback.format_exception(e)[-4:]).splitlines(keepends=True)
+            self.log(''.join('  | ' + line for line in trace))
+            self.log(f'FAILED: {type(e).__name__}: {e}'); raise
+
+    def finish(self, metrics: dict) -> dict:
+        "Write metrics.json, last, and log the scores."
+        if self.folder is not None: write_json(self.folder/'metrics.json', metrics)
+        scores = ', '.join(f'{k} {v:.2f}' for k, v in metrics.items()
+                           if k in ('accuracy', 'base', 'new', 'hm'))
+        self.log(f"finished in {metrics['seconds']:.1f} s: {scores}")
+        return metrics
+
+# %% ../nbs/20_benchmark.ipynb #b19a0004
+@contextlib.contextmanager
+def timed(timings: dict | None, phase: str):
+    "Add the seconds of the block to `timings[phase]` (nothing without a dict)."
+    start = time.perf_counter()
+    try: yield
+    finally:
+        if timings is not None:
+            timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start
 
 def run(settings: dict, folder: str | Path | None = None, data_root=None, cache_dir=None,
         checkpoint: str | None = None, progress: bool = True,
-        split_indices: str | Path | None = None) -> dict:
-    """Run one (method, protocol, dataset, shots, seed); returns its metrics. With a `folder`: skip
-    if finished, resume if started, write config.json first, log.txt as it goes and metrics.json
-    last. Without: all in memory. `split_indices`: the index set the settings name (see
-    `use_split_indices`)."""
-    folder = Path(folder) if folder is not None else None
-    # the weights file the settings name (checked), or recorded now
-    settings = use_checkpoint(settings, checkpoint)
-    if folder is not None:
-        _check_config(folder, settings)
-        if (folder/'metrics.json').exists(): return finished_metrics(folder, settings, data_root)
-    start = time.time()
-    clip = get_clip(settings['backbone'], settings['pretrained'], checkpoint)
-    # your own folder: its split file is written below, not yet
-    dataset = run_dataset(settings, data_root, write_split=False)
-    if dataset.source == 'folder':
-        # too few images in a class: said before anything is written
-        check_shots(dataset, settings['shots'])
-    index_dir = _index_dir(settings, split_indices)
-    method, rule = build_run(
-        settings, clip,
-        subsample_classes(dataset, 'base') if settings['protocol'] == 'base2new' else
-        dataset)  # bad options fail here, before anything is written
-    with run_lock(folder) if folder is not None else contextlib.nullcontext():
-        # one writer per folder (RunBusy names the other)
-        if folder is not None and (folder/'metrics.json').exists():  # finished meanwhile
-            check_split(folder, dataset)
-            return json.loads((folder/'metrics.json').read_text())
-        log = RunLog(folder/'log.txt' if folder is not None else None)
-        if folder is not None: write_json(folder/'config.json', settings)
-        # a folder's drawn split, once every setting was checked (a no-op for the CoOp datasets)
-        save_split(dataset)
-        done = checkpoint_epoch(folder) if folder is not None else None
-        log(f"start: {settings['method']} {settings['protocol']} {settings['dataset']} "
-            f"{settings['shots']} shots seed {settings['seed']} "
-            f"on {socket.gethostname()} (pid {os.getpid()})" +
-            (f'; resuming after epoch {done} of {settings["train"]["epochs"]}' if done else ''))
-        try:
-            metrics = _run(settings, folder, clip, dataset, method, rule, cache_dir, index_dir,
-                           data_root, progress, start)
-        except KeyboardInterrupt:
-            log('interrupted: the next run of this folder resumes from its last checkpoint'); raise
-        except SystemExit as e:
-            log(
-                f'stopped (exit {e.code}): the next run of this folder resumes from its last'
-                ' checkpoint'
-            )
-            raise
-        except BaseException as e:
-            log(''.join(
-                '  | ' + l
-                for l in ''.join(traceback.format_exception(e)[-4:]).splitlines(keepends=True)))
-            log(f'FAILED: {type(e).__name__}: {e}'); raise
-        if folder is not None: write_json(folder/'metrics.json', metrics)
-        scores = ', '.join(f'{k} {v:.2f}' for k, v in metrics.items()
-                           if k in ('accuracy', 'base', 'new', 'hm'))
-        log(f"finished in {metrics['seconds']:.1f} s: {scores}")
-        return metrics
+        split_indices: str | Path | None = None, timings: dict | None = None) -> dict:
+    """Run one (method, protocol, dataset, shots, seed); returns its metrics. With a `folder`:
+    return its metrics if finished, resume if started, write config.json first, log.txt as it goes
+    and metrics.json last. Without: all in memory. `split_indices`: the index set the settings name
+    (see `use_split_indices`); `timings` gets the seconds of each phase."""
+    r = Run.checked(settings, folder, data_root, cache_dir, checkpoint, split_indices)
+    with r.claimed():  # one writer per folder, from here to the end
+        if r.folder is not None and (r.folder/'metrics.json').exists():
+            return finished_metrics(r.folder, r.settings, data_root)
+        start = time.time()
+        with timed(timings, 'backbone'): clip = get_clip(r.backbone, r.pretrained, r.weights)
+        with timed(timings, 'data'):
+            dataset = run_dataset(r.settings, data_root, write_split=False)  # its split: below
+            if dataset.source == 'folder': check_shots(dataset, r.shots)
+        method, rule = build_run(r.settings, clip, r.trained_on(dataset))  # bad options: here
+        r.begin(dataset)  # the first write
+        with r.logged():
+            with timed(timings, 'data'): data, rec = r.few_shots(dataset)
+            extra = train_run(r, method, rule, clip, r.trained_on(data), r.cache, progress,
+                              timings)
+            with timed(timings, 'evaluation'):
+                scores = evaluate_method(method, r, clip, data, r.cache)
+        return r.finish(dict(
+            settings=r.settings, **scores, **extra, indices=_indices_used(rec),
+            # which files the numbers come from
+            data=dict(folder=dataset.folder, splits_sha256=split_hash(dataset)),
+            checkpoint_rule='last epoch' if learnable(method) else 'none (nothing trained)',
+            seconds=time.time() - start))
 
 def _indices_used(rec: dict | None) -> dict:
     if rec is None: return dict(source='all data')
     return dict(source=rec['source'], file=rec.get('file'),
                 positions_sha256=rec['positions_sha256'], train=len(rec['train']))
 
-
-def _run(s, folder, clip, dataset, method, rule, cache_dir, index_dir, data_root, progress,
-         start) -> dict:
-    cache = FeatureCache(Path(cache_dir)/'features') if cache_dir else None
-    rec = fewshot_record(dataset, s['shots'], s['seed'],
-                         Path(cache_dir) / 'fewshot' if cache_dir else None, index_dir)
-    if rec is not None and rec['source'] == 'sampled' and cache_dir and not index_set_path(
-            Path(cache_dir) / 'indices', dataset.name, s['shots'], s['seed']).exists():
-        # the kit's draw as an index set, to rerun on the same shots elsewhere
-        write_index_set(Path(cache_dir)/'indices', dataset, rec)
-    data = apply_fewshot(dataset, rec)
-    train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
-    extra = train_run(method, rule, s, clip, train_data, cache, folder, progress)
-    return dict(
-        settings=s,
-        **evaluate_method(method, s, clip, data, data_root, cache),
-        **extra,
-        indices=_indices_used(rec),
-        # which files the numbers come from
-        data=dict(folder=dataset.folder, splits_sha256=split_hash(dataset)),
-        checkpoint_rule='last epoch' if learnable(method) else 'none (nothing trained)',
-        seconds=time.time() - start)
-
+# %% ../nbs/20_benchmark.ipynb #b19a0005
 def learnable(method) -> bool: return any(p.requires_grad for p in method.parameters())
 
 def build_method(s: dict, clip: LoadedCLIP, data):
@@ -628,70 +719,68 @@ def finished_metrics(folder: Path, s: dict, data_root=None) -> dict:
     if dataset is not None: check_split(folder, dataset)
     return json.loads((folder/'metrics.json').read_text())
 
-def run_identity(s: dict, clip: LoadedCLIP, train_data) -> dict:
+def run_identity(r: Run, clip: LoadedCLIP, train_data) -> dict:
     "What a checkpoint must match to be resumed: the backbone's weights, the dataset, the classes."
     return dict(
         backbone=backbone_id(clip),
-        dataset=s['dataset'],
-        protocol=s['protocol'],
+        dataset=r.dataset,
+        protocol=r.protocol,
         classes=hashlib.sha1(json.dumps(list(train_data.classnames)).encode()).hexdigest()[:12],
         # the data root's train / val lists: other files, another run
         splits=split_hash(train_data)[:16])
 
-
-def train_run(method, rule, s: dict, clip: LoadedCLIP, train_data,
-              cache: FeatureCache | None = None, folder: Path | None = None,
-              progress: bool = False) -> dict:
+def train_run(r: Run, method, rule, clip: LoadedCLIP, train_data,
+              cache: FeatureCache | None = None, progress: bool = False,
+              timings: dict | None = None) -> dict:
     """`train_method` (prepare -> fit -> calibrate) on `train_data`; returns extra metrics of the
-    rule. With a `folder` holding the finished run's checkpoint, fit only reloads the learned
+    rule. With a `r.folder` holding the finished run's checkpoint, fit only reloads the learned
     tensors (what `evaluate_run` relies on)."""
     if not (learnable(method) or hasattr(method, 'prepare') or hasattr(method, 'calibrate')):
         return {}
-    cfg = TrainConfig(**s['train'])
-    train = train_inputs(clip, method, train_data, cfg, cache)
     uses_val = hasattr(method, 'prepare') or hasattr(method, 'calibrate')
-    val_x, val_y = split_inputs(clip, method, train_data, 'val',
-                                cache) if uses_val and train_data.val is not None else (None, None)
-    prepare_x = None
-    if hasattr(method, 'prepare') and getattr(method, 'needs_images', False):
-        # e.g. SPT's prompts from the un-augmented training images
-        prepare_x = (
-            split_inputs(clip, method, train_data, 'train', cache)[0]
-            if train_data.source == 'micro'
-            else LazyImages(train_data, 'train', clip.preprocess)
-        )
-    train_method(method, train.inputs, train.labels, val_x, val_y, cfg, out=folder, rule=rule,
-                 augment=train.augment, progress=progress,
-                 identity=run_identity(s, clip, train_data), prepare_inputs=prepare_x)
-    extra = dict(conflict_fraction=rule.conflict_fraction) if getattr(rule, 'conflicts',
-                                                                      None) else {}
+    with timed(timings, 'features'):
+        train = train_inputs(clip, method, train_data, r.cfg, cache)
+        val_x, val_y = (split_inputs(clip, method, train_data, 'val', cache)
+                        if uses_val and train_data.val is not None else (None, None))
+        prepare_x = None
+        if hasattr(method, 'prepare') and getattr(method, 'needs_images', False):
+            # e.g. SPT's prompts from the un-augmented training images
+            prepare_x = (
+                split_inputs(clip, method, train_data, 'train', cache)[0]
+                if train_data.source == 'micro'
+                else LazyImages(train_data, 'train', clip.preprocess)
+            )
+    with timed(timings, 'training'):
+        train_method(method, train.inputs, train.labels, val_x, val_y, r.cfg, out=r.folder,
+                     rule=rule, augment=train.augment, progress=progress,
+                     identity=run_identity(r, clip, train_data), prepare_inputs=prepare_x)
     # of the steps run in this process; then what the method reports (KgCoOp: its mean cosine)
+    conflicts = getattr(rule, 'conflicts', None)
+    extra = dict(conflict_fraction=rule.conflict_fraction) if conflicts else {}
     return {**extra, **getattr(method, 'train_metrics', dict)()}
 
-def _for(method, s, clip, data):
+def _for(method, r: Run, clip, data):
     """The method moved to another dataset's classes with what it learned; one with nothing learned
     is rebuilt (with that dataset's template)."""
-    return method.for_classes(
-        data.classnames) if learnable(method) or hasattr(method, 'prepare') else build_method(
-            s, clip, data)
+    if learnable(method) or hasattr(method, 'prepare'): return method.for_classes(data.classnames)
+    return build_method(r.settings, clip, data)
 
-def evaluate_method(method, s: dict, clip: LoadedCLIP, data, data_root=None, cache=None) -> dict:
+def evaluate_method(method, r: Run, clip: LoadedCLIP, data, cache=None) -> dict:
     """Test accuracies of a (trained) method under its protocol: base/new/HM, or the dataset and its
-    targets."""
+    targets (read from `r.data_root`)."""
     out = {}
-    if s['protocol'] == 'base2new':
+    if r.protocol == 'base2new':
         base, new = subsample_classes(data, 'base'), subsample_classes(data, 'new')
         out['base'] = accuracy(clip, method, base, cache=cache)
-        out['new'] = accuracy(clip, _for(method, s, clip, new), new, cache=cache)
+        out['new'] = accuracy(clip, _for(method, r, clip, new), new, cache=cache)
         out['hm'] = harmonic_mean(out['base'], out['new'])
         return out
     out['accuracy'] = accuracy(clip, method, data, cache=cache)
-    for name in {'xd':
-        CROSS_DATASET, 'dg': DOMAIN_SHIFTS}.get(s['protocol'], {}).get(s['dataset'], []):
-        target = load_dataset(name, data_root)
-        out[name] = accuracy(clip, _for(method, s, clip, target), target, cache=cache)
+    targets = {'xd': CROSS_DATASET, 'dg': DOMAIN_SHIFTS}.get(r.protocol, {})
+    for name in targets.get(r.dataset, []):
+        target = load_dataset(name, r.data_root)
+        out[name] = accuracy(clip, _for(method, r, clip, target), target, cache=cache)
     return out
-
 
 def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = None,
                  split_indices: str | Path | None = None) -> dict:
@@ -711,13 +800,12 @@ def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = No
             fix = 'leave out --checkpoint'
         raise VLPromptError(f'{folder} was trained on {trained}: {fix} to evaluate it on the '
                             'same weights.')
-    s = use_checkpoint(s, checkpoint)
-    clip = get_clip(s['backbone'], s['pretrained'], checkpoint)
-    full = run_dataset(s, data_root)
+    r = Run.checked(s, folder, data_root, checkpoint=checkpoint, split_indices=split_indices)
+    clip = get_clip(r.backbone, r.pretrained, checkpoint)
+    full = run_dataset(r.settings, data_root)
     check_split(folder, full)  # trained on other train / val lists: not this run's numbers
-    data = fewshot_splits(full, s['shots'], s['seed'], None, _index_dir(s, split_indices))
-    train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
-    method, rule = build_run(s, clip, train_data)
+    data = fewshot_splits(full, r.shots, r.seed, None, r.index_dir)
+    method, rule = build_run(r.settings, clip, r.trained_on(data))
     if learnable(method):
         ckpt_path = folder/'checkpoint.pt'
         if not ckpt_path.exists():
@@ -728,13 +816,69 @@ def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = No
             raise VLPromptError(
                 f'{ckpt_path} is unreadable ({type(e).__name__}); rerun the training to rebuild it.'
             ) from e
-        if ckpt.get('epoch', -1) + 1 < s['train']['epochs']:
+        if ckpt.get('epoch', -1) + 1 < r.train['epochs']:
             raise VLPromptError(f"{folder} holds an unfinished run ({ckpt.get('epoch', -1) + 1} of "
-                                f"{s['train']['epochs']} epochs); "
+                                f"{r.train['epochs']} epochs); "
                                 'run `vlprompt train` with the same settings to finish it first.')
     # prepare again, reload the learned tensors, calibrate
-    train_run(method, rule, s, clip, train_data, folder=folder)
-    return evaluate_method(method, s, clip, data, data_root)
+    train_run(r, method, rule, clip, r.trained_on(data))
+    return evaluate_method(method, r, clip, data)
+
+# %% ../nbs/20_benchmark.ipynb #7370eaa0
+import random
+from typing import Callable
+from .train import Exercise, check_call, check_fail, check_passed, show_value
+
+def check_harmonic_mean(fn: Callable, seed: int = 0) -> None:
+    """Check `fn(base, new)`, the harmonic mean of base and new accuracy, on hidden pairs; raises
+    CheckFailed with what is wrong."""
+    from vlprompt.bench import harmonic_mean as solution
+    name, r = 'check_harmonic_mean', random.Random(seed)
+    cases = [(80.0, 60.0), (60.0, 80.0), (70.0, 70.0), (100.0, 0.0), (0.0, 100.0), (0.0, 0.0),
+             (0.9, 0.45)]
+    cases += [(round(r.uniform(0, 100), 2), round(r.uniform(0, 100), 2)) for _ in range(10)]
+    for b, n in cases:
+        case = f'base = {b}, new = {n}'
+        got = check_call(
+            name, fn, case, b, n, explain={
+                ZeroDivisionError: f'HM({b}, {n}) divided by '
+                f'zero: when B + N = 0 the HM is 0.0 by '
+                'convention (a method that gets nothing right). Guard the division.'
+            })
+        try: got = float(got)
+        except (TypeError, ValueError):
+            check_fail(name, f'the harmonic mean should be a number, not {show_value(got)}.', case)
+        want = solution(b, n)
+        if math.isnan(got):
+            check_fail(name, f'HM({b}, {n}) is NaN: when B + N = 0 the HM is 0.0 by convention.',
+                       case)
+        if abs(got - want) <= 1e-9 * max(1.0, abs(want)): continue
+        near = lambda v: abs(got - v) <= 1e-9 * max(1.0, abs(v))
+        if near((b + n) / 2):
+            msg = (f'HM({b}, {n}) should be {want:.4g}; yours, {got:.4g}, is the arithmetic mean '
+                   f'(B + N)/2. The harmonic mean 2BN/(B + N) '
+                   'is pulled towards the smaller of the two, so a high base accuracy cannot hide '
+                   'a poor new-class one.')
+        elif near(math.sqrt(b * n)):
+            msg = (
+                f'HM({b}, {n}) should be 2BN/(B + N) = {want:.4g}; yours, {got:.4g}, is the '
+                f'geometric mean sqrt(BN).'
+            )
+        elif min(b, n) == 0 and b + n > 0:
+            msg = (
+                f"a method with {'new' if n == 0 else 'base'} accuracy 0 has HM 0, whatever the "
+                f"other accuracy: HM({b}, {n}) should be 0.0, yours is {got:.4g}."
+            )
+        elif b + n == 0:
+            msg = f'HM(0, 0) should be 0.0 (nothing right on either side), yours is {got:.4g}.'
+        else: msg = f'HM({b}, {n}) should be 2BN/(B + N) = {want:.4g}, yours is {got:.4g}.'
+        check_fail(name, msg, case)
+    check_passed(name, fn, len(cases))
+
+EXERCISES = (Exercise(
+    'harmonic_mean', '20_benchmark.ipynb', 'harmonic_mean', 'check_harmonic_mean',
+    'Return the harmonic mean HM = 2 B N / (B + N) of the base and new accuracies, and '
+    '0.0 when B + N is 0.', '2BN / (B + N), and 0.0 when B + N is 0', module='vlprompt.bench'), )
 
 # %% ../nbs/20_benchmark.ipynb #a24b0001
 from .train import file_sha256
@@ -794,7 +938,7 @@ def evaluate_official(s: dict, official: str | Path, data_root=None,
     train_data = subsample_classes(data, 'base') if s['protocol'] == 'base2new' else data
     method = load_official(build_method(s, clip, train_data), official)
     digest = hashlib.sha256(Path(official).read_bytes()).hexdigest()
-    return dict(settings=s, **evaluate_method(method, s, clip, data, data_root),
+    return dict(settings=s, **evaluate_method(method, Run.of(s, data_root=data_root), clip, data),
                 official_checkpoint=dict(file=str(official), sha256=digest))
 
 # %% ../nbs/20_benchmark.ipynb #7a96257c

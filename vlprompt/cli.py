@@ -187,16 +187,17 @@ def demo_methods() -> tuple:
     "The methods the demo runs: the entries with `demo=True`, in the order bench registers them."
     return tuple(name for name, entry in bench.ENTRIES.items() if entry.demo)
 
-def demo(out: str | None = None, device: str = 'cpu', methods=None) -> dict:
-    """The micro-world demo: zero-shot table of every task, then base-to-new for `methods`;
-    optionally writes DIR/demo.json and DIR/demo.png."""
+def demo(out: str | None = None, device: str = 'cpu', methods=None, progress: bool = True) -> dict:
+    """The micro-world demo: zero-shot table of every task, then base-to-new for `methods` (with
+    `progress`: a bar over them, one over each one's epochs, and where the time went); optionally
+    writes DIR/demo.json and DIR/demo.png."""
     check_device(device)
     if out: check_out(out)
     import torch
     if device == 'cpu' and 'OMP_NUM_THREADS' not in os.environ and torch.get_num_threads() > 1:
         threads = torch.get_num_threads()  # the micro CLIP gains nothing from threads; on a busy
         torch.set_num_threads(1)  # 2-core machine CoOp took 235 s with 2 threads, 8 s with one
-        try: return demo(out, device, methods)
+        try: return demo(out, device, methods, progress)
         finally: torch.set_num_threads(threads)
     start = time.time()
     methods = methods or demo_methods()
@@ -207,17 +208,18 @@ def demo(out: str | None = None, device: str = 'cpu', methods=None) -> dict:
     print(micro.format_table(rows))
     print(f'\n{len(rows)} tasks in {time.time() - start:.1f} s on {device}.\n')
     print('Base-to-new on micro-pairs (16 shots, seed 1), one method after another:', flush=True)
-    b2n = []
+    from tqdm.auto import tqdm
+    from vlprompt import launch
+    grid = bench.plan('base2new', list(methods), ['micro-pairs'], seeds=(1, ))
+    def said(i, r):  # a line per method as it finishes, above the bars
+        tqdm.write(f"  [{i + 1}/{len(grid)}] {grid[i]['method']:14s} base {r['base']:5.1f}  new "
+                   f"{r['new']:5.1f}  HM {r['hm']:5.1f}  ({r['seconds']:.0f} s)")
     with tempfile.TemporaryDirectory() as tmp:
-        runs = Path(out)/'runs' if out else Path(tmp)
-        for m in methods:  # a line per method as it finishes: progress, not minutes of silence
-            t = time.time()
-            b2n += bench.reproduce('base2new', [m], ['micro-pairs'], seeds=(1, ), out=runs,
-                                   progress=False)
-            r = b2n[-1]
-            print(f"  [{len(b2n)}/{len(methods)}] {m:14s} base {r['base']:5.1f}  new "
-                  f"{r['new']:5.1f}  HM {r['hm']:5.1f}"
-                  f'  ({time.time() - t:.0f} s)', flush=True)
+        b2n = launch.run_local(grid, Path(out)/'runs' if out else Path(tmp), progress=progress,
+                               on_result=said)
+    if None in b2n:
+        print(f'{b2n.count(None)} demo runs failed (see FAILED above).', file=sys.stderr)
+        sys.exit(1)
     table = bench.results_table(b2n)
     print('\n' + table)
     result = dict(

@@ -345,7 +345,7 @@ IMAGENET_TEMPLATES = [  # the CLIP paper's 80 ImageNet templates
     'a tattoo of the {}.',
 ]
 
-# %% ../nbs/00_clip.ipynb #06a550a3
+# %% ../nbs/00_clip.ipynb #b35eaf98
 def replace_tokens(x: torch.Tensor, prompts: torch.Tensor, start: int) -> torch.Tensor:
     "Replace `x[:, start:start+n]` (N, L, d) by `prompts`, (n, d) shared or (N, n, d) per sequence."
     prompts = prompts.to(x.dtype)
@@ -362,66 +362,6 @@ def project_text(model, x: torch.Tensor) -> torch.Tensor:
     return model.text_projection(x) if isinstance(model.text_projection,
                                                   nn.Linear) else x @ model.text_projection
 
-_REFERENCE = [False]  # True inside `reference_path()`
-
-@contextmanager
-def reference_path():
-    """Run the text encoder as the official code does (all context-length tokens, every sequence in
-    full, no chunks): for checks and benchmarks."""
-    _REFERENCE.append(True)
-    try: yield
-    finally: _REFERENCE.pop()
-
-def encode_text_prompted(model, token_embeds: torch.Tensor, eot: torch.Tensor,
-                         layer_prompts: Sequence[torch.Tensor | None] | None = None,
-                         prompt_start: int = 1, normalize: bool = False,
-                         chunk_size: int | None = None, prefix_groups: int = 1) -> torch.Tensor:
-    """Text features from token embeddings (N, L, d), pooled at `eot` (N,), with optional per-layer
-    prompts. Runs only to the longest EOT; a prefix shared by all sequences runs once; with
-    `chunk_size`, sequences run in chunks (recomputed in backward, so K = 1000 classes fit in
-    memory). All three are exact. With `prefix_groups` G, the sequences come as G equal
-    consecutive groups (CoCoOp: one per image), and each group's shared prefix runs once."""
-    if getattr(model, 'text_pool_type', 'argmax') != 'argmax':
-        raise VLPromptError(f"Prompted text encoding needs CLIP's EOT pooling; this model pools "
-                            f"with {model.text_pool_type!r}.")
-    cast = model.transformer.get_cast_dtype()
-    layer_prompts = list(layer_prompts or [])
-    if layer_prompts and layer_prompts[0] is not None:
-        # input prompts are word embeddings: they get positions
-        token_embeds = replace_tokens(token_embeds, layer_prompts[0], prompt_start)
-    reference = _REFERENCE[-1]
-    # causal: positions after the last EOT change nothing
-    n_tokens = token_embeds.shape[1] if reference else int(eot.max()) + 1
-    x = token_embeds[:, :n_tokens].to(cast) + model.positional_embedding[:n_tokens].to(cast)
-    deep = [(i, p) for i, p in enumerate(layer_prompts) if i > 0 and p is not None]
-    if prefix_groups < 1 or len(x) % prefix_groups:
-        raise VLPromptError(f'prefix_groups must divide the {len(x)} sequences into equal groups, '
-                            f'not {prefix_groups}.')
-    n = len(x) // prefix_groups  # sequences per group
-    P = 0 if reference else _shared_prefix(model, x, eot, deep, prompt_start, prefix_groups)
-    if P:
-        # each group's shared prefix once, its keys and values reused by the suffixes of that
-        # group's sequences
-        kv = _prefix_keys_values(model, x[::n, :P], dict(deep), prompt_start)
-        run = lambda xs, e, sl: _pool_text(model, _suffix_blocks(model, xs, kv, n, sl), e - P)
-        x = x[:, P:]
-    else:
-        mask = model.attn_mask[:n_tokens, :n_tokens] if model.attn_mask is not None else None
-        run = lambda xs, e, sl: _pool_text(model,
-                                           _full_blocks(model, xs, mask, deep, prompt_start, sl), e)
-    if reference or not chunk_size or len(x) <= chunk_size:
-        out = run(x, eot, slice(None))
-    else:
-        out = []
-        for i in range(0, len(x), chunk_size):
-            sl = slice(i, i + chunk_size)
-            fn = lambda xs, e, sl=sl: run(xs, e, sl)
-            out.append(
-                checkpoint(fn, x[sl], eot[sl], use_reentrant=False) if torch.is_grad_enabled(
-                ) else fn(x[sl], eot[sl]))
-        out = torch.cat(out)
-    return F.normalize(out, dim=-1) if normalize else out
-
 def _pool_text(model, x, eot):
     x = model.ln_final(x)
     return project_text(model, x[torch.arange(x.shape[0], device=x.device), eot])
@@ -435,6 +375,7 @@ def _full_blocks(model, x, mask, deep, prompt_start, sl):
         x = block(x, attn_mask=mask)
     return x
 
+# %% ../nbs/00_clip.ipynb #41f249f5
 def _plain_block(block) -> bool:
     attn = getattr(block, 'attn', None)
     return (type(block).__name__ == 'ResidualAttentionBlock'
@@ -498,6 +439,67 @@ def _suffix_blocks(model, x, kv, per_group: int = 1, sl: slice = slice(None)):
         x = x + block.ls_1(a)
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x
+
+# %% ../nbs/00_clip.ipynb #66191377
+_REFERENCE = [False]  # True inside `reference_path()`
+
+@contextmanager
+def reference_path():
+    """Run the text encoder as the official code does (all context-length tokens, every sequence in
+    full, no chunks): for checks and benchmarks."""
+    _REFERENCE.append(True)
+    try: yield
+    finally: _REFERENCE.pop()
+
+def encode_text_prompted(model, token_embeds: torch.Tensor, eot: torch.Tensor,
+                         layer_prompts: Sequence[torch.Tensor | None] | None = None,
+                         prompt_start: int = 1, normalize: bool = False,
+                         chunk_size: int | None = None, prefix_groups: int = 1) -> torch.Tensor:
+    """Text features from token embeddings (N, L, d), pooled at `eot` (N,), with optional per-layer
+    prompts. Runs only to the longest EOT; a prefix shared by all sequences runs once; with
+    `chunk_size`, sequences run in chunks (recomputed in backward, so K = 1000 classes fit in
+    memory). All three are exact. With `prefix_groups` G, the sequences come as G equal
+    consecutive groups (CoCoOp: one per image), and each group's shared prefix runs once."""
+    if getattr(model, 'text_pool_type', 'argmax') != 'argmax':
+        raise VLPromptError(f"Prompted text encoding needs CLIP's EOT pooling; this model pools "
+                            f"with {model.text_pool_type!r}.")
+    cast = model.transformer.get_cast_dtype()
+    layer_prompts = list(layer_prompts or [])
+    if layer_prompts and layer_prompts[0] is not None:
+        # input prompts are word embeddings: they get positions
+        token_embeds = replace_tokens(token_embeds, layer_prompts[0], prompt_start)
+    reference = _REFERENCE[-1]
+    # causal: positions after the last EOT change nothing
+    n_tokens = token_embeds.shape[1] if reference else int(eot.max()) + 1
+    x = token_embeds[:, :n_tokens].to(cast) + model.positional_embedding[:n_tokens].to(cast)
+    deep = [(i, p) for i, p in enumerate(layer_prompts) if i > 0 and p is not None]
+    if prefix_groups < 1 or len(x) % prefix_groups:
+        raise VLPromptError(f'prefix_groups must divide the {len(x)} sequences into equal groups, '
+                            f'not {prefix_groups}.')
+    n = len(x) // prefix_groups  # sequences per group
+    P = 0 if reference else _shared_prefix(model, x, eot, deep, prompt_start, prefix_groups)
+    if P:
+        # each group's shared prefix once, its keys and values reused by the suffixes of that
+        # group's sequences
+        kv = _prefix_keys_values(model, x[::n, :P], dict(deep), prompt_start)
+        run = lambda xs, e, sl: _pool_text(model, _suffix_blocks(model, xs, kv, n, sl), e - P)
+        x = x[:, P:]
+    else:
+        mask = model.attn_mask[:n_tokens, :n_tokens] if model.attn_mask is not None else None
+        run = lambda xs, e, sl: _pool_text(model,
+                                           _full_blocks(model, xs, mask, deep, prompt_start, sl), e)
+    if reference or not chunk_size or len(x) <= chunk_size:
+        out = run(x, eot, slice(None))
+    else:
+        out = []
+        for i in range(0, len(x), chunk_size):
+            sl = slice(i, i + chunk_size)
+            fn = lambda xs, e, sl=sl: run(xs, e, sl)
+            out.append(
+                checkpoint(fn, x[sl], eot[sl], use_reentrant=False) if torch.is_grad_enabled(
+                ) else fn(x[sl], eot[sl]))
+        out = torch.cat(out)
+    return F.normalize(out, dim=-1) if normalize else out
 
 def encode_text_ids(model, token_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     """Text features of token ids through the shared (EOT-truncated) path: equals

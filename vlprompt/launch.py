@@ -7,15 +7,16 @@ from __future__ import annotations
 import json, math, os, queue, re, shlex, signal, sys, threading, time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from . import bench
 from .clip import VLPromptError
 from .data import DATASETS
 
 # %% auto #0
-__all__ = ['BENCHMARK_DATASETS', 'FEWSHOT_SHOTS', 'SECONDS_PER_EPOCH', 'EVAL_SECONDS', 'survey', 'describe', 'check_gpus',
-           'cpu_cores', 'run_local', 'parse_time', 'RunTask', 'slurm_parameters', 'sbatch_script', 'run_slurm',
-           'paper_grid', 'estimate_gpu_hours', 'seconds_per_epoch_from_bench']
+__all__ = ['PHASES', 'BENCHMARK_DATASETS', 'FEWSHOT_SHOTS', 'SECONDS_PER_EPOCH', 'EVAL_SECONDS', 'survey', 'describe',
+           'check_gpus', 'cpu_cores', 'time_report', 'run_local', 'parse_time', 'RunTask', 'slurm_parameters',
+           'sbatch_script', 'run_slurm', 'paper_grid', 'estimate_gpu_hours', 'seconds_per_epoch_from_bench']
 
 # %% ../nbs/21_launch.ipynb #73f8f976
 def survey(runs: list[dict], out: str | Path) -> list[dict]:
@@ -106,23 +107,49 @@ def _worker(tasks, results, threads: int, parent: int, common: dict, gpu: str | 
     while (item := tasks.get()) is not None:
         i, s, folder = item
         results.put(('start', i, os.getpid()))
-        try: results.put(('done', i, bench.run(s, folder, progress=False, **common)))
+        timings = {}
+        try: metrics = bench.run(s, folder, progress=False, timings=timings, **common)
         except KeyboardInterrupt: break
         except BaseException as e: results.put(('failed', i, (type(e).__name__, str(e))))
+        else: results.put(('timings', i, timings)); results.put(('done', i, metrics))
 
 def _progress_bar(total: int, initial: int, show: bool):
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, desc='runs', unit='run', disable=not show,
                 dynamic_ncols=True)
 
+PHASES = ('backbone', 'data', 'features', 'training', 'evaluation')  # what `bench.run` times
+
+def time_report(states: list[dict], results: list, timings: dict, wall: float) -> str:
+    """Where the time went: per method, the runs that finished here, their seconds and the seconds
+    of each phase of them (`timings`: run index -> phase -> seconds)."""
+    rows = {}
+    for i, phases in timings.items():
+        if results[i] is None: continue  # failed
+        s = states[i]['settings']
+        name = s['method'] + (f" --rule {s['rule']}" if s.get('rule') else '')
+        row = rows.setdefault(name, dict.fromkeys(('runs', 'seconds', *PHASES), 0))
+        row['runs'] += 1; row['seconds'] += results[i]['seconds']
+        for p in PHASES: row[p] += phases.get(p, 0.0)
+    rows['all'] = {k: sum(r[k] for r in rows.values()) for k in ('runs', 'seconds', *PHASES)}
+    width = max(map(len, rows)) + 2
+    lines = [f"Where the time went ({rows['all']['runs']} runs in {wall:.0f} s; seconds):",
+             f"  {'method':{width}s}runs  run total" + ''.join(f'{p:>11s}' for p in PHASES)]
+    lines += [f"  {name:{width}s}{r['runs']:4d}{r['seconds']:11.1f}" +
+              ''.join(f'{r[p]:11.1f}' for p in PHASES) for name, r in rows.items()]
+    return '\n'.join(lines)
+
 def run_local(runs: list[dict], out: str | Path = 'runs', workers: int | None = None,
               gpus: list[str] | str | None = None, data_root=None, checkpoint: str | None = None,
-              split_indices=None, progress: bool = True) -> list[dict | None]:
+              split_indices=None, progress: bool = True,
+              on_result: Callable | None = None) -> list[dict | None]:
     """Run a grid on this machine: one worker process per entry of `gpus` (each sees only its GPU,
     `CUDA_VISIBLE_DEVICES` pinned) or `workers` processes on CPU (cores // workers threads each);
     one run after another in this process if neither asks for more than one. Finished runs are
     skipped, started ones resume. Returns each run's metrics (None: failed). Ctrl-C stops the
-    workers (each run logs it; metrics are only ever written whole) and a second call continues."""
+    workers (each run logs it; metrics are only ever written whole) and a second call continues.
+    With `progress`: a bar over the runs, one over each run's epochs (in this process) and, at the
+    end, where the time went; `on_result(i, metrics)` as each run finishes."""
     if isinstance(gpus, str): gpus = [g.strip() for g in gpus.split(',') if g.strip()]
     if gpus and workers not in (None, len(gpus)):
         raise VLPromptError(f'--gpus {",".join(gpus)} starts one worker per GPU ({len(gpus)}); '
@@ -150,19 +177,23 @@ def run_local(runs: list[dict], out: str | Path = 'runs', workers: int | None = 
         else f'{n} CPU worker(s), {threads} thread(s) each' if n > 1 else 'in this process'
     )
     if progress: print(f'{describe(states)}; {where}.', flush=True)
-    failures = {}
+    failures, timings, start = {}, {}, time.time()
     bar = _progress_bar(len(runs), len(runs) - len(todo), progress and bool(todo))
     try:
         if n == 1 and not gpus:
             for i in todo:
                 try:
                     results[i] = bench.run(states[i]['settings'], states[i]['folder'],
-                                           progress=False, **common)
+                                           progress=progress, timings=timings.setdefault(i, {}),
+                                           **common)
                 except Exception as e:
                     failures[i] = (type(e).__name__, str(e))
+                else:
+                    if on_result: on_result(i, results[i])
                 bar.update(1)
         elif todo:
-            _pool(states, todo, n, gpus, threads, common, results, failures, bar)
+            _pool(states, todo, n, gpus, threads, common, results, failures, bar, timings,
+                  on_result)
     except KeyboardInterrupt:
         bar.close()
         done = sum(r is not None for r in results)
@@ -183,9 +214,11 @@ def run_local(runs: list[dict], out: str | Path = 'runs', workers: int | None = 
             print(f'SKIPPED {msg}', flush=True)
         else:
             print(f"FAILED {states[i]['folder']}: {kind}: {msg} (see its log.txt)", flush=True)
+    if progress and any(results[i] is not None for i in timings):
+        print(time_report(states, results, timings, time.time() - start), flush=True)
     return results
 
-def _pool(states, todo, n, gpus, threads, common, results, failures, bar):
+def _pool(states, todo, n, gpus, threads, common, results, failures, bar, timings, on_result):
     import multiprocessing as mp
     # by its module's name, which a fresh interpreter can import (also from a notebook)
     from vlprompt.launch import _worker
@@ -221,9 +254,12 @@ def _pool(states, todo, n, gpus, threads, common, results, failures, bar):
                 continue
             if kind == 'fatal': raise VLPromptError(payload)
             if kind == 'start': holding[payload] = i; continue
+            if kind == 'timings': timings[i] = payload; continue
             holding = {pid: j for pid, j in holding.items() if j != i}
             pending.discard(i); bar.update(1)
-            if kind == 'done': results[i] = payload
+            if kind == 'done':
+                results[i] = payload
+                if on_result: on_result(i, payload)
             else: failures[i] = payload
             bar.set_postfix(failed=len(failures)) if failures else None
     except BaseException:

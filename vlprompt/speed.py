@@ -332,36 +332,20 @@ def bench_command(args) -> list[dict]:
 
 # %% ../nbs/50_speed.ipynb #0f6bafd7
 def slider_functions(small: bool = False) -> dict:
-    """Each notebook's slider: (function, a start setting, a moved setting). `small` shrinks the
+    """Each method notebook's slider, as its module declares it (`SLIDERS`, found by
+    `vlprompt.widgets`): (function, a start setting, a moved setting). `small` shrinks the
     training as the notebooks' IN_TEST does."""
     from functools import partial
     from vlprompt import widgets as w
-    sizes = dict(epochs=1, shots=2) if small else {}
-    return {
-        '11 CoOp: M, shots': (partial(bench.base_to_new, 'coop', ctx_init=None,
-                                      epochs=3 if small else 30), dict(n_ctx=4, shots=16),
-                              dict(n_ctx=8, shots=16)),
-        '12 ProGrad: λ': (partial(bench.base_to_new, 'prograd',
-                                  epochs=2 if small else 30), dict(lam=1.0), dict(lam=0.5)),
-        "13 TaskRes: α'": (partial(w.taskres_setting, **(dict(epochs=5, views=2) if small else {})),
-                           dict(alpha=0.5), dict(alpha=0.55)),
-        '13 TaskRes: α in training': (partial(w.taskres_trained_setting,
-                                              **(dict(epochs=5, views=2) if small else {})),
-                                      dict(alpha=0.25), dict(alpha=1.0)),
-        '14 MaPLe: J, n_ctx': (partial(w.maple_setting,
-                                       **sizes), dict(depth=3, n_ctx=2), dict(depth=2, n_ctx=2)),
-        '15 VPT/SPT: N, depth, init': (partial(w.spt_setting, target=36.0, **sizes),
-                                       dict(n_prompts=4, depth='deep', init='xavier'),
-                                       dict(n_prompts=8, depth='deep', init='xavier')),
-    }
+    return {label: (partial(s['run'], **s['small' if small else 'full']), s['start'], s['moved'])
+            for label, s in w.slider_specs().items()}
 
 def slider_times(small: bool = False, names=None) -> list[dict]:
     """Seconds of each slider's first call, a new setting, and an `explorer` move answered from
     memory (printout and figure included)."""
     import contextlib, io
     from vlprompt import widgets as w
-    from vlprompt.methods.vpt import micro_spt_run
-    micro_spt_run.cache_clear(); w.micro_taskres.cache_clear()  # fresh, as in a new kernel
+    w.clear_memos()  # fresh, as in a new kernel
     rows = []
     for name, (run, start, moved) in slider_functions(small).items():
         if names and name not in names: continue

@@ -4,13 +4,14 @@
 
 # %% ../nbs/30_widgets.ipynb #eb8b5045
 from __future__ import annotations
-import functools, itertools, time
+import functools, importlib, inspect, itertools, time
 from typing import Any, Callable, NamedTuple
+from . import bench
 from .clip import VLPromptError
 
 # %% auto #0
-__all__ = ['Choices', 'choices', 'positions', 'settings_key', 'explorer', 'bars', 'maple_setting', 'micro_taskres',
-           'taskres_setting', 'taskres_trained_setting', 'sparkline', 'spt_setting']
+__all__ = ['Choices', 'choices', 'positions', 'settings_key', 'explorer', 'bars', 'slider_specs', 'sliders', 'slider',
+           'clear_memos']
 
 # %% ../nbs/30_widgets.ipynb #773d0513
 class Choices(NamedTuple):
@@ -130,71 +131,36 @@ def bars(*keys: str, ylim=(0, 100), ylabel: str = 'accuracy (%)'):
     return plot
 
 # %% ../nbs/30_widgets.ipynb #a1c0e7d4
-def maple_setting(depth: int = 3, n_ctx: int = 2, seed: int = 1, **train) -> dict:
-    """MaPLe base-to-new on micro-pairs (`vlprompt.bench.base_to_new`) at prompt depth J and length
-    n_ctx, with its learnable numbers."""
-    from vlprompt.bench import base_to_new, get_clip
-    from vlprompt.methods.maple import MaPLe
-    from vlprompt.micro import get_task
-    r = base_to_new('maple', seed=seed, depth=depth, n_ctx=n_ctx, **train)
-    method = MaPLe(get_clip('micro'),
-                   get_task('micro-pairs').classnames[:1], n_ctx=n_ctx, depth=depth)
-    return dict(r, params=sum(p.numel() for p in method.parameters() if p.requires_grad))
+def _bound(fn: Callable) -> Callable:
+    "`fn` with `vlprompt.bench` passed as its first argument when that parameter is named `bench`."
+    if next(iter(inspect.signature(fn).parameters), None) != 'bench': return fn
+    return functools.update_wrapper(functools.partial(fn, bench), fn)
 
-@functools.lru_cache(maxsize=None)
-def micro_taskres(alpha: float = 0.5, epochs: int = 200, views: int = 10, shots: int = 16,
-                  seed: int = 1) -> dict:
-    """TaskRes trained at `alpha` on micro-pairs' base classes as 13_taskres does (Adam lr 2e-3,
-    batch 256, weight decay 5e-4,
-    `views` flipped views of `shots` images per class), and the tests it is read on:
-    {'base'|'new': (TaskRes, features, labels)}."""
-    from vlprompt.bench import dataset_features, get_clip
-    from vlprompt.data import fewshot_splits, load_dataset, subsample_classes
-    from vlprompt.methods.taskres import train_taskres
-    from vlprompt.train import TrainConfig
-    clip = get_clip('micro')
-    data = fewshot_splits(load_dataset('micro-pairs'), shots, seed=seed, cache_dir=None)
-    base, new = subsample_classes(data, 'base'), subsample_classes(data, 'new')
-    train = dataset_features(clip, base, 'train', views=views, augment=True)
-    cfg = TrainConfig(optimizer='adam', lr=2e-3, batch_size=256, epochs=epochs, weight_decay=5e-4,
-                      seed=seed)
-    method = train_taskres(clip, base.classnames, base.template, *train, alpha=alpha, cfg=cfg)
-    (base_f, base_y), (new_f, new_y) = [dataset_features(clip, d, 'test') for d in (base, new)]
-    return {
-        'base': (method, base_f[0], base_y),
-        'new': (method.for_classes(new.classnames), new_f[0], new_y)
-    }
+def slider_specs() -> dict:
+    """Every slider the method modules declare (their `SLIDERS`: label -> `run`, a `start` and a
+    `moved` setting, `full` and `small` sizes), in the order of the method modules, with `run`
+    ready to call."""
+    specs = {}
+    for name in bench.METHOD_MODULES:
+        module = importlib.import_module(f'vlprompt.methods.{name}')
+        for label, spec in getattr(module, 'SLIDERS', {}).items():
+            specs[label] = dict(spec, run=_bound(spec['run']))
+    return specs
 
-def taskres_setting(alpha: float = 0.5, trained_alpha: float = 0.5, **train) -> dict:
-    """Base and new accuracy of the micro TaskRes trained at `trained_alpha`, read at residual scale
-    `alpha` (no training after the first call)."""
-    from vlprompt.methods.taskres import taskres_accuracy
-    return taskres_accuracy(alpha, micro_taskres(trained_alpha, **train))
+def sliders() -> dict:
+    "The method modules' slider functions by name, ready to call (see `slider_specs`)."
+    return {spec['run'].__name__: spec['run'] for spec in slider_specs().values()}
 
-def taskres_trained_setting(alpha: float = 0.5, **train) -> dict:
-    """The micro TaskRes trained (once) at `alpha`: base and new accuracy, and the residual's share
-    of the classifier |αx| / |t|."""
-    from vlprompt.methods.taskres import residual_norms, taskres_accuracy
-    tests = micro_taskres(alpha, **train)
-    return dict(taskres_accuracy(alpha, tests),
-                relative=residual_norms(tests['base'][0])['mean_relative'])
+def slider(name: str) -> Callable:
+    "The slider function `name` of a method module (see `sliders`)."
+    found = sliders()
+    if name not in found:
+        raise VLPromptError(f"No method module declares a slider {name!r}; the sliders are: "
+                            f"{', '.join(sorted(found))}.")
+    return found[name]
 
-def sparkline(values, lo=None, hi=None) -> str:
-    "A row of block characters, one per value."
-    blocks = '▁▂▃▄▅▆▇█'
-    lo, hi = min(values) if lo is None else lo, max(values) if hi is None else hi
-    return ''.join(blocks[min(7, int(8 * (v - lo) / (hi - lo + 1e-12)))] for v in values)
-
-
-def spt_setting(n_prompts: int = 4, depth: str = 'deep', init: str = 'kmeans', *, target: float,
-                **run) -> dict:
-    """One micro VPT/SPT run (`vlprompt.methods.vpt.micro_spt_run`, memoised, seed 1, linear head):
-    test accuracy, the first epoch reaching `target` accuracy, and the NMI and accuracy by epoch
-    as sparklines. `run` overrides micro_spt_run's sizes (epochs, shots)."""
-    from vlprompt.methods.vpt import epochs_to, micro_spt_run
-    r = micro_spt_run(init, n_prompts=n_prompts, deep=depth == 'deep', head='linear', seed=1, **run)
-    nmi = [sum(row['nmi']) / len(row['nmi']) for row in r['curve']]
-    return dict(n_prompts=n_prompts, depth=depth, init=init, accuracy=r['accuracy'],
-                reach=epochs_to(r['curve'], target), nmi_start=nmi[0], nmi_end=nmi[-1],
-                nmi_curve=sparkline(nmi, 0, max(0.2, max(nmi))),
-                acc_curve=sparkline([row['accuracy'] for row in r['curve']], 0, 100))
+def clear_memos() -> None:
+    "Forget what the method modules' memoised functions computed, as a new kernel would."
+    for name in bench.METHOD_MODULES:
+        for obj in vars(importlib.import_module(f'vlprompt.methods.{name}')).values():
+            if callable(getattr(obj, 'cache_clear', None)): obj.cache_clear()

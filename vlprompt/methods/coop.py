@@ -4,8 +4,10 @@
 
 # %% ../../nbs/11_coop.ipynb #8542294a
 from __future__ import annotations
+from typing import Callable
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 from vlprompt.clip import (
     LoadedCLIP,
     VLPromptError,
@@ -15,9 +17,12 @@ from vlprompt.clip import (
     eot_positions,
 )
 from ..train import Method, configs_of
+from ..train import (Exercise, check_call, check_clip, check_fail, check_passed, show_value,
+                            tensors_close)
 
 # %% auto #0
-__all__ = ['BENCH_METHODS', 'BENCH_CONFIGS', 'ENTRIES', 'CoOp', 'phrase_context', 'CoCoOp']
+__all__ = ['EXERCISES', 'SLIDERS', 'BENCH_METHODS', 'BENCH_CONFIGS', 'ENTRIES', 'CoOp', 'phrase_context', 'check_prompt_assembly',
+           'coop_setting', 'CoCoOp']
 
 # %% ../../nbs/11_coop.ipynb #bf720cef
 class CoOp(nn.Module):
@@ -69,46 +74,6 @@ class CoOp(nn.Module):
                                 "class name; that layout has the class name at the end only.")
         self.name_lens = (self.eot - n_ctx - 2).tolist()  # tokens between the context and '.'
 
-    def prompts(self) -> torch.Tensor:
-        "Token embeddings (K, L, d) of every class's prompt with the current context."
-        # exercise: prompt_assembly
-        K = len(self.classnames)
-        ctx = self.ctx if self.csc else self.ctx.unsqueeze(0).expand(K, -1, -1)
-        ctx = ctx.to(self.token_prefix.dtype)
-        prefix, suffix = self.token_prefix, self.token_suffix
-        if self.class_token_position == 'end':
-            return torch.cat([prefix, ctx, suffix], dim=1)
-        # end exercise
-        rows, half = [], self.n_ctx // 2
-        for k, n in enumerate(self.name_lens):
-            name, rest = suffix[k:k + 1, :n], suffix[k:k + 1, n:]
-            c = ctx[k:k + 1]
-            parts = (
-                [prefix[k : k + 1], c[:, :half], name, c[:, half:], rest]
-                if self.class_token_position == 'middle'
-                else [prefix[k : k + 1], name, c, rest]
-            )
-            rows.append(torch.cat(parts, dim=1))
-        return torch.cat(rows)
-
-    def text_features(self) -> torch.Tensor:
-        "Normalised class weights (K, D) from the learned prompts, through the shared text encoder."
-        return encode_text_prompted(self.clip.model, self.prompts(), self.eot, normalize=True)
-
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        return clip_logits(image_features, self.text_features(), self.clip.model.logit_scale.exp())
-
-    def for_classes(self, classnames: list[str]) -> 'CoOp':
-        """A CoOp over other class names with a copy of this unified context (base -> new
-        evaluation)."""
-        if self.csc:
-            raise VLPromptError('Class-specific context (csc) is tied to the training classes; it '
-                                'cannot be moved to new classes.')
-        other = CoOp(self.clip, classnames, n_ctx=self.n_ctx, ctx_init=self.ctx_init,
-                     class_token_position=self.class_token_position, ctx_pad=self.ctx_pad)
-        with torch.no_grad(): other.ctx.copy_(self.ctx)
-        return other
-
 def phrase_context(tokenizer, embed: nn.Embedding, phrase: str, n_ctx: int | None = None,
                    pad: bool = False) -> tuple[torch.Tensor, int, str]:
     """The official context from a phrase: (ctx (n_ctx, d), n_ctx, the prompt's text before the
@@ -142,6 +107,153 @@ def _check_length(tokenizer, prompts, context_length, n_ctx):
                             f'takes {context_length}: shorten the prompt length by '
                             f'{need - context_length} or more.')
 
+# %% ../../nbs/11_coop.ipynb #44b7c731
+@patch
+def prompts(self: CoOp) -> torch.Tensor:
+    "Token embeddings (K, L, d) of every class's prompt with the current context."
+    # exercise: prompt_assembly
+    K = len(self.classnames)
+    ctx = self.ctx if self.csc else self.ctx.unsqueeze(0).expand(K, -1, -1)
+    ctx = ctx.to(self.token_prefix.dtype)
+    prefix, suffix = self.token_prefix, self.token_suffix
+    if self.class_token_position == 'end':
+        return torch.cat([prefix, ctx, suffix], dim=1)
+    # end exercise
+    rows, half = [], self.n_ctx // 2
+    for k, n in enumerate(self.name_lens):
+        name, rest = suffix[k:k + 1, :n], suffix[k:k + 1, n:]
+        c = ctx[k:k + 1]
+        parts = (
+            [prefix[k : k + 1], c[:, :half], name, c[:, half:], rest]
+            if self.class_token_position == 'middle'
+            else [prefix[k : k + 1], name, c, rest]
+        )
+        rows.append(torch.cat(parts, dim=1))
+    return torch.cat(rows)
+
+# %% ../../nbs/11_coop.ipynb #61676e79
+@patch
+def text_features(self: CoOp) -> torch.Tensor:
+    "Normalised class weights (K, D) from the learned prompts, through the shared text encoder."
+    return encode_text_prompted(self.clip.model, self.prompts(), self.eot, normalize=True)
+
+@patch
+def forward(self: CoOp, image_features: torch.Tensor) -> torch.Tensor:
+    return clip_logits(image_features, self.text_features(), self.clip.model.logit_scale.exp())
+
+@patch
+def for_classes(self: CoOp, classnames: list[str]) -> 'CoOp':
+    """A CoOp over other class names with a copy of this unified context (base -> new
+    evaluation)."""
+    if self.csc:
+        raise VLPromptError('Class-specific context (csc) is tied to the training classes; it '
+                            'cannot be moved to new classes.')
+    other = CoOp(self.clip, classnames, n_ctx=self.n_ctx, ctx_init=self.ctx_init,
+                 class_token_position=self.class_token_position, ctx_pad=self.ctx_pad)
+    with torch.no_grad(): other.ctx.copy_(self.ctx)
+    return other
+
+# %% ../../nbs/11_coop.ipynb #3bb087c3
+def check_prompt_assembly(fn: Callable, seed: int = 0) -> None:
+    """Check `fn(self)`, CoOp's prompt assembly (`CoOp.prompts`), on CoOp modules with hidden
+    contexts; raises CheckFailed."""
+    from vlprompt.methods.coop import CoOp
+    if isinstance(fn, type): fn = fn.prompts
+    name, g, clip = 'check_prompt_assembly', torch.Generator().manual_seed(seed), check_clip()
+    pool = [
+        'dog', 'red star', 'golden retriever', 'small blue ring', 'airliner', 'green square',
+        'sunflower', 'a very long flower name'
+    ]
+    cases = []
+    for i, (position, csc) in enumerate([(p, c) for p in ('end', 'middle', 'front')
+                                         for c in (False, True)] + [('end', False)]):
+        names = [pool[j] for j in torch.randperm(len(pool), generator=g)[:2 + i % 3].tolist()]
+        coop = CoOp(clip, names, n_ctx=[4, 3, 2, 5, 1, 6, 8][i], csc=csc,
+                    class_token_position=position, seed=seed * 10 + i)
+        cases.append(
+            (
+                (
+                    f"class_token_position={position!r}, csc={csc}, n_ctx={coop.n_ctx},"
+                    f" {len(names)} classes"
+                ),
+                coop,
+            )
+        )
+    cases.append(("context from 'a photo of a', class_token_position='end'",
+                  CoOp(clip, pool[:3], ctx_init='a photo of a')))
+    for case, coop in cases:
+        ctx = coop.ctx.detach().clone()
+        got = check_call(name, fn, case, coop)
+        if not torch.equal(coop.ctx, ctx):
+            check_fail(name, 'your function changed self.ctx; build new tensors instead.', case)
+        want, M, K = CoOp.prompts(coop), coop.n_ctx, len(coop.classnames)
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            check_fail(
+                name,
+                f"the prompts should be (K, L, d) = {tuple(want.shape)}: one row per class, the"
+                f" whole token sequence ([SOS], {M} context vectors, then the class name, '.',"
+                f" [EOS] and padding), of width d; yours are {show_value(got)}.",
+                case,
+            )
+        if tensors_close(got, want):
+            if not (got.requires_grad
+                    and torch.autograd.grad(got.sum(), coop.ctx, allow_unused=True)[0] is not None):
+                check_fail(
+                    name,
+                    'the prompts must stay a function of self.ctx (no .detach(), no'
+                    ' torch.no_grad()): CoOp learns the context through them.',
+                    case,
+                )
+            continue
+        if not tensors_close(got[:, :1], want[:, :1]):
+            msg = 'position 0 of every prompt is [SOS], the buffer self.token_prefix.'
+        elif coop.class_token_position != 'end':
+            msg = (f"for class_token_position={coop.class_token_position!r} the lines after yours "
+                   f"assemble the prompt from your ctx, prefix "
+                   'and suffix: ctx must be (K, M, d), one context per class row, prefix = '
+                   'self.token_prefix and suffix = self.token_suffix.')
+        elif not tensors_close(got[:, 1:1 + M], want[:, 1:1 + M]):
+            if coop.csc and tensors_close(got[:, 1:1 + M], ctx[:1].expand(K, -1, -1)):
+                msg = ('with class-specific context (csc=True) self.ctx is already (K, M, d): '
+                       'class k uses its own self.ctx[k]; '
+                       'only a unified context (M, d) is expanded over the classes.')
+            else:
+                msg = (
+                    f'positions 1..{M} hold the context vectors self.ctx (the same for every class'
+                    ' unless csc).'
+                )
+        else:
+            msg = (
+                "after the context come the fixed tokens of self.token_suffix: the class name, "
+                "'.', [EOS] and padding."
+            )
+        check_fail(name, msg, case)
+    check_passed(name, fn, len(cases))
+
+EXERCISES = (Exercise(
+    'prompt_assembly', '11_coop.ipynb', 'CoOp.prompts', 'check_prompt_assembly',
+    'Build the context `ctx` of shape (K, M, d): the unified context `self.ctx` (M, d) '
+    'expanded over the K classes, or the '
+    'class-specific one (K, M, d) as it is (`self.csc`), in the dtype of the buffers. '
+    'Name `prefix = self.token_prefix` ([SOS]) '
+    'and `suffix = self.token_suffix` (class name, ".", [EOS], padding). For '
+    'class_token_position "end" return '
+    '[SOS], context, suffix concatenated along the sequence; the lines below use ctx, '
+    'prefix and suffix for "middle" and "front".',
+    'expand the unified context to (K, M, d), then concatenate [SOS], context and suffix '
+    'along the sequence (dim 1)', module='vlprompt.methods.coop'), )
+
+# %% ../../nbs/11_coop.ipynb #d52b5f28
+def coop_setting(bench, n_ctx: int = 4, shots: int = 16, **train) -> dict:
+    """CoOp base-to-new on micro-pairs (`bench.base_to_new`) with n_ctx random context vectors and
+    `shots` per base class: base, new, HM (seed 1)."""
+    return bench.base_to_new('coop', n_ctx=n_ctx, shots=shots, ctx_init=None, **train)
+
+# the notebook's sliders, for vlprompt.widgets: label -> function, start and moved setting, sizes
+SLIDERS = {'11 CoOp: M, shots': dict(run=coop_setting, start=dict(n_ctx=4, shots=16),
+                                     moved=dict(n_ctx=8, shots=16), full=dict(epochs=30),
+                                     small=dict(epochs=3))}
+
 # %% ../../nbs/11_coop.ipynb #6db88955
 class CoCoOp(CoOp):
     "CoCoOp: CoOp's unified context plus a Meta-Net shift pi(x) of every context vector, per image."
@@ -156,33 +268,36 @@ class CoCoOp(CoOp):
             self.meta_net = nn.Sequential(nn.Linear(D, D // 16), nn.ReLU(inplace=True),
                                           nn.Linear(D // 16, d)).to(self.ctx.device)
 
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        f = nn.functional.normalize(image_features, dim=-1)
-        pi = self.meta_net(f)  # (B, d)
-        B, K = len(f), len(self.classnames)
-        ctx = (self.ctx.unsqueeze(0) + pi.unsqueeze(1)).to(self.token_prefix.dtype)  # (B, M, d)
-        prompts = torch.cat([self.token_prefix.unsqueeze(0).expand(B, -1, -1, -1),
-                             ctx.unsqueeze(1).expand(-1, K, -1, -1),
-                             # (B, K, L, d)
-                             self.token_suffix.unsqueeze(0).expand(B, -1, -1, -1)], dim=2)
-        t = encode_text_prompted(
-            self.clip.model,
-            prompts.flatten(0, 1),
-            self.eot.repeat(B),
-            normalize=True,
-            # each image's [SOS] + context runs once
-            prefix_groups=B).view(B, K, -1)
-        return self.clip.model.logit_scale.exp() * torch.einsum('bd,bkd->bk', f, t)
+# %% ../../nbs/11_coop.ipynb #e4409309
+@patch
+def forward(self: CoCoOp, image_features: torch.Tensor) -> torch.Tensor:
+    f = nn.functional.normalize(image_features, dim=-1)
+    pi = self.meta_net(f)  # (B, d)
+    B, K = len(f), len(self.classnames)
+    ctx = (self.ctx.unsqueeze(0) + pi.unsqueeze(1)).to(self.token_prefix.dtype)  # (B, M, d)
+    prompts = torch.cat([self.token_prefix.unsqueeze(0).expand(B, -1, -1, -1),
+                         ctx.unsqueeze(1).expand(-1, K, -1, -1),
+                         # (B, K, L, d)
+                         self.token_suffix.unsqueeze(0).expand(B, -1, -1, -1)], dim=2)
+    t = encode_text_prompted(
+        self.clip.model,
+        prompts.flatten(0, 1),
+        self.eot.repeat(B),
+        normalize=True,
+        # each image's [SOS] + context runs once
+        prefix_groups=B).view(B, K, -1)
+    return self.clip.model.logit_scale.exp() * torch.einsum('bd,bkd->bk', f, t)
 
-    def for_classes(self, classnames: list[str]) -> 'CoCoOp':
-        "A CoCoOp over other class names with copies of this context and Meta-Net."
-        other = CoCoOp(self.clip, classnames, n_ctx=self.n_ctx, ctx_init=self.ctx_init)
-        other.load_state_dict(
-            {
-                k: v
-                for k, v in self.state_dict().items() if k in ('ctx', ) or k.startswith('meta_net.')
-            }, strict=False)
-        return other
+@patch
+def for_classes(self: CoCoOp, classnames: list[str]) -> 'CoCoOp':
+    "A CoCoOp over other class names with copies of this context and Meta-Net."
+    other = CoCoOp(self.clip, classnames, n_ctx=self.n_ctx, ctx_init=self.ctx_init)
+    other.load_state_dict(
+        {
+            k: v
+            for k, v in self.state_dict().items() if k in ('ctx', ) or k.startswith('meta_net.')
+        }, strict=False)
+    return other
 
 # %% ../../nbs/11_coop.ipynb #c0e1b002
 def _coop(clip, classnames, template, seed=0, **options):

@@ -4,16 +4,22 @@
 
 # %% ../../nbs/14_maple.ipynb #3da87325
 from __future__ import annotations
+from typing import Callable
 import copy
 from functools import partial
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 from ..clip import (LoadedCLIP, VLPromptError, clean_classname, encode_image_prompted,
-                           encode_text_prompted, eot_positions)
+                           encode_text_prompted, eot_positions, get_clip)
+from ..micro import get_task
 from ..train import Method, configs_of
+from ..train import (Exercise, check_call, check_classnames, check_clip, check_fail,
+                            check_passed, show_value, tensors_close)
 
 # %% auto #0
-__all__ = ['PROMPT_MODES', 'BENCH_CONFIGS', 'BENCH_METHODS', 'ENTRIES', 'prompt_layout', 'MaPLe']
+__all__ = ['PROMPT_MODES', 'EXERCISES', 'BENCH_CONFIGS', 'BENCH_METHODS', 'OFFICIAL_RENAMES', 'ENTRIES', 'SLIDERS',
+           'prompt_layout', 'MaPLe', 'check_coupling', 'maple_setting']
 
 # %% ../../nbs/14_maple.ipynb #7e88227a
 def prompt_layout(clip: LoadedCLIP, classnames: list[str], n_ctx: int = 2,
@@ -145,46 +151,146 @@ class MaPLe(nn.Module):
             # independent V_0 .. V_{J-1}
             self.vision_prompts = nn.ParameterList([normal(d_vis) for _ in range(layers(vision))])
 
-    def text_layer_prompts(self) -> list[torch.Tensor]:
-        """[P_0, ..., P_{J-1}], each (n_ctx, d_text): replaced at text positions 1..n_ctx of block
-        i's input (P_0: of the embeddings)."""
-        return [self.ctx, *self.text_prompts] if self.text != 'none' else []
+# %% ../../nbs/14_maple.ipynb #ba8ef7ae
+@patch
+def text_layer_prompts(self: MaPLe) -> list[torch.Tensor]:
+    """[P_0, ..., P_{J-1}], each (n_ctx, d_text): replaced at text positions 1..n_ctx of block
+    i's input (P_0: of the embeddings)."""
+    return [self.ctx, *self.text_prompts] if self.text != 'none' else []
 
-    def vision_layer_prompts(self) -> list[torch.Tensor]:
-        """[V_0, ..., V_{J-1}], each (n_ctx, d_vis): F_i(P_i) with coupling, else the independent
-        prompts; the last n_ctx vision tokens."""
-        if self.vision == 'none': return []
-        # exercise: maple_coupling
-        if self.coupled:
-            return [F_i(P_i) for F_i, P_i in zip(self.couplings, self.text_layer_prompts())]
-        # end exercise
-        return list(self.vision_prompts)
+@patch
+def vision_layer_prompts(self: MaPLe) -> list[torch.Tensor]:
+    """[V_0, ..., V_{J-1}], each (n_ctx, d_vis): F_i(P_i) with coupling, else the independent
+    prompts; the last n_ctx vision tokens."""
+    if self.vision == 'none': return []
+    # exercise: maple_coupling
+    if self.coupled:
+        return [F_i(P_i) for F_i, P_i in zip(self.couplings, self.text_layer_prompts())]
+    # end exercise
+    return list(self.vision_prompts)
 
-    def text_features(self) -> torch.Tensor:
-        "Normalised class weights (K, D) from the prompted text encoder."
-        if self.text == 'none': return self.class_weights
-        return encode_text_prompted(self.clip.model, self.token_embeds, self.eot,
-                                    self.text_layer_prompts(), prompt_start=1, normalize=True)
+# %% ../../nbs/14_maple.ipynb #1b124bf0
+@patch
+def text_features(self: MaPLe) -> torch.Tensor:
+    "Normalised class weights (K, D) from the prompted text encoder."
+    if self.text == 'none': return self.class_weights
+    return encode_text_prompted(self.clip.model, self.token_embeds, self.eot,
+                                self.text_layer_prompts(), prompt_start=1, normalize=True)
 
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised image features (N, D) from the prompted image encoder (prompts appended after
-        the patches)."""
-        return encode_image_prompted(self.clip.model, images, self.vision_layer_prompts(),
-                                     placement='append', normalize=True)
+@patch
+def image_features(self: MaPLe, images: torch.Tensor) -> torch.Tensor:
+    """Normalised image features (N, D) from the prompted image encoder (prompts appended after
+    the patches)."""
+    return encode_image_prompted(self.clip.model, images, self.vision_layer_prompts(),
+                                 placement='append', normalize=True)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        "Logits (N, K) = exp(logit_scale) cos(image, class) for preprocessed images."
-        return self.clip.model.logit_scale.exp() * self.image_features(
-            images) @ self.text_features().t()
+@patch
+def forward(self: MaPLe, images: torch.Tensor) -> torch.Tensor:
+    "Logits (N, K) = exp(logit_scale) cos(image, class) for preprocessed images."
+    return self.clip.model.logit_scale.exp() * self.image_features(
+        images) @ self.text_features().t()
 
-    def for_classes(self, classnames: list[str]) -> 'MaPLe':
-        """The same module over other class names, with copies of every learned tensor (all
-        class-agnostic): base -> new, cross-dataset."""
-        other = MaPLe(self.clip, classnames, self.n_ctx, self.depth, self.coupled, self.text,
-                      self.vision, self.ctx_init)
-        other.load_state_dict({n: p.detach().clone()
-                               for n, p in self.named_parameters()}, strict=False)
-        return other
+@patch
+def for_classes(self: MaPLe, classnames: list[str]) -> 'MaPLe':
+    """The same module over other class names, with copies of every learned tensor (all
+    class-agnostic): base -> new, cross-dataset."""
+    other = MaPLe(self.clip, classnames, self.n_ctx, self.depth, self.coupled, self.text,
+                  self.vision, self.ctx_init)
+    other.load_state_dict({n: p.detach().clone()
+                           for n, p in self.named_parameters()}, strict=False)
+    return other
+
+# %% ../../nbs/14_maple.ipynb #42c79940
+def check_coupling(fn: Callable, seed: int = 0) -> None:
+    """Check `fn(self)`, MaPLe's vision prompts F_i(P_i) (`MaPLe.vision_layer_prompts`), on MaPLe
+    modules with hidden weights."""
+    from vlprompt.methods.maple import MaPLe
+    name, g, clip, names = 'check_coupling', torch.Generator().manual_seed(
+        seed), check_clip(), check_classnames()[:3]
+    settings = [
+        dict(n_ctx=2, depth=3),
+        dict(n_ctx=2, depth=1),
+        dict(n_ctx=3, depth=4),
+        dict(n_ctx=1, depth=2),
+        dict(n_ctx=2, depth=3, vision='shallow'),
+        dict(n_ctx=2, depth=2, coupling=False),
+        dict(n_ctx=2, depth=2, coupling=False, vision='none')
+    ]
+    for i, options in enumerate(settings):
+        m = MaPLe(clip, names, seed=seed * 10 + i, **options)
+        with torch.no_grad():
+            for p in m.parameters():
+                # the deeper couplings no longer start alike
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        case = ', '.join(f'{k}={v!r}'
+                         for k, v in options.items()) + (f' ({len(m.couplings)} coupling layers)'
+                                                         if m.coupled else '')
+        got = check_call(name, fn, case, m)
+        want = MaPLe.vision_layer_prompts(m)
+        if not isinstance(got, (list, tuple)):
+            check_fail(
+                name,
+                f'return a list of tensors, one per prompted vision layer, not {show_value(got)}.',
+                case)
+        if len(got) != len(want):
+            what = (
+                'one per coupling layer F_0 .. F_{J-1}'
+                if m.coupled
+                else 'one per prompted vision layer'
+            )
+            check_fail(
+                name,
+                f'there should be {len(want)} vision prompts here ({what}); yours has {len(got)}.',
+                case)
+        P = m.text_layer_prompts()
+        for d, (v, w) in enumerate(zip(got, want)):
+            if not isinstance(v, torch.Tensor) or v.shape != w.shape:
+                check_fail(
+                    name,
+                    f'vision prompt {d} should be (n_ctx, d_vision) = {tuple(w.shape)}, not'
+                    f' {show_value(v)}.',
+                    case,
+                )
+            if tensors_close(v, w): continue
+            if not m.coupled:
+                msg = ('without coupling (IVLP) the vision prompts are the independent tensors '
+                       'self.vision_prompts: write your line under '
+                       '`if self.coupled:` and let the line after it return them.')
+            elif d > 0 and tensors_close(v, m.couplings[d](P[0])):
+                msg = (
+                    f'vision prompt {d} comes from the language prompt of the same depth, P_{d} ='
+                    f' self.text_layer_prompts()[{d}], not from the context P_0.'
+                )
+            elif d > 0 and tensors_close(v, m.couplings[0](P[d])):
+                msg = (
+                    f'each depth has its own coupling layer: vision prompt {d} is'
+                    f' self.couplings[{d}](P_{d}), not self.couplings[0](P_{d}).'
+                )
+            else:
+                msg = (
+                    f'vision prompt {d} should be F_{d}(P_{d}) ='
+                    f' self.couplings[{d}](self.text_layer_prompts()[{d}]).'
+                )
+            check_fail(name, msg, case)
+        if m.coupled:
+            total = sum(v.sum() for v in got)
+            grads = torch.autograd.grad(total, [m.ctx, m.couplings[0].weight],
+                                        allow_unused=True) if total.requires_grad else [None]
+            if any(gr is None or not gr.any() for gr in grads):
+                check_fail(
+                    name, 'the vision prompts must stay functions of the language prompts and '
+                    'the coupling layers (no .detach()): '
+                    'in MaPLe a loss on the image side trains P_i through F_i.', case)
+    check_passed(name, fn, len(settings))
+
+EXERCISES = (Exercise(
+    'maple_coupling', '14_maple.ipynb', 'MaPLe.vision_layer_prompts', 'check_coupling',
+    'With coupling (`self.coupled`) return the vision prompts F_i(P_i), one per coupling '
+    'layer: `self.couplings[i]` applied '
+    'to the language prompt of the same depth, `self.text_layer_prompts()[i]`. Without '
+    'coupling let the line below return the independent prompts.',
+    'with coupling, vision prompt i is F_i(P_i): coupling layer i applied to the language '
+    'prompt of depth i', module='vlprompt.methods.maple'), )
 
 # %% ../../nbs/14_maple.ipynb #867dd8a7
 # plus Dassl's defaults: momentum 0.9, weight decay 5e-4, 1 warm-up epoch at 1e-5, cosine
@@ -233,6 +339,11 @@ BENCH_METHODS = {
     'vpt_deep_clip': partial(_build, coupling=False, text='none', n_ctx=8, depth=12),
     'language_deep': partial(_build, coupling=False, vision='none', n_ctx=4, depth=12),
 }
+# the official keys: P_1.. `compound_prompts_text.i`, F_0 `proj`, and F_1 .. F_11 (J <= 12 blocks)
+# `compound_prompt_projections.i`, which is the kit's `couplings.{i + 1}`
+OFFICIAL_RENAMES = (('compound_prompts_text.', 'text_prompts.'), ('proj.', 'couplings.0.'),
+                    *((f'compound_prompt_projections.{i}.', f'couplings.{i + 1}.')
+                      for i in range(11)))
 _B2N = lambda b, n, hm: dict(base2new=(b, n, hm))  # ViT-B/16, 11-dataset avg (methods.md §7)
 ENTRIES = (  # what vlprompt.bench registers. `vpt_deep_clip` is not one: the same model is the VPT
     # notebook's `vpt_deep`, reached here through MaPLe's switches (tests/test_vpt.py)
@@ -242,7 +353,7 @@ ENTRIES = (  # what vlprompt.bench registers. `vpt_deep_clip` is not one: the sa
         configs_of(BENCH_CONFIGS, 'maple'),
         paper=_B2N(82.28, 75.14, 78.55),
         demo=True,
-        official_renames=(('compound_prompts_text.', 'text_prompts.'), ('proj.', 'couplings.0.')),
+        official_renames=OFFICIAL_RENAMES,
     ),
     Method(
         'ivlp',
@@ -258,3 +369,17 @@ ENTRIES = (  # what vlprompt.bench registers. `vpt_deep_clip` is not one: the sa
         paper=_B2N(81.72, 73.81, 77.56),
     ),
 )
+
+# %% ../../nbs/14_maple.ipynb #f57ee5f5
+def maple_setting(bench, depth: int = 3, n_ctx: int = 2, seed: int = 1, **train) -> dict:
+    """MaPLe base-to-new on micro-pairs (`bench.base_to_new`) at prompt depth J and length n_ctx,
+    with its learnable numbers."""
+    r = bench.base_to_new('maple', seed=seed, depth=depth, n_ctx=n_ctx, **train)
+    method = MaPLe(get_clip('micro'),
+                   get_task('micro-pairs').classnames[:1], n_ctx=n_ctx, depth=depth)
+    return dict(r, params=sum(p.numel() for p in method.parameters() if p.requires_grad))
+
+# the notebook's slider, for vlprompt.widgets: label -> function, start and moved setting, sizes
+SLIDERS = {'14 MaPLe: J, n_ctx': dict(run=maple_setting, start=dict(depth=3, n_ctx=2),
+                                      moved=dict(depth=2, n_ctx=2), full={},
+                                      small=dict(epochs=1, shots=2))}

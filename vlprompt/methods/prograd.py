@@ -14,8 +14,9 @@ from ..train import (CheckFailed, Exercise, Method, Rule, check_call, check_fail
                             check_passed, method_loss, show_value, tensors_close)
 
 # %% auto #0
-__all__ = ['EXERCISES', 'PROGRAD_SOURCE', 'PROGRAD_TEMPLATES', 'BENCH_CONFIGS', 'ENTRIES', 'RULE_ENTRIES', 'prograd_project',
-           'check_prograd', 'ProGradRule', 'prograd_phrase', 'prograd_coop', 'prograd_rule']
+__all__ = ['EXERCISES', 'PROGRAD_SOURCE', 'PROGRAD_TEMPLATES', 'SLIDERS', 'BENCH_CONFIGS', 'ENTRIES', 'RULE_ENTRIES',
+           'prograd_project', 'check_prograd', 'ProGradRule', 'prograd_phrase', 'prograd_coop', 'prograd_setting',
+           'prograd_rule']
 
 # %% ../../nbs/12_prograd.ipynb #16fc6ad3
 def prograd_project(g_domain: torch.Tensor, g_general: torch.Tensor,
@@ -209,6 +210,16 @@ def prograd_coop(clip, classnames: list[str], template: str, n_ctx: int = 16, se
     coop = CoOp(clip, classnames, n_ctx, seed=seed, **options)
     with torch.no_grad(): coop.ctx.zero_()
     return coop
+
+# %% ../../nbs/12_prograd.ipynb #2b4448ae
+def prograd_setting(bench, lam: float = 1.0, **train) -> dict:
+    """ProGrad base-to-new on micro-pairs (`bench.base_to_new`) at λ = `lam`: base, new, HM and the
+    fraction of steps whose gradients conflicted (seed 1)."""
+    return bench.base_to_new('prograd', lam=lam, **train)
+
+# the notebook's slider, for vlprompt.widgets: label -> function, start and moved setting, sizes
+SLIDERS = {'12 ProGrad: λ': dict(run=prograd_setting, start=dict(lam=1.0), moved=dict(lam=0.5),
+                                 full=dict(epochs=30), small=dict(epochs=2))}
 
 # %% ../../nbs/12_prograd.ipynb #d0e1b002
 def prograd_rule(options: dict, clip, data, method, template: str) -> ProGradRule:

@@ -4,17 +4,24 @@
 
 # %% ../../nbs/13_taskres.ipynb #881be9dc
 from __future__ import annotations
+from typing import Callable
+import functools
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from ..clip import (IMAGENET_TEMPLATES_SELECT, LoadedCLIP, VLPromptError, clean_classname,
-                           clip_logits, text_features, zeroshot_weights)
+                           clip_logits, get_clip, text_features, zeroshot_weights)
+from ..data import fewshot_splits, load_dataset, subsample_classes
 from ..train import Method, TrainConfig, TrainSet, configs_of, fit
+from ..train import (Exercise, check_call, check_classnames, check_clip, check_fail,
+                            check_passed, show_value, tensors_close)
 
 # %% auto #0
-__all__ = ['BENCH_METHODS', 'BENCH_CONFIGS', 'PAPER_NUMBERS', 'ENTRIES', 'bottleneck_adapter', 'taskres_base', 'TaskRes',
-           'CLIPAdapter', 'tip_grid', 'TipAdapter', 'TipAdapterF', 'taskres_epochs', 'taskres_accuracy',
-           'taskres_sweep', 'train_taskres', 'residual_norms']
+__all__ = ['EXERCISES', 'BENCH_METHODS', 'BENCH_CONFIGS', 'PAPER_NUMBERS', 'ENTRIES', 'SLIDERS', 'bottleneck_adapter',
+           'taskres_base', 'TaskRes', 'check_taskres_classifier', 'CLIPAdapter', 'tip_grid', 'TipAdapter',
+           'TipAdapterF', 'taskres_epochs', 'taskres_accuracy', 'taskres_sweep', 'train_taskres', 'residual_norms',
+           'micro_taskres', 'taskres_setting', 'taskres_trained_setting']
 
 # %% ../../nbs/13_taskres.ipynb #873dafd4
 def bottleneck_adapter(dim: int, reduction: int = 4, seed: int = 0) -> nn.Sequential:
@@ -67,38 +74,139 @@ class TaskRes(nn.Module):
         self.register_buffer('base', base.detach().float().clone().to(device))  # t (K, D), frozen
         self.task_residual = nn.Parameter(torch.zeros_like(self.base))  # x (K, D)
 
-    def classifier(self, alpha: float | None = None) -> torch.Tensor:
-        "t + alpha x (K, D), before normalisation (`alpha` overrides the module's for evaluation)."
-        # exercise: taskres_classifier
-        return self.base + (self.alpha if alpha is None else alpha) * self.task_residual
-        # end exercise
+# %% ../../nbs/13_taskres.ipynb #2b09b414
+@patch
+def classifier(self: TaskRes, alpha: float | None = None) -> torch.Tensor:
+    "t + alpha x (K, D), before normalisation (`alpha` overrides the module's for evaluation)."
+    # exercise: taskres_classifier
+    return self.base + (self.alpha if alpha is None else alpha) * self.task_residual
+    # end exercise
 
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        return clip_logits(image_features, self.classifier(), self.logit_scale)
+@patch
+def forward(self: TaskRes, image_features: torch.Tensor) -> torch.Tensor:
+    return clip_logits(image_features, self.classifier(), self.logit_scale)
 
-    def for_classes(self, classnames: list[str], base: torch.Tensor | None = None) -> 'TaskRes':
-        """TaskRes over other class names: a class keeps its residual only under the same name;
-        unseen classes get zero (zero-shot)."""
-        classnames, index = list(classnames), {c: i for i, c in enumerate(self.classnames)}
-        unseen = [c for c in classnames if c not in index]
-        if base is None:
-            if unseen and self.custom_base:
-                raise VLPromptError(f'This TaskRes has a custom base, which has no row for '
-                                    f'{unseen[:3]}; '
-                                    'pass base= (one row per new class name) to for_classes.')
-            fresh = dict(
-                zip(unseen,
-                    taskres_base(self.clip, unseen, self.templates).to(
-                        self.base.device))) if unseen else {}
-            base = torch.stack(
-                [self.base[index[c]] if c in index else fresh[c] for c in classnames])
-        other = TaskRes(self.clip, classnames, self.templates, self.alpha, base,
-                        self.logit_scale_option)
-        other.custom_base = self.custom_base
-        with torch.no_grad():
-            for i, c in enumerate(classnames):
-                if c in index: other.task_residual[i] = self.task_residual[index[c]]
-        return other
+@patch
+def for_classes(self: TaskRes, classnames: list[str],
+                base: torch.Tensor | None = None) -> 'TaskRes':
+    """TaskRes over other class names: a class keeps its residual only under the same name;
+    unseen classes get zero (zero-shot)."""
+    classnames, index = list(classnames), {c: i for i, c in enumerate(self.classnames)}
+    unseen = [c for c in classnames if c not in index]
+    if base is None:
+        if unseen and self.custom_base:
+            raise VLPromptError(f'This TaskRes has a custom base, which has no row for '
+                                f'{unseen[:3]}; '
+                                'pass base= (one row per new class name) to for_classes.')
+        fresh = dict(
+            zip(unseen,
+                taskres_base(self.clip, unseen, self.templates).to(
+                    self.base.device))) if unseen else {}
+        base = torch.stack(
+            [self.base[index[c]] if c in index else fresh[c] for c in classnames])
+    other = TaskRes(self.clip, classnames, self.templates, self.alpha, base,
+                    self.logit_scale_option)
+    other.custom_base = self.custom_base
+    with torch.no_grad():
+        for i, c in enumerate(classnames):
+            if c in index: other.task_residual[i] = self.task_residual[index[c]]
+    return other
+
+# %% ../../nbs/13_taskres.ipynb #c07091dd
+def check_taskres_classifier(fn: Callable, seed: int = 0) -> None:
+    """Check `fn(self, alpha=None)`, TaskRes's classifier t + alpha x, on TaskRes modules with
+    hidden residuals; raises CheckFailed."""
+    from vlprompt.methods.taskres import TaskRes
+    name, g, clip, pool = 'check_taskres_classifier', torch.Generator().manual_seed(
+        seed), check_clip(), check_classnames()
+    def module(k, alpha, residual=True):
+        names = [pool[i] for i in torch.randperm(len(pool), generator=g)[:k].tolist()]
+        m = TaskRes(clip, names, alpha=alpha)
+        if residual:
+            with torch.no_grad():
+                m.task_residual.copy_(
+                    torch.randn(m.base.shape, generator=g) * m.base.norm(dim=-1, keepdim=True) / 8)
+        return m
+    m_zero, m_half, m_one = module(5, 0.5, residual=False), module(7, 0.5), module(4, 1.0)
+    cases = [('the residual x is zero (its initial value)', m_zero, None),
+             ("alpha=None: the module's alpha = 0.5", m_half, None),
+             ('alpha = 0 given explicitly', m_half, 0.0),
+             ("alpha = 1.7 given (the module's is 0.5)", m_half, 1.7),
+             ("alpha=None: the module's alpha = 1.0", m_one, None),
+             ("alpha = 0.25 given (the module's is 1.0)", m_one, 0.25)]
+    for case, m, alpha in cases:
+        base, residual = m.base.clone(), m.task_residual.detach().clone()
+        got = check_call(name, fn, case, m) if alpha is None else check_call(
+            name, fn, case, m, alpha)
+        if not (torch.equal(m.base, base) and torch.equal(m.task_residual, residual)):
+            check_fail(
+                name,
+                'your classifier changed the module (self.base or self.task_residual); compute a'
+                ' new tensor instead.',
+                case,
+            )
+        want, a = TaskRes.classifier(m, alpha), m.alpha if alpha is None else alpha
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            check_fail(
+                name,
+                f'the classifier should be a tensor (K, D) = {tuple(want.shape)}, one row per'
+                f' class, not {show_value(got)}.',
+                case,
+            )
+        if tensors_close(got, want):
+            if a != 0 and not (got.requires_grad and torch.autograd.grad(
+                    got.sum(), m.task_residual, allow_unused=True)[0] is not None):
+                check_fail(
+                    name,
+                    'the classifier must stay a function of the residual (no .detach(), no'
+                    ' torch.no_grad()): TaskRes learns x through it.',
+                    case,
+                )
+            continue
+        if tensors_close(got, F.normalize(want, dim=-1)):
+            msg = ('return t + alpha x before normalisation: clip_logits normalises the classifier '
+                   '(and the image features) when it '
+                   'computes the logits, and the checks compare the raw classifier with the base '
+                   't.')
+        elif tensors_close(got, F.normalize(base, dim=-1) + a * F.normalize(residual, dim=-1)):
+            msg = (
+                'add first, normalise after: the classifier is t + alpha x, not t/|t| + alpha'
+                ' x/|x|.'
+            )
+        elif alpha is not None and tensors_close(got, base + m.alpha * residual):
+            msg = (f"an explicit alpha overrides the module's: classifier(alpha={alpha}) should "
+                   f"use {alpha}, not self.alpha = {m.alpha} "
+                   "(that is how `taskres_accuracy` evaluates a trained residual at another "
+                   "alpha').")
+        elif residual.any() and a != 1 and tensors_close(got, base + residual):
+            msg = (
+                f'the residual enters scaled by alpha: t + alpha x with alpha = {a}; yours adds x'
+                ' unscaled.'
+            )
+        elif residual.any() and tensors_close(got, a * base + residual):
+            msg = 'alpha scales the residual x, not the base t: the classifier is t + alpha x.'
+        elif not residual.any():
+            msg = (
+                'with x = 0 (the residual\'s initial value) the classifier should be the base t'
+                ' itself: TaskRes starts at zero-shot CLIP.'
+            )
+        else:
+            msg = (
+                'the classifier should be t + alpha x = self.base + alpha * self.task_residual,'
+                f' with alpha = {a} here.'
+            )
+        check_fail(name, msg, case)
+    check_passed(name, fn, len(cases))
+
+EXERCISES = (Exercise(
+    'taskres_classifier', '13_taskres.ipynb', 'TaskRes.classifier',
+    'check_taskres_classifier',
+    'Return the classifier t + alpha x of shape (K, D), before normalisation (clip_logits '
+    'normalises it): t is the frozen '
+    'base `self.base`, x the learned residual `self.task_residual`, and alpha the '
+    'argument `alpha`, or the module\'s own `self.alpha` when it is None.',
+    "the classifier is t + alpha x before normalisation; alpha=None means the module's "
+    "own self.alpha", module='vlprompt.methods.taskres'), )
 
 # %% ../../nbs/13_taskres.ipynb #f1fa3fb7
 class CLIPAdapter(nn.Module):
@@ -185,51 +293,6 @@ class TipAdapter(nn.Module):
         self._set_cache(F.normalize(F.normalize(train_features, dim=-1).mean(0), dim=-1),
                         train_labels)
 
-    def tip_logits(self, image_features: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-        zero_shot = clip_logits(image_features, self.class_weights, 100.)  # 100 cos(f, w)
-        affinity = F.normalize(image_features, dim=-1) @ self.cache_keys.t()  # (B, N*K)
-        return zero_shot + alpha * torch.exp(-beta * (1 - affinity)) @ self.cache_values
-
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        return self.tip_logits(image_features, self.alpha, self.beta)
-
-    @torch.no_grad()
-    def search(self, val_features: torch.Tensor, val_labels: torch.Tensor) -> dict:
-        """The official grid search of beta and alpha on the val split (first best, beta outer);
-        sets both and returns the result."""
-        f = val_features.to(self.class_weights.device)
-        y = val_labels.to(f.device)
-        zero_shot, affinity = clip_logits(f, self.class_weights,
-                                          100.), F.normalize(f, dim=-1) @ self.cache_keys.t()
-        best = dict(acc=-1.0, alpha=self.alpha, beta=self.beta)
-        for beta in tip_grid(self.search_scale[0], self.search_step[0]):
-            cache = torch.exp(-beta * (1 - affinity)) @ self.cache_values
-            for alpha in tip_grid(self.search_scale[1], self.search_step[1]):
-                acc = 100 * ((zero_shot + alpha * cache).argmax(-1) == y).float().mean().item()
-                if acc > best['acc']: best = dict(acc=acc, alpha=alpha, beta=beta)
-        self.alpha, self.beta, self.search_result = best['alpha'], best['beta'], best
-        return best
-
-    def prepare(self, train_features, train_labels, val_features=None, val_labels=None):
-        """Build the cache from the training features, then search alpha and beta on val (kept as
-        given without val)."""
-        self.build_cache(train_features, train_labels)
-        if val_features is not None: self.search(val_features, val_labels)
-        return self
-
-    def for_classes(self, classnames: list[str]) -> 'TipAdapter':
-        """Over other class names: cache entries are kept for the same class names only; a class
-        without entries gets the zero-shot logit."""
-        other = type(self)(self.clip, classnames, self.templates, self.alpha, self.beta,
-                           self.search_scale, self.search_step)
-        where = {c: i for i, c in enumerate(other.classnames)}
-        old_labels = self.cache_values.argmax(-1).tolist() if len(self.cache_values) else []
-        keep = [j for j, k in enumerate(old_labels) if self.classnames[k] in where]
-        labels = torch.tensor([where[self.classnames[old_labels[j]]] for j in keep],
-                              dtype=torch.long)
-        other._set_cache(self.cache_keys.detach()[keep], labels)
-        return other
-
 class TipAdapterF(TipAdapter):
     """Tip-Adapter-F: the cache keys become learnable (a linear layer initialised from the cache);
     alpha, beta searched on val after training."""
@@ -243,6 +306,60 @@ class TipAdapterF(TipAdapter):
     def calibrate(self, val_features, val_labels) -> dict:
         "After training: search alpha and beta on val with the learned keys."
         return self.search(val_features, val_labels)
+
+# %% ../../nbs/13_taskres.ipynb #29712d75
+@patch
+def tip_logits(self: TipAdapter, image_features: torch.Tensor, alpha: float,
+               beta: float) -> torch.Tensor:
+    zero_shot = clip_logits(image_features, self.class_weights, 100.)  # 100 cos(f, w)
+    affinity = F.normalize(image_features, dim=-1) @ self.cache_keys.t()  # (B, N*K)
+    return zero_shot + alpha * torch.exp(-beta * (1 - affinity)) @ self.cache_values
+
+@patch
+def forward(self: TipAdapter, image_features: torch.Tensor) -> torch.Tensor:
+    return self.tip_logits(image_features, self.alpha, self.beta)
+
+# %% ../../nbs/13_taskres.ipynb #e6123270
+@patch
+@torch.no_grad()
+def search(self: TipAdapter, val_features: torch.Tensor,
+           val_labels: torch.Tensor) -> dict:
+    """The official grid search of beta and alpha on the val split (first best, beta outer);
+    sets both and returns the result."""
+    f = val_features.to(self.class_weights.device)
+    y = val_labels.to(f.device)
+    zero_shot, affinity = clip_logits(f, self.class_weights,
+                                      100.), F.normalize(f, dim=-1) @ self.cache_keys.t()
+    best = dict(acc=-1.0, alpha=self.alpha, beta=self.beta)
+    for beta in tip_grid(self.search_scale[0], self.search_step[0]):
+        cache = torch.exp(-beta * (1 - affinity)) @ self.cache_values
+        for alpha in tip_grid(self.search_scale[1], self.search_step[1]):
+            acc = 100 * ((zero_shot + alpha * cache).argmax(-1) == y).float().mean().item()
+            if acc > best['acc']: best = dict(acc=acc, alpha=alpha, beta=beta)
+    self.alpha, self.beta, self.search_result = best['alpha'], best['beta'], best
+    return best
+
+@patch
+def prepare(self: TipAdapter, train_features, train_labels, val_features=None, val_labels=None):
+    """Build the cache from the training features, then search alpha and beta on val (kept as
+    given without val)."""
+    self.build_cache(train_features, train_labels)
+    if val_features is not None: self.search(val_features, val_labels)
+    return self
+
+@patch
+def for_classes(self: TipAdapter, classnames: list[str]) -> 'TipAdapter':
+    """Over other class names: cache entries are kept for the same class names only; a class
+    without entries gets the zero-shot logit."""
+    other = type(self)(self.clip, classnames, self.templates, self.alpha, self.beta,
+                       self.search_scale, self.search_step)
+    where = {c: i for i, c in enumerate(other.classnames)}
+    old_labels = self.cache_values.argmax(-1).tolist() if len(self.cache_values) else []
+    keep = [j for j, k in enumerate(old_labels) if self.classnames[k] in where]
+    labels = torch.tensor([where[self.classnames[old_labels[j]]] for j in keep],
+                          dtype=torch.long)
+    other._set_cache(self.cache_keys.detach()[keep], labels)
+    return other
 
 # %% ../../nbs/13_taskres.ipynb #809d5f3a
 def taskres_epochs(shots: int) -> int:
@@ -402,3 +519,47 @@ def residual_norms(method: TaskRes) -> dict:
     relative = (method.alpha * method.task_residual.norm(dim=-1) / method.base.norm(dim=-1)).cpu()
     return dict(classnames=list(method.classnames), norm=norm, relative=relative,
                 mean_relative=relative.mean().item())
+
+# %% ../../nbs/13_taskres.ipynb #5380bec5
+@functools.lru_cache(maxsize=None)
+def micro_taskres(bench, alpha: float = 0.5, epochs: int = 200, views: int = 10, shots: int = 16,
+                  seed: int = 1) -> dict:
+    """TaskRes trained at `alpha` on micro-pairs' base classes as 13_taskres does (Adam lr 2e-3,
+    batch 256, weight decay 5e-4, `views` flipped views of `shots` images per class, features
+    through `bench.dataset_features`), and the tests it is read on:
+    {'base'|'new': (TaskRes, features, labels)}."""
+    clip = get_clip('micro')
+    data = fewshot_splits(load_dataset('micro-pairs'), shots, seed=seed, cache_dir=None)
+    base, new = subsample_classes(data, 'base'), subsample_classes(data, 'new')
+    train = bench.dataset_features(clip, base, 'train', views=views, augment=True)
+    cfg = TrainConfig(optimizer='adam', lr=2e-3, batch_size=256, epochs=epochs, weight_decay=5e-4,
+                      seed=seed)
+    method = train_taskres(clip, base.classnames, base.template, *train, alpha=alpha, cfg=cfg)
+    (base_f, base_y), (new_f, new_y) = [
+        bench.dataset_features(clip, d, 'test') for d in (base, new)]
+    return {
+        'base': (method, base_f[0], base_y),
+        'new': (method.for_classes(new.classnames), new_f[0], new_y)
+    }
+
+def taskres_setting(bench, alpha: float = 0.5, trained_alpha: float = 0.5, **train) -> dict:
+    """Base and new accuracy of the micro TaskRes trained at `trained_alpha`, read at residual scale
+    `alpha` (no training after the first call)."""
+    return taskres_accuracy(alpha, micro_taskres(bench, trained_alpha, **train))
+
+def taskres_trained_setting(bench, alpha: float = 0.5, **train) -> dict:
+    """The micro TaskRes trained (once) at `alpha`: base and new accuracy, and the residual's share
+    of the classifier |αx| / |t|."""
+    tests = micro_taskres(bench, alpha, **train)
+    return dict(taskres_accuracy(alpha, tests),
+                relative=residual_norms(tests['base'][0])['mean_relative'])
+
+# the notebook's sliders, found by vlprompt.widgets: label -> the function, a start and a moved
+# setting (`vlprompt bench --sliders` times them), and its sizes at full scale and under nbdev_test
+SLIDERS = {
+    "13 TaskRes: α'": dict(run=taskres_setting, start=dict(alpha=0.5), moved=dict(alpha=0.55),
+                           full={}, small=dict(epochs=5, views=2)),
+    '13 TaskRes: α in training': dict(run=taskres_trained_setting, start=dict(alpha=0.25),
+                                      moved=dict(alpha=1.0), full={},
+                                      small=dict(epochs=5, views=2)),
+}

@@ -4,6 +4,7 @@
 
 # %% ../../nbs/15_vpt_spt.ipynb #12a5246b
 from __future__ import annotations
+import random
 import math, time
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -11,18 +12,22 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 
 from ..clip import (LoadedCLIP, VLPromptError, clip_logits, encode_image_prompted, get_clip,
                            zeroshot_weights)
 from ..micro import get_task, micro_preprocess
 from ..train import (Method, Track, TrainConfig, TrainSet, augment_micro, configs_of,
                             cross_entropy_rule, evaluate, fit)
+from ..train import (CheckFailed, Exercise, check_call, check_fail, check_passed,
+                            show_value, tensors_close)
 
 # %% auto #0
-__all__ = ['SPT_STRATEGIES', 'INITS', 'SPT_BACKBONES', 'BENCH_METHODS', 'BENCH_CONFIGS', 'ENTRIES', 'vit_shape', 'xavier_bound',
-           'VPT', 'timm_backbone', 'micro_task_data', 'layer_tokens', 'assign', 'update_centres', 'lloyd_step',
-           'kmeans_plus_plus', 'KMeansResult', 'kmeans', 'pool_windows', 'token_prototypes', 'spt_init',
-           'nmi_from_joint', 'prompt_patch_nmi', 'layer_nmi', 'fit_tracked', 'micro_spt_run', 'epochs_to']
+__all__ = ['SPT_STRATEGIES', 'INITS', 'SPT_BACKBONES', 'EXERCISES', 'SLIDERS', 'BENCH_METHODS', 'BENCH_CONFIGS', 'ENTRIES',
+           'vit_shape', 'xavier_bound', 'VPT', 'timm_backbone', 'micro_task_data', 'layer_tokens', 'assign',
+           'update_centres', 'lloyd_step', 'kmeans_plus_plus', 'KMeansResult', 'kmeans', 'pool_windows',
+           'token_prototypes', 'check_pooling_init', 'spt_init', 'nmi_from_joint', 'prompt_patch_nmi', 'layer_nmi',
+           'check_nmi', 'fit_tracked', 'micro_spt_run', 'epochs_to', 'sparkline', 'spt_setting']
 
 # %% ../../nbs/15_vpt_spt.ipynb #f13702e5
 def vit_shape(model) -> dict:
@@ -110,42 +115,49 @@ class VPT(nn.Module):
                                           generator=g))
                 self.head.bias.zero_()
 
-    def features(self, images: torch.Tensor, return_layer_inputs: bool = False):
-        """Image features (N, D) through the prompted encoder (and, on request, each layer's input
-        tokens)."""
-        prompts = self.prompt_dropout(self.prompts)
-        return encode_image_prompted(self.clip.model, images, list(prompts), self.placement,
-                                     return_layer_inputs=return_layer_inputs)
+# %% ../../nbs/15_vpt_spt.ipynb #f18e324c
+@patch
+def features(self: VPT, images: torch.Tensor, return_layer_inputs: bool = False):
+    """Image features (N, D) through the prompted encoder (and, on request, each layer's input
+    tokens)."""
+    prompts = self.prompt_dropout(self.prompts)
+    return encode_image_prompted(self.clip.model, images, list(prompts), self.placement,
+                                 return_layer_inputs=return_layer_inputs)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        f = self.features(images)
-        if self.head_type == 'linear': return self.head(f)
-        return clip_logits(f, self.class_weights, self.clip.model.logit_scale.exp())
+@patch
+def forward(self: VPT, images: torch.Tensor) -> torch.Tensor:
+    f = self.features(images)
+    if self.head_type == 'linear': return self.head(f)
+    return clip_logits(f, self.class_weights, self.clip.model.logit_scale.exp())
 
-    def patch_slice(self) -> slice:
-        "Positions of the patch tokens in a prompted sequence."
-        n, prefix = self.n_prompts, self.shape['prefix']
-        return slice(prefix + n, None) if self.placement == 'after_cls' else slice(
-            prefix, prefix + self.shape['patches'])
+@patch
+def patch_slice(self: VPT) -> slice:
+    "Positions of the patch tokens in a prompted sequence."
+    n, prefix = self.n_prompts, self.shape['prefix']
+    return slice(prefix + n, None) if self.placement == 'after_cls' else slice(
+        prefix, prefix + self.shape['patches'])
 
-    def prepare(self, images, labels=None, val_images=None, val_labels=None, **options) -> dict:
-        """Before training (`vlprompt.train.train_method` calls it): SPT builds the prompts from the
-        preprocessed, un-augmented training images (a tensor, or a sliceable loader such as
-        `vlprompt.data.LazyImages`); VPT's random inits need nothing."""
-        return spt_init(self, images, seed=self.seed, **
-                        options) if self.init in SPT_STRATEGIES else {}
+# %% ../../nbs/15_vpt_spt.ipynb #c5a85460
+@patch
+def prepare(self: VPT, images, labels=None, val_images=None, val_labels=None, **options) -> dict:
+    """Before training (`vlprompt.train.train_method` calls it): SPT builds the prompts from the
+    preprocessed, un-augmented training images (a tensor, or a sliceable loader such as
+    `vlprompt.data.LazyImages`); VPT's random inits need nothing."""
+    return spt_init(self, images, seed=self.seed, **
+                    options) if self.init in SPT_STRATEGIES else {}
 
-    def for_classes(self, classnames: list[str]) -> 'VPT':
-        """The same prompts over other class names (zero-shot head only; a linear head is tied to
-        its classes)."""
-        if self.head_type == 'linear':
-            raise VLPromptError('A linear head is tied to the training classes; only the zero-shot '
-                                'head moves to new classes.')
-        other = VPT(self.clip, classnames, self.n_prompts, self.deep, self.head_type, self.template,
-                    self.placement, init='xavier', dropout=self.prompt_dropout.p)
-        with torch.no_grad(): other.prompts.copy_(self.prompts)
-        other.init, other.prepared = self.init, True
-        return other
+@patch
+def for_classes(self: VPT, classnames: list[str]) -> 'VPT':
+    """The same prompts over other class names (zero-shot head only; a linear head is tied to
+    its classes)."""
+    if self.head_type == 'linear':
+        raise VLPromptError('A linear head is tied to the training classes; only the zero-shot '
+                            'head moves to new classes.')
+    other = VPT(self.clip, classnames, self.n_prompts, self.deep, self.head_type, self.template,
+                self.placement, init='xavier', dropout=self.prompt_dropout.p)
+    with torch.no_grad(): other.prompts.copy_(self.prompts)
+    other.init, other.prepared = self.init, True
+    return other
 
 # %% ../../nbs/15_vpt_spt.ipynb #3bf4e3df
 # the SPT paper's ViT-B/16 backbones as timm names them; weights are fetched only when asked for
@@ -354,6 +366,98 @@ def token_prototypes(tokens: torch.Tensor, n: int, strategy: str = 'kmeans', see
         return kmeans(flat, n, seed=seed, **kmeans_options).centres.to(tokens.dtype)
     return flat[torch.randperm(len(flat), generator=g)[:n]].clone()
 
+# %% ../../nbs/15_vpt_spt.ipynb #fd208dfa
+def _windows(L: int, n: int, split: str) -> list[tuple[int, int]]:
+    if n == 1 or split == 'even':
+        sizes = [len(t) for t in torch.tensor_split(torch.arange(L), n)]
+        return [(sum(sizes[:i]), sum(sizes[:i + 1])) for i in range(n)]
+    w = L // (n - 1)
+    return [(i * w, (i + 1) * w) for i in range(n - 1)] + [(L - (L % w or L), L)]
+
+def check_pooling_init(fn: Callable, seed: int = 0) -> None:
+    """Check `fn(tokens, n, how='mean', split='official')`, SPT's window pooling (`pool_windows`),
+    on hidden token sequences."""
+    from vlprompt.methods.vpt import pool_windows as solution
+    name, g, r = 'check_pooling_init', torch.Generator().manual_seed(seed), random.Random(seed)
+    cases = [(1, 16, 1, 4, 'mean', 'official'), (1, 16, 2, 5, 'max', 'official'),
+             (2, 16, 3, 4, 'mean', 'even'), (1, 16, 2, 1, 'mean', 'official'),
+             (2, 7, 2, 7, 'max', 'official'), (3, 10, 2, 3, 'mean', 'official'),
+             (1, 17, 2, 4, 'max', 'official'), (2, 9, 2, 4, 'max', 'even')]
+    for _ in range(10):
+        L = r.randint(5, 20)
+        cases.append((r.randint(1, 3), L, r.randint(1, 4), r.randint(1,
+                                                                     L), r.choice(['mean', 'max']),
+                      r.choice(['official', 'even'])))
+    for B, L, d, n, how, split in cases:
+        case = f'tokens of shape (B, L, d) = {(B, L, d)}, n = {n}, how={how!r}, split={split!r}'
+        tokens = torch.randn(B, L, d, generator=g)
+        t0 = tokens.clone()
+        try:
+            got = check_call(name, fn, case, tokens, n, how=how, split=split)
+        except CheckFailed as e:  # e.g. an empty last window
+            if split == 'official' and n > 1 and L % (L // (n - 1)) == 0:
+                raise CheckFailed(
+                    f"{e}\n  Here L % w = 0, so the last window is the whole sequence (SPT's x[:, "
+                    f"-0:]), never empty."
+                ) from e.__cause__
+            raise
+        if not torch.equal(tokens, t0):
+            check_fail(name, 'your function changed the tokens in place.', case)
+        want = solution(t0, n, how, split)
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            check_fail(
+                name,
+                f'the pooled tokens should be (B, n, d) = {tuple(want.shape)}, one per window and '
+                f'image; yours are {show_value(got)}.',
+                case,
+            )
+        if tensors_close(got, want): continue
+        k = next(i for i in range(n) if not tensors_close(got[:, i], want[:, i]))
+        a, b = _windows(L, n, split)[k]
+        other = t0[:, a:b].amax(1) if how == 'mean' else t0[:, a:b].mean(1)
+        if tensors_close(got[:, k], other):
+            msg = (
+                f"how={how!r} takes the {'mean' if how == 'mean' else 'maximum'} of each window's "
+                f"tokens, coordinate by coordinate; yours took the "
+                f"{'maximum' if how == 'mean' else 'mean'}."
+            )
+        elif n == 1: msg = 'with n = 1 there is one window: the whole sequence.'
+        elif split == 'official' and k == n - 1:
+            w = L // (n - 1)
+            msg = (
+                f'the last window holds the last L % w = {L} % {w} = {L % w} tokens'
+                + (
+                    " and, when that is 0, all L tokens (SPT's code takes x[:, -0:], the whole "
+                    "sequence)"
+                    if L % w == 0
+                    else ''
+                )
+                + f': tokens [{a}, {b}).'
+            )
+        elif split == 'official':
+            msg = (
+                f"with split='official' the first n - 1 = {n - 1} windows have w = L // (n - 1) ="
+                f" {L // (n - 1)} tokens each: window {k} is tokens [{a}, {b})."
+            )
+        else:
+            msg = (
+                f"split='even' cuts the L = {L} tokens into n = {n} near-equal windows, as"
+                f" torch.tensor_split(tokens, n, dim=1) does: window {k} is tokens [{a}, {b})."
+            )
+        check_fail(name, msg, case)
+    check_passed(name, fn, len(cases))
+
+EXERCISES = (Exercise(
+    'spt_pooling', '15_vpt_spt.ipynb', 'pool_windows', 'check_pooling_init',
+    'Cut each image\'s sequence (B, L, d) into n windows of consecutive tokens and pool '
+    'each one. split="official" (SPT\'s '
+    'code): n-1 windows of w = L // (n-1) tokens, then a last window of the last L % w '
+    'tokens (all L tokens when that is 0). '
+    'split="even", or n == 1: torch.tensor_split(tokens, n, dim=1). Reduce each window by '
+    'its mean (how="mean") or maximum ("max") over its tokens and stack them: (B, n, d).',
+    'n-1 windows of w = L // (n-1) tokens, then the last L % w tokens (all L when 0); '
+    'mean or max over each window', module='vlprompt.methods.vpt'), )
+
 # %% ../../nbs/15_vpt_spt.ipynb #3bb6118d
 @torch.no_grad()
 def spt_init(method: VPT, images: torch.Tensor, strategy: str | None = None, seed: int = 0,
@@ -407,6 +511,110 @@ def layer_nmi(method: VPT, images: torch.Tensor) -> list[float]:
         for l in range(len(method.prompts))
     ]
 
+# %% ../../nbs/15_vpt_spt.ipynb #09ceff09
+def _nmi_variants(joint: torch.Tensor) -> dict:
+    "The NMI with other normalisations, and the MI itself: the usual slips, to name them."
+    def parts(j):
+        pk, pe = j.sum(-1, keepdim=True), j.sum(-2, keepdim=True)
+        xlogy = lambda a, b: torch.where(a > 0, a * torch.log(b.clamp_min(1e-300)),
+                                         torch.zeros_like(a))
+        return xlogy(j, j / (pk * pe)).sum((-2, -1)), -xlogy(pk, pk).sum(
+            (-2, -1)), -xlogy(pe, pe).sum((-2, -1))
+    mi, hp, he = parts(joint / joint.sum((-2, -1), keepdim=True))
+    raw_mi, raw_hp, raw_he = parts(joint)
+    return {
+        ('the mutual information I(p; e) itself: the NMI divides it by sqrt(H(p) H(e)), which '
+         'puts it in [0, 1]'): (
+            mi
+        ),
+        ('I / ((H(p) + H(e)) / 2), the arithmetic mean of the entropies: this kit (and the '
+         'derivation above) uses the geometric mean sqrt(H(p) H(e))'): (
+            mi / ((hp + he) / 2)
+        ),
+        'I / max(H(p), H(e)): this kit uses the geometric mean sqrt(H(p) H(e))': (
+            mi / torch.maximum(hp, he)
+        ),
+        'I / min(H(p), H(e)): this kit uses the geometric mean sqrt(H(p) H(e))': (
+            mi / torch.minimum(hp, he)
+        ),
+        ('the joint as given, not normalised: divide it by its sum over the last two axes first '
+         '(it is only proportional to pi, and scaling it must not change the NMI)'): (
+            raw_mi / (raw_hp * raw_he).sqrt()
+        ),
+    }
+
+def check_nmi(fn: Callable, seed: int = 0) -> None:
+    """Check `fn(joint)`, the NMI of joint distributions (..., K, M) (`nmi_from_joint`), on hidden
+    joints; raises CheckFailed."""
+    from vlprompt.methods.vpt import nmi_from_joint as solution
+    name, g = 'check_nmi', torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.rand(shape, generator=g, dtype=torch.float64)
+    sparse = rand(4, 6) * (rand(4, 6) > 0.5); sparse[0, 0] = sparse[1, 1] = 1.0
+    cases = [('a diagonal joint: each prompt goes with exactly one patch',
+              torch.eye(5, dtype=torch.float64) / 5),
+             ('a permuted diagonal',
+              torch.eye(4, dtype=torch.float64)[torch.randperm(4, generator=g)] * 3),
+             ('an independent joint: pi(p, e) = pi(p) pi(e)', torch.outer(rand(4), rand(7))),
+             ('one prompt (K = 1): H(p) = 0', rand(1, 6)),
+             ('one patch (M = 1): H(e) = 0', rand(5, 1)), ('a joint with zero entries', sparse),
+             ('a joint that sums to 37, not 1', rand(3, 8) * 37 / 12),
+             ('a batch of joints of shape (2, 3, 4, 5)', rand(2, 3, 4, 5))]
+    cases += [(f'sigmoid(p_k . e_j) of {k} prompts and {m} patches, tokens of norm ~{s}',
+               torch.sigmoid(
+                   torch.einsum('kd,bmd->bkm',
+                                torch.randn(k, 8, generator=g, dtype=torch.float64) * s,
+                                torch.randn(2, m, 8, generator=g, dtype=torch.float64) * s)))
+              for k, m, s in ((3, 16, 1.0), (8, 16, 3.0), (4, 9, 0.3))]
+    for case, joint in cases:
+        j0 = joint.clone()
+        got = check_call(name, fn, case, joint)
+        if not torch.equal(joint, j0):
+            check_fail(name, 'your function changed the joint in place.', case)
+        want = solution(j0)
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            check_fail(
+                name,
+                f'one NMI per joint: a joint of shape {tuple(j0.shape)} (..., K, M) gives NMIs of '
+                f'shape {tuple(want.shape)}, not {show_value(got)}.',
+                case,
+            )
+        if torch.isnan(got).any():
+            check_fail(
+                name,
+                'the NMI has NaNs: entries with pi = 0 contribute 0 (0 log 0 = 0), and where an '
+                'entropy is 0 the NMI is 0 by the kit\'s convention.',
+                case,
+            )
+        if tensors_close(got, want, 1e-6): continue
+        slip = next((text for text, v in _nmi_variants(j0).items()
+                     if torch.isfinite(v).all() and tensors_close(got, v, 1e-6)), None)
+        if slip: msg = f'your value is {slip}.'
+        elif 'diagonal' in case:
+            msg = ('a diagonal joint shares all its information: the NMI should be 1, yours is '
+                   f'{show_value(got)}.')
+        elif 'independent' in case:
+            msg = (
+                'independent prompts and patches share nothing, I(p; e) = 0: the NMI should be 0, '
+                f'yours is {show_value(got)}.')
+        elif 'H(' in case:
+            msg = (
+                'here an entropy is 0 and I / sqrt(H(p) H(e)) is 0 / 0: the kit returns 0; yours is'
+                f' {show_value(got)}.')
+        else:
+            msg = f'the NMI should be {show_value(want)}, yours is {show_value(got)}.'
+        check_fail(name, msg, case)
+    check_passed(name, fn, len(cases))
+
+EXERCISES += (Exercise(
+    'nmi', '15_vpt_spt.ipynb', 'nmi_from_joint', 'check_nmi',
+    'Normalise the joint so that it sums to 1 over its last two axes; take the marginals '
+    'pi(p_k) (sum over patches) and '
+    'pi(e_j) (sum over prompts); I = sum pi log(pi / (pi(p) pi(e))), H(p) = -sum pi(p) '
+    'log pi(p), H(e) likewise, with '
+    '0 log 0 = 0; return I / sqrt(H(p) H(e)), and 0 where that denominator is 0.',
+    'normalise the joint, take its two marginals, then I(p; e) / sqrt(H(p) H(e)), with 0 '
+    'log 0 = 0', module='vlprompt.methods.vpt'), )
+
 # %% ../../nbs/15_vpt_spt.ipynb #11533fac
 def fit_tracked(method: nn.Module, data: TrainSet, cfg: TrainConfig,
                 track: Callable[[nn.Module], dict],
@@ -449,6 +657,31 @@ def micro_spt_run(init: str = 'kmeans', n_prompts: int = 4, deep: bool = True, h
 def epochs_to(curve: list[dict], target: float) -> int | None:
     "The first epoch whose accuracy reaches `target` (None if none does)."
     return next((r['epoch'] for r in curve if r['accuracy'] >= target), None)
+
+# %% ../../nbs/15_vpt_spt.ipynb #af9d3986
+def sparkline(values, lo=None, hi=None) -> str:
+    "A row of block characters, one per value."
+    blocks = '▁▂▃▄▅▆▇█'
+    lo, hi = min(values) if lo is None else lo, max(values) if hi is None else hi
+    return ''.join(blocks[min(7, int(8 * (v - lo) / (hi - lo + 1e-12)))] for v in values)
+
+def spt_setting(n_prompts: int = 4, depth: str = 'deep', init: str = 'kmeans', *, target: float,
+                **run) -> dict:
+    """One micro VPT/SPT run (`micro_spt_run`, memoised, seed 1, linear head): test accuracy, the
+    first epoch reaching `target` accuracy, and the NMI and accuracy by epoch as sparklines. `run`
+    overrides micro_spt_run's sizes (epochs, shots)."""
+    r = micro_spt_run(init, n_prompts=n_prompts, deep=depth == 'deep', head='linear', seed=1, **run)
+    nmi = [sum(row['nmi']) / len(row['nmi']) for row in r['curve']]
+    return dict(n_prompts=n_prompts, depth=depth, init=init, accuracy=r['accuracy'],
+                reach=epochs_to(r['curve'], target), nmi_start=nmi[0], nmi_end=nmi[-1],
+                nmi_curve=sparkline(nmi, 0, max(0.2, max(nmi))),
+                acc_curve=sparkline([row['accuracy'] for row in r['curve']], 0, 100))
+
+# the notebook's slider, for vlprompt.widgets: label -> function, start and moved setting, sizes
+SLIDERS = {'15 VPT/SPT: N, depth, init': dict(
+    run=spt_setting, start=dict(n_prompts=4, depth='deep', init='xavier'),
+    moved=dict(n_prompts=8, depth='deep', init='xavier'), full=dict(target=36.0),
+    small=dict(target=36.0, epochs=1, shots=2))}
 
 # %% ../../nbs/15_vpt_spt.ipynb #4cdd6719
 def _vpt_builder(deep: bool, init: str):
