@@ -13,8 +13,8 @@ from ..train import (CheckFailed, Exercise, Method, check_call, check_fail, chec
                             configs_of, show_value, tensors_close)
 
 # %% auto #0
-__all__ = ['EXERCISES', 'KGCOOP_SOURCE', 'KGCOOP_TEMPLATES', 'BENCH_CONFIGS', 'ENTRIES', 'kgcoop_loss', 'check_kgcoop_loss',
-           'KgCoOp']
+__all__ = ['EXERCISES', 'KGCOOP_SOURCE', 'KGCOOP_TEMPLATES', 'SLIDERS', 'BENCH_CONFIGS', 'ENTRIES', 'kgcoop_loss',
+           'check_kgcoop_loss', 'KgCoOp', 'kgcoop_setting']
 
 # %% ../../nbs/16_kgcoop.ipynb #e261492a
 def kgcoop_loss(text_features: torch.Tensor, hand_features: torch.Tensor,
@@ -134,6 +134,16 @@ class KgCoOp(CoOp):
                        ctx_pad=self.ctx_pad)
         with torch.no_grad(): other.ctx.copy_(self.ctx)
         return other
+
+# %% ../../nbs/16_kgcoop.ipynb #845828e0
+def kgcoop_setting(bench, w: float = 8.0, **train) -> dict:
+    """KgCoOp base-to-new on micro-pairs (`bench.base_to_new`) at λ = `w`: base, new, HM and the
+    mean cosine to the hand-made features (seed 1)."""
+    return bench.base_to_new('kgcoop', w=w, **train)
+
+# the notebook's slider, for vlprompt.widgets: label -> function, start and moved setting, sizes
+SLIDERS = {'16 KgCoOp: λ': dict(run=kgcoop_setting, start=dict(w=8.0), moved=dict(w=16.0),
+                                full=dict(epochs=30), small=dict(epochs=2))}
 
 # %% ../../nbs/16_kgcoop.ipynb #d58879d8
 def _kgcoop(clip, classnames: list[str], template: str, seed: int = 0, **options) -> KgCoOp:

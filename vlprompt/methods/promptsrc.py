@@ -16,9 +16,9 @@ from ..train import (Callback, CheckFailed, Exercise, FitState, Method, check_ca
 from .maple import MaPLe
 
 # %% auto #0
-__all__ = ['PROMPTSRC_TEMPLATES', 'TEMPLATE_SETS', 'EXERCISES', 'BENCH_CONFIGS', 'IVLP_20_EPOCHS_PAPER', 'ENTRIES',
+__all__ = ['PROMPTSRC_TEMPLATES', 'TEMPLATE_SETS', 'EXERCISES', 'BENCH_CONFIGS', 'IVLP_20_EPOCHS_PAPER', 'ENTRIES', 'SLIDERS',
            'frozen_text_features', 'scl_losses', 'gaussian_weights', 'check_gaussian_weights', 'PromptAggregation',
-           'PromptSRC']
+           'PromptSRC', 'promptsrc_setting']
 
 # %% ../../nbs/17_promptsrc.ipynb #eb10a2d5
 # the 20 of CLIP's 80 ImageNet templates that PromptSRC's own list leaves out
@@ -227,6 +227,20 @@ def _build(clip, classnames, template, seed=0, **options):
 
 # IVLP at PromptSRC's settings (4 + 4 tokens, J = 9, 20 epochs), the same table of its paper
 IVLP_20_EPOCHS_PAPER = (84.21, 71.79, 77.51)
-# not in `vlprompt demo`: its 20 epochs at batch 4 take 1.5-3 min on the micro world alone
+# in `vlprompt demo` (its micro run: 20 epochs at batch 4, the demo's longest)
 ENTRIES = (Method('promptsrc', _build, configs_of(BENCH_CONFIGS, 'promptsrc'),
-                  paper=dict(base2new=(84.26, 76.10, 79.97))), )
+                  paper=dict(base2new=(84.26, 76.10, 79.97)), demo=True), )
+
+# %% ../../nbs/17_promptsrc.ipynb #5f23d5ba
+def promptsrc_setting(bench, text_weight: float = 25.0, image_weight: float = 10.0,
+                      gpa_std: float = 1.0, **train) -> dict:
+    """PromptSRC base-to-new on micro-pairs (`bench.base_to_new`, seed 1) at the two L1 weights
+    and the aggregation's sigma: base, new, HM."""
+    return bench.base_to_new('promptsrc', seed=1, text_weight=float(text_weight),
+                             image_weight=float(image_weight), gpa_std=float(gpa_std), **train)
+
+# the notebook's sliders, for vlprompt.widgets: label -> function, start and moved setting, sizes
+SLIDERS = {'17 PromptSRC: L1 weights, σ': dict(
+    run=promptsrc_setting, start=dict(text_weight=25.0, image_weight=10.0, gpa_std=1.0),
+    moved=dict(text_weight=0.0, image_weight=10.0, gpa_std=1.0), full={},
+    small=dict(shots=2, epochs=2))}
