@@ -13,7 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 COLAB_PYTHON = Path(os.environ.get('VLPROMPT_COLAB_PYTHON') or ROOT / '.venv-colab' / 'bin' / 'python')
 COLAB_IPYWIDGETS = '7.7.1'
-NOTEBOOKS = ['11_coop.ipynb', '12_prograd.ipynb', '13_taskres.ipynb', '14_maple.ipynb', '15_vpt_spt.ipynb']
+NOTEBOOKS = ['11_coop.ipynb', '12_prograd.ipynb', '13_taskres.ipynb', '14_maple.ipynb', '15_vpt_spt.ipynb',
+             '16_kgcoop.ipynb', '17_promptsrc.ipynb']
 
 def directives(source: str) -> dict:
     return {w[0].rstrip(':'): w[1:] for w in (l[2:].split() for l in source.splitlines() if l.startswith('#|')) if w}
@@ -125,7 +126,7 @@ def test_widget_notebooks_under_ipywidgets_7():
             assert p.returncode == 0, f'{nb} under ipywidgets {COLAB_IPYWIDGETS}:\n{out[-4000:]}'
             lines += [l for l in out.splitlines() if l.startswith(nb.removesuffix('.ipynb'))]
     print('\n'.join([''] + lines))
-    assert len(lines) >= 9, lines  # 2 + 1 + 2 + 2 + 3 controls
+    assert len(lines) >= 13, lines  # 2 + 1 + 2 + 2 + 3 + 1 + 3 controls
 
 if __name__ == '__main__' and sys.argv[1:2] == ['run']:
     for line in run_notebook(Path(sys.argv[2]).resolve()): print(line, flush=True)
