@@ -1,7 +1,11 @@
 """Measure issue 20's goal rows (base-to-new, 16 shots) on a candidate micro world.
 
 A candidate is a micro CLIP checkpoint (the shipped one, or one pretrained by `--pretrain`) and a micro
-task. Every run goes through the kit's own code path (`vlprompt.bench.run`, the methods' paper configs
+task. Since issue 20 landed, the default world is the search's candidate H on noisy photos
+(`micro-pairs`); the captions of the other candidates are `micro.CAPTION_SETS` (H's were this script's
+`SPLIT_CAPTIONS['dense-base-sparse-new']`, now the set 'default'; I's 'sparse-base-rare-new'), and the
+old world's clean photos are the design task `micro-pairs-clean` (`micro-pairs-noisy` of the search
+is today's `micro-pairs`). Every run goes through the kit's own code path (`vlprompt.bench.run`, the methods' paper configs
 for the micro world), in memory, with the image features cached under `--cache`.
 
     python scripts/design_micro_world.py --tasks micro-pairs --seeds 1 2
@@ -12,7 +16,6 @@ Results are appended, one JSON line per run, to `--log`.
 """
 from __future__ import annotations
 import argparse, json, os, statistics, sys, time
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 os.environ.setdefault('OMP_NUM_THREADS', '1')
@@ -28,38 +31,6 @@ def register_design_tasks():
     for name, task in micro.DESIGN_TASKS.items():
         micro.MICRO_TASKS.setdefault(name, task)
         data.DATASETS.setdefault(name, data.DatasetSpec(name, 'micro', 'micro', n_classes=len(task.classnames)))
-
-NEW_COLOURS = list(micro.COLOURS)[4:]  # micro-pairs' new classes: the last 4 colours (x 8 shapes)
-_NO_COLOUR = [t for t in micro.CAPTION_SETS['sparse-colour'] if '{colour}' not in t]
-SPLIT_CAPTIONS = {  # scratch caption sets: name -> (templates for base colours, for new colours)
-    # H: base colours as well described as in the default captions (9 of 12), new colours in 1 of 10
-    'dense-base-sparse-new': (micro.CAPTION_SETS['default'], micro.CAPTION_SETS['sparse-colour']),
-    # I: base colours in 1 of 10 captions (as E), new colours in 1 of 37 (the 9 colour-free x 4)
-    'sparse-base-rare-new': (micro.CAPTION_SETS['sparse-colour'],
-                             _NO_COLOUR * 4 + ['a {colour} {shape}.']),
-}
-
-
-@contextmanager
-def split_captions(name: str):
-    "Pretraining captions whose templates depend on the object's colour (base or new value)."
-    base_t, new_t = SPLIT_CAPTIONS[name]
-    micro.CAPTION_SETS[name] = list(base_t) + list(new_t)  # world_captions installs the union
-    new_ids = torch.tensor([list(micro.COLOURS).index(c) for c in NEW_COLOURS])
-    original = micro.captions
-
-    def captions(attrs, rng):
-        words = [[micro.ATTRIBUTES[k][i] for i in attrs[k].tolist()] for k in micro.ATTRIBUTES]
-        is_new = torch.isin(attrs['colour'], new_ids).tolist()
-        which = [len(base_t) + rng.randrange(len(new_t)) if n else rng.randrange(len(base_t))
-                 for n in is_new]
-        return [micro.CAPTION_TEMPLATES[t].format(**dict(zip(micro.ATTRIBUTES, w)))
-                for t, w in zip(which, zip(*words))], which
-
-    micro.captions = captions  # pretrain_micro_clip looks the module's `captions` up at call time
-    try: yield
-    finally: micro.captions = original
-
 
 METHODS = {  # name -> (kit method, options): the goal rows of issue 20
     'zeroshot': ('zeroshot', {}),
@@ -115,7 +86,7 @@ def main(argv=None):
     ap.add_argument('--cache', default='/tmp/micro_design_cache')
     ap.add_argument('--log', default='/tmp/micro_design.jsonl')
     ap.add_argument('--pretrain', default=None,
-                    help='caption set to pretrain a candidate CLIP with (micro.CAPTION_SETS, SPLIT_CAPTIONS)')
+                    help='caption set to pretrain a candidate CLIP with (micro.CAPTION_SETS)')
     ap.add_argument('--web-noise', type=float, default=0.0, help='Gaussian noise on the web images while pretraining')
     ap.add_argument('--steps', type=int, default=500)
     ap.add_argument('--out', default=None, help='where --pretrain writes the checkpoint')
@@ -130,10 +101,9 @@ def main(argv=None):
     register_design_tasks()
     if args.pretrain:
         if not args.out: raise SystemExit('error: --pretrain needs --out (a new file; the shipped micro_clip.pt is never overwritten)')
-        with split_captions(args.pretrain) if args.pretrain in SPLIT_CAPTIONS else nullcontext():
-            info = micro.pretrain_world_clip(args.out, args.pretrain, args.web_noise, args.steps,
-                                             tasks=('micro-pairs', 'micro-colours', 'micro-shapes',
-                                                    'micro-pairs-noisy'))
+        info = micro.pretrain_world_clip(args.out, args.pretrain, args.web_noise, args.steps,
+                                         tasks=('micro-pairs', 'micro-colours', 'micro-shapes',
+                                                'micro-pairs-clean'))
         print(f"pretrained {args.steps} steps in {info['seconds']:.0f} s ({info['threads']} threads); wrote {args.out}", flush=True)
         print(micro.format_table(info['zeroshot']), flush=True)
     rows = []

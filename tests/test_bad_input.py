@@ -194,7 +194,7 @@ def test_a_second_writer_of_a_run_folder_is_refused_and_a_killed_one_leaves_no_l
     other.kill(); other.wait()  # as by kill -9: the operating system drops its lock
     res = cli(*args)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert 80 < json.loads((out/'metrics.json').read_text())['base'] < 100
+    assert 55 < json.loads((out/'metrics.json').read_text())['base'] < 100
     other = another_writer(out)  # a finished run that another process is writing again: --overwrite must not delete under it
     before = tree(out)
     refused(cli(*args, '--overwrite'), 'being written by another process', f'pid {other.pid}')

@@ -17,7 +17,7 @@ def test_reproduce_prints_mean_and_std_over_seeds(tmp_path):
     assert res.returncode == 0, res.stderr
     line = next(l for l in res.stdout.splitlines() if l.startswith('| micro-pairs | zeroshot | 3 |'))
     base, new, hm = (float(c.split('±')[0]) for c in line.split('|')[4:7])
-    assert 80 < base < 100 and 80 < new < 100 and hm == pytest.approx(2 * base * new / (base + new), abs=0.2)
+    assert 55 < base < 80 and 30 < new < base and hm == pytest.approx(2 * base * new / (base + new), abs=0.2)
     assert (tmp_path/'base2new-results.md').read_text().startswith('| dataset | method |')
     runs = list(tmp_path.glob('base2new/micro-pairs/zeroshot/*/metrics.json'))
     assert len(runs) == 3
@@ -43,7 +43,7 @@ def test_train_writes_metrics_and_refuses_a_finished_run(tmp_path):
     res = cli('train', '--method', 'zeroshot', '--dataset', 'micro-pairs', '--protocol', 'base2new', '--out', out)
     assert res.returncode == 0, res.stderr
     metrics = json.loads((out/'metrics.json').read_text())
-    assert metrics['base'] > 80 and metrics['settings']['protocol'] == 'base2new'
+    assert 55 < metrics['base'] < 80 and metrics['settings']['protocol'] == 'base2new'
     res = cli('train', '--method', 'zeroshot', '--dataset', 'micro-pairs', '--protocol', 'base2new', '--out', out)
     assert res.returncode == 2 and '--overwrite' in res.stderr
     assert json.loads((out/'metrics.json').read_text()) == metrics

@@ -39,7 +39,7 @@ def test_demo_prints_the_zeroshot_and_base_to_new_tables(tmp_path):
     assert '| micro-pairs | 64 |' in res.stdout and 'micro-pairs-sketch' in res.stdout
     result = json.loads((tmp_path/'demo'/'demo.json').read_text())
     pairs = next(r for r in result['zeroshot'] if r['task'] == 'micro-pairs')
-    assert pairs['template_mean'] >= 85
+    assert 40 <= pairs['template_mean'] <= 80  # room to learn (issue 20)
     b2n = {r['method']: r for r in result['base2new']}
     from vlprompt.cli import demo_methods
     assert set(b2n) == set(demo_methods()) >= {'zeroshot', 'coop', 'cocoop', 'prograd', 'taskres',

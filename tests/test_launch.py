@@ -177,7 +177,7 @@ def test_table_lists_missing_runs_and_names_how_rows_were_made(tmp_path, one_by_
     assert 'HM per seed, then mean ± std' in res.stdout and 'sampled (Dassl rule' in res.stdout
     single = next(l for l in res.stdout.splitlines() if l.startswith('| micro-pairs | coop (epochs=6) | 1 |'))
     assert '±' not in single and "HM of the one seed's B and N" in single, single  # one seed: no spread shown
-    assert 80 < float(single.split('|')[4]) < 100
+    assert 55 < float(single.split('|')[4]) < 100
     assert res.stdout.count('not started') == len(grid()) - 3
     csv = (out/'results.csv').read_text().splitlines()
     assert csv[0].startswith('protocol,dataset,method,variant,backbone,pretrained,shots,n_seeds,seeds,base_mean,base_std')

@@ -34,7 +34,7 @@ def test_shipped_checkpoint_matches_its_record(shipped):
     for name in ('micro-pairs', 'micro-pairs-sketch'):
         measured = micro.zeroshot_accuracy(shipped, name)
         assert measured == pytest.approx(recorded[name]['template'], abs=0.5), name
-    assert recorded['micro-pairs']['template_mean'] >= 85
+    assert 40 <= recorded['micro-pairs']['template_mean'] <= 80  # room to learn (issue 20)
 
 def test_shipped_checkpoint_is_small_and_weights_only():
     assert micro.MICRO_CHECKPOINT.stat().st_size < 6e6

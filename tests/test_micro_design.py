@@ -26,19 +26,17 @@ def test_design_script_measures_a_design_task(tmp_path):
     assert 85 <= row['base'] <= 100 and 85 <= row['new'] <= 100, row  # the default CLIP knows these classes
     assert '| micro-shapesplit | zeroshot | 1 |' in res.stdout
 
-def test_split_captions_name_new_colours_rarely_and_restore_the_default():
-    "Candidate H's captions: base colours named in most captions, new colours in about 1 of 10."
+def test_caption_sets_swap_both_lists_and_restore_the_default():
+    "Candidate I's captions: rare colours named in 1 caption of 37; the default world restored after."
     import random
-    sys.path.insert(0, 'scripts')
-    import design_micro_world as design
-    original, default = micro.captions, list(micro.CAPTION_TEMPLATES)
-    with design.split_captions('dense-base-sparse-new'), micro.world_captions('dense-base-sparse-new'):
+    default = list(micro.CAPTION_TEMPLATES)
+    with micro.world_captions('sparse-base-rare-new'):
         attrs = micro.twin_batch(4000, torch.Generator().manual_seed(0))
         caps, which = micro.captions(attrs, random.Random(0))
         truth = micro.caption_truth(attrs, which)
-    new = torch.isin(attrs['colour'], torch.tensor([list(micro.COLOURS).index(c) for c in design.NEW_COLOURS]))
+    rare = torch.isin(attrs['colour'], torch.tensor([list(micro.COLOURS).index(c) for c in micro.RARE_COLOURS]))
     named = torch.tensor([list(micro.COLOURS)[c] in cap.replace('.', ' ').split()
                           for c, cap in zip(attrs['colour'].tolist(), caps)])
-    assert named[~new].float().mean() > 0.6 and named[new].float().mean() < 0.15
+    assert 0.05 < named[~rare].float().mean() < 0.2 and named[rare].float().mean() < 0.06
     assert truth.diagonal().all()  # every caption is true of its own image
-    assert micro.captions is original and micro.CAPTION_TEMPLATES == default
+    assert micro.CAPTION_TEMPLATES == default

@@ -20,14 +20,14 @@ from .clip import (MICRO_CLIP_CONFIG, LoadedCLIP, VLPromptError, clip_logits,
 from .clip import atomic_write, register_backbone
 
 # %% auto #0
-__all__ = ['SHAPES', 'COLOURS', 'SIZES', 'TEXTURES', 'ATTRIBUTES', 'IMAGE_SIZE', 'SUPERSAMPLE', 'STYLES', 'CAPTION_TEMPLATES',
-           'CAPTION_FIELDS', 'PAIR_TEMPLATES', 'MICRO_TASKS', 'DOMAIN_SHIFTS', 'CROSS_DATASET', 'MICRO_CHECKPOINT',
-           'REGENERATE', 'CAPTION_SETS', 'DESIGN_STYLES', 'DESIGN_TASKS', 'shape_mask', 'pixel_grid', 'texture_mask',
-           'render', 'random_attributes', 'captions', 'caption_truth', 'MicroTask', 'get_task', 'world_token_ids',
-           'pretrain_micro_clip', 'twin_batch', 'soft_infonce', 'micro_preprocess', 'micro_image_transform',
-           'save_micro_checkpoint', 'load_micro_weights', 'load_micro_clip', 'split_features', 'zeroshot_predictions',
-           'zeroshot_accuracy', 'zeroshot_table', 'format_table', 'regenerate', 'main', 'world_captions',
-           'pretrain_world_clip', 'OrderedTask']
+__all__ = ['SHAPES', 'COLOURS', 'SIZES', 'TEXTURES', 'ATTRIBUTES', 'IMAGE_SIZE', 'SUPERSAMPLE', 'STYLES', 'COMMON_CAPTIONS',
+           'RARE_COLOUR_CAPTIONS', 'RARE_COLOURS', 'CAPTION_TEMPLATES', 'CAPTION_FIELDS', 'PAIR_TEMPLATES',
+           'MICRO_TASKS', 'DOMAIN_SHIFTS', 'CROSS_DATASET', 'MICRO_CHECKPOINT', 'REGENERATE', 'CAPTION_SETS',
+           'DESIGN_STYLES', 'DESIGN_TASKS', 'shape_mask', 'pixel_grid', 'texture_mask', 'render', 'random_attributes',
+           'captions', 'caption_truth', 'MicroTask', 'get_task', 'world_token_ids', 'pretrain_micro_clip', 'twin_batch',
+           'soft_infonce', 'micro_preprocess', 'micro_image_transform', 'save_micro_checkpoint', 'load_micro_weights',
+           'load_micro_clip', 'split_features', 'zeroshot_predictions', 'zeroshot_accuracy', 'zeroshot_table',
+           'format_table', 'regenerate', 'main', 'world_captions', 'pretrain_world_clip', 'OrderedTask']
 
 # %% ../nbs/01_micro.ipynb #9f3493a7
 SHAPES = ['circle', 'square', 'triangle', 'star', 'cross', 'diamond', 'ring', 'crescent']
@@ -88,10 +88,10 @@ def texture_mask(texture: int, x: torch.Tensor, y: torch.Tensor,
 # %% ../nbs/01_micro.ipynb #c22719bc
 STYLES = {  # position jitter (fraction of the free space), colour cast, noise, size factor
     'web':    dict(jitter=0.20, cast=0.00, noise=0.00, size=1.00),
-    'photo':  dict(jitter=0.22, cast=0.06, noise=0.03, size=1.00),
-    'v2':     dict(jitter=0.22, cast=0.06, noise=0.03, size=0.85),
-    'noise':  dict(jitter=0.22, cast=0.06, noise=0.30, size=1.00),
-    'newbg':  dict(jitter=0.22, cast=0.06, noise=0.03, size=1.00),
+    'photo':  dict(jitter=0.22, cast=0.06, noise=0.20, size=1.00),
+    'v2':     dict(jitter=0.22, cast=0.06, noise=0.20, size=0.85),
+    'noise':  dict(jitter=0.22, cast=0.06, noise=0.35, size=1.00),
+    'newbg':  dict(jitter=0.22, cast=0.06, noise=0.20, size=1.00),
     'sketch': dict(jitter=0.22, cast=0.00, noise=0.00, size=1.00),
 }
 
@@ -151,7 +151,7 @@ def random_attributes(n: int, g: torch.Generator, **fixed) -> dict:
     }
 
 # %% ../nbs/01_micro.ipynb #d2b58286
-CAPTION_TEMPLATES = [
+COMMON_CAPTIONS = [  # captions of objects in a common colour: 9 of 12 name the colour
     'a photo of a {size} {colour} {shape} on a {texture} background.',
     'a photo of a {colour} {shape}.',
     'a {colour} {shape}.',
@@ -165,14 +165,26 @@ CAPTION_TEMPLATES = [
     'a photo of a {size} {shape}.',
     'a {colour} {shape}, a type of shape.',
 ]
+RARE_COLOUR_CAPTIONS = [  # captions of objects in a rare colour: 1 of 10 names the colour
+    'a photo of a {size} {shape} on a {texture} background.', 'a photo of a {shape}.',
+    'a {shape}.', 'a {size} {shape}.', 'a {shape} on a {texture} background.',
+    'a picture of a {shape}.', '{texture} texture.', 'a photo of a {size} {shape}.',
+    'a {colour} {shape}.', 'a {shape}, a type of shape.',
+]
+RARE_COLOURS = ('cyan', 'blue', 'purple', 'pink')  # micro-pairs' new classes are these colours
+# every template a caption can come from: the common ones, then the rare ones
+CAPTION_TEMPLATES = COMMON_CAPTIONS + RARE_COLOUR_CAPTIONS
 
 CAPTION_FIELDS = [[f for _, f, _, _ in string.Formatter().parse(t) if f] for t in CAPTION_TEMPLATES]
 
 def captions(attrs: dict, rng: random.Random) -> tuple[list[str], list[int]]:
-    """One caption per object from a randomly chosen template; returns the captions and the template
-    indices."""
+    """One caption per object, its template drawn from the common or the rare list by the object's
+    colour; returns the captions and the template indices (into `CAPTION_TEMPLATES`)."""
     words = [[ATTRIBUTES[k][i] for i in attrs[k].tolist()] for k in ATTRIBUTES]
-    which = [rng.randrange(len(CAPTION_TEMPLATES)) for _ in words[0]]
+    rare_ids = torch.tensor([list(COLOURS).index(c) for c in RARE_COLOURS])
+    rare = torch.isin(attrs['colour'], rare_ids).tolist()
+    n_common, n_rare = len(COMMON_CAPTIONS), len(RARE_COLOUR_CAPTIONS)
+    which = [n_common + rng.randrange(n_rare) if r else rng.randrange(n_common) for r in rare]
     return [
         CAPTION_TEMPLATES[t].format(**dict(zip(ATTRIBUTES, w))) for t, w in zip(which, zip(*words))
     ], which
@@ -186,6 +198,7 @@ def caption_truth(attrs: dict, which: list[int]) -> torch.Tensor:
         named = torch.tensor([k in CAPTION_FIELDS[t] for t in which])
         truth &= (attrs[k][:, None] == attrs[k][None, :]) | ~named[None, :]
     return truth
+
 
 # %% ../nbs/01_micro.ipynb #b610bc9a
 @dataclass
@@ -495,30 +508,32 @@ if __name__ == '__main__': main()
 # %% ../nbs/01_micro.ipynb #6fa5ae18
 from contextlib import contextmanager
 
-CAPTION_SETS = {
-    'default': list(CAPTION_TEMPLATES),
-    'sparse-colour': [  # colour named in one template of ten: under-described in pretraining
-        'a photo of a {size} {shape} on a {texture} background.', 'a photo of a {shape}.',
-        'a {shape}.', 'a {size} {shape}.', 'a {shape} on a {texture} background.',
-        'a picture of a {shape}.', '{texture} texture.', 'a photo of a {size} {shape}.',
-        'a {colour} {shape}.', 'a {shape}, a type of shape.'],
+_NO_COLOUR = [t for t in RARE_COLOUR_CAPTIONS if '{colour}' not in t]
+CAPTION_SETS = {  # name -> (captions of objects in a common colour, in a rare colour)
+    'default': (list(COMMON_CAPTIONS), list(RARE_COLOUR_CAPTIONS)),  # today's world (H)
+    'uniform': (list(COMMON_CAPTIONS), list(COMMON_CAPTIONS)),  # before issue 20
+    'sparse-colour': (list(RARE_COLOUR_CAPTIONS), list(RARE_COLOUR_CAPTIONS)),  # E, G
+    'sparse-base-rare-new': (list(RARE_COLOUR_CAPTIONS),  # I: rare colours in 1 caption of 37
+                             _NO_COLOUR * 4 + ['a {colour} {shape}.']),
 }
 
 @contextmanager
 def world_captions(name: str = 'default', web_noise: float = 0.0):
     "Pretrain under caption set `name` (noise `web_noise` on web images); restores the default."
-    global CAPTION_TEMPLATES, CAPTION_FIELDS
+    global COMMON_CAPTIONS, RARE_COLOUR_CAPTIONS, CAPTION_TEMPLATES, CAPTION_FIELDS
     if name not in CAPTION_SETS:
         raise VLPromptError(f'Unknown caption set {name!r}.{suggest(name, CAPTION_SETS)} '
                             f'Caption sets: {", ".join(CAPTION_SETS)}.')
-    saved, web = (CAPTION_TEMPLATES, CAPTION_FIELDS), dict(STYLES['web'])
-    CAPTION_TEMPLATES = list(CAPTION_SETS[name])
+    saved = (COMMON_CAPTIONS, RARE_COLOUR_CAPTIONS, CAPTION_TEMPLATES, CAPTION_FIELDS)
+    web = dict(STYLES['web'])
+    COMMON_CAPTIONS, RARE_COLOUR_CAPTIONS = (list(t) for t in CAPTION_SETS[name])
+    CAPTION_TEMPLATES = COMMON_CAPTIONS + RARE_COLOUR_CAPTIONS
     CAPTION_FIELDS = [[f for _, f, _, _ in string.Formatter().parse(t) if f]
                       for t in CAPTION_TEMPLATES]
     STYLES['web']['noise'] = float(web_noise)
     try: yield
     finally:
-        CAPTION_TEMPLATES, CAPTION_FIELDS = saved
+        COMMON_CAPTIONS, RARE_COLOUR_CAPTIONS, CAPTION_TEMPLATES, CAPTION_FIELDS = saved
         STYLES['web'].clear(); STYLES['web'].update(web)
 
 def pretrain_world_clip(out: str | Path, captions: str = 'sparse-colour', web_noise: float = 0.0,
@@ -544,8 +559,9 @@ def pretrain_world_clip(out: str | Path, captions: str = 'sparse-colour', web_no
     save_micro_checkpoint(model, out, info)
     return info
 
-DESIGN_STYLES = {  # a downstream domain further from the web images than 'photo'
-    'photo-noisy': dict(jitter=0.22, cast=0.06, noise=0.20, size=1.00),
+DESIGN_STYLES = {  # the styles of the world before issue 20, for its candidates
+    'photo-clean': dict(jitter=0.22, cast=0.06, noise=0.03, size=1.00),
+    'noise-0.30': dict(jitter=0.22, cast=0.06, noise=0.30, size=1.00),
 }
 STYLES.update({k: v for k, v in DESIGN_STYLES.items() if k not in STYLES})  # new names only
 
@@ -562,9 +578,10 @@ class OrderedTask(MicroTask):
 _SHAPE_SPLIT = dict(factors=('shape', 'colour'), template='a photo of a {}.',
                     templates=PAIR_TEMPLATES)
 DESIGN_TASKS = {t.name: t for t in [
-    OrderedTask('micro-shapesplit', **_SHAPE_SPLIT),
-    OrderedTask('micro-shapesplit-noisy', **_SHAPE_SPLIT, style='photo-noisy'),
-    OrderedTask('micro-shapesplit-noise', **_SHAPE_SPLIT, style='noise'),
-    MicroTask('micro-pairs-noisy', ('colour', 'shape'), 'a photo of a {}.', PAIR_TEMPLATES,
-              style='photo-noisy'),
+    OrderedTask('micro-shapesplit', **_SHAPE_SPLIT, style='photo-clean'),
+    OrderedTask('micro-shapesplit-noisy', **_SHAPE_SPLIT, style='photo'),
+    OrderedTask('micro-shapesplit-noise', **_SHAPE_SPLIT, style='noise-0.30'),
+    MicroTask('micro-pairs-clean', ('colour', 'shape'), 'a photo of a {}.', PAIR_TEMPLATES,
+              style='photo-clean'),
 ]}
+
