@@ -45,7 +45,8 @@ __all__ = ['METHOD_MODULES', 'PROTOCOLS', 'ENTRIES', 'METHODS', 'CONFIGS', 'RULE
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
 # the method modules (vlprompt.methods.*), listed once
-METHOD_MODULES = ('zeroshot', 'coop', 'prograd', 'taskres', 'maple', 'vpt', 'kgcoop', 'promptsrc')
+METHOD_MODULES = ('zeroshot', 'coop', 'prograd', 'taskres', 'maple', 'vpt', 'kgcoop', 'promptsrc',
+                  'clip_lora')
 PROTOCOLS = ('fewshot', 'base2new', 'xd', 'dg')
 
 ENTRIES: dict = {}  # name -> its Method entry
@@ -136,6 +137,10 @@ def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int
     layers = [cfg.get('micro', {})] if on_micro else []
     override = cfg.get('datasets', {}).get(dataset, {})
     if shots >= override.get('min_shots', 0): layers.append(override)
+    # runs counted in steps per shot (CLIP-LoRA: 500 x shots); the micro entry may set its own
+    per_shot = next((l['iterations_per_shot'] for l in layers[::-1] if 'iterations_per_shot' in l),
+                    cfg.get('iterations_per_shot'))
+    if per_shot: resolved['iterations'] = per_shot * shots
     for layer in layers + [dict(train=train or {}, method=method_options or {})]:
         resolved.update(layer.get('train', {})); options.update(layer.get('method', {}))
     known = {f.name for f in fields(TrainConfig)}
