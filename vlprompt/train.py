@@ -102,12 +102,13 @@ def lr_at_epoch(cfg: TrainConfig, epoch: int) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * epoch / cfg.epochs))
 
 def lr_at_step(cfg: TrainConfig, step: int) -> float:
-    """Learning rate of step `step` (from 0) of a run of `cfg.iterations` steps: cosine from `cfg.lr`
-    to `cfg.min_lr`, as PyTorch's CosineAnnealingLR stepped after every step."""
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * step / cfg.iterations))
+    """Learning rate of step `step` (from 0) of a run of `cfg.iterations` steps: cosine from
+    `cfg.lr` to `cfg.min_lr`, as PyTorch's CosineAnnealingLR stepped after every step."""
+    cos = math.cos(math.pi * step / cfg.iterations)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + cos)
 
 def run_epochs(cfg: TrainConfig, n: int) -> int:
-    "Epochs `fit` runs over `n` samples: `cfg.epochs`, or enough of them for `cfg.iterations` steps."
+    "Epochs `fit` runs over `n` samples: `cfg.epochs`, or enough for `cfg.iterations` steps."
     if not cfg.iterations: return cfg.epochs
     return math.ceil(cfg.iterations / math.ceil(n / cfg.batch_size))
 
