@@ -29,7 +29,7 @@ from .data import (FOLDER_PREFIX, check_shots, dataset_key, folder_dataset_name,
 from .train import Method, Rule
 from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone_id,
                             cross_entropy_rule, epochs_for_shots, evaluate, fit, module_device,
-                            train_method, write_json)
+                            run_epochs, train_method, write_json)
 
 # %% auto #0
 __all__ = ['METHOD_MODULES', 'PROTOCOLS', 'ENTRIES', 'METHODS', 'CONFIGS', 'RULES', 'GRADIENT_RULES', 'PAPER_BASE2NEW',
@@ -821,9 +821,10 @@ def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = No
             raise VLPromptError(
                 f'{ckpt_path} is unreadable ({type(e).__name__}); rerun the training to rebuild it.'
             ) from e
-        if ckpt.get('epoch', -1) + 1 < r.train['epochs']:
+        epochs = run_epochs(r.cfg, len(r.trained_on(data).train.labels))  # or of iterations
+        if ckpt.get('epoch', -1) + 1 < epochs:
             raise VLPromptError(f"{folder} holds an unfinished run ({ckpt.get('epoch', -1) + 1} of "
-                                f"{r.train['epochs']} epochs); "
+                                f"{epochs} epochs); "
                                 'run `vlprompt train` with the same settings to finish it first.')
     # prepare again, reload the learned tensors, calibrate
     train_run(r, method, rule, clip, r.trained_on(data))
