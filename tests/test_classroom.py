@@ -22,6 +22,7 @@ def solution(name):
     from vlprompt.bench import harmonic_mean
     from vlprompt.data import fewshot_indices
     from vlprompt.methods.coop import CoOp
+    from vlprompt.methods.clip_lora import lora_delta
     from vlprompt.methods.kgcoop import kgcoop_loss
     from vlprompt.methods.maple import MaPLe
     from vlprompt.methods.prograd import prograd_project
@@ -31,7 +32,7 @@ def solution(name):
     return dict(fewshot=fewshot_indices, prompt_assembly=CoOp.prompts, prograd_project=prograd_project, kgcoop_loss=kgcoop_loss,
                 taskres_classifier=TaskRes.classifier, maple_coupling=MaPLe.vision_layer_prompts, spt_pooling=pool_windows,
                 nmi=nmi_from_joint, harmonic_mean=harmonic_mean,
-                promptsrc_gaussian_weights=gaussian_weights)[name]
+                promptsrc_gaussian_weights=gaussian_weights, lora_delta=lora_delta)[name]
 
 
 # plausible wrong answers, one or more per exercise: each must fail its check with CheckFailed
@@ -107,7 +108,13 @@ def _kgcoop_sum(t, h, w=8.0): return w * (1 - F.cosine_similarity(t, h, dim=-1))
 def _kgcoop_no_w(t, h, w=8.0): return 1 - F.cosine_similarity(t, h, dim=-1).mean()
 def _kgcoop_raw_distance(t, h, w=8.0): return w / 2 * (t - h).pow(2).sum(-1).mean()  # not normalised
 
+def _lora_over_r(A, B, alpha=1.0): return alpha / A.shape[0] * (B @ A)  # the LoRA paper's scale, not the code's
+def _lora_unscaled(A, B, alpha=1.0): return B @ A
+def _lora_transposed(A, B, alpha=1.0): return alpha / A.shape[0] ** 0.5 * (A.t() @ B.t())  # (d_in, d_out)
+def _lora_detached(A, B, alpha=1.0): return (alpha / A.shape[0] ** 0.5 * (B @ A)).detach()
+
 WRONG = {
+    'lora_delta': [_lora_over_r, _lora_unscaled, _lora_transposed, _lora_detached],
     'kgcoop_loss': [_kgcoop_sum, _kgcoop_no_w, _kgcoop_raw_distance],
     'prograd_project': [_prograd_always, _prograd_no_lambda, _prograd_rows],
     'taskres_classifier': [_taskres_self_alpha, _taskres_unscaled, _taskres_normalised],

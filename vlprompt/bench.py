@@ -29,7 +29,7 @@ from .data import (FOLDER_PREFIX, check_shots, dataset_key, folder_dataset_name,
 from .train import Method, Rule
 from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone_id,
                             cross_entropy_rule, epochs_for_shots, evaluate, fit, module_device,
-                            train_method, write_json)
+                            run_epochs, train_method, write_json)
 
 # %% auto #0
 __all__ = ['METHOD_MODULES', 'PROTOCOLS', 'ENTRIES', 'METHODS', 'CONFIGS', 'RULES', 'GRADIENT_RULES', 'PAPER_BASE2NEW',
@@ -45,7 +45,8 @@ __all__ = ['METHOD_MODULES', 'PROTOCOLS', 'ENTRIES', 'METHODS', 'CONFIGS', 'RULE
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
 # the method modules (vlprompt.methods.*), listed once
-METHOD_MODULES = ('zeroshot', 'coop', 'prograd', 'taskres', 'maple', 'vpt', 'kgcoop', 'promptsrc')
+METHOD_MODULES = ('zeroshot', 'coop', 'prograd', 'taskres', 'maple', 'vpt', 'kgcoop', 'promptsrc',
+                  'clip_lora')
 PROTOCOLS = ('fewshot', 'base2new', 'xd', 'dg')
 
 ENTRIES: dict = {}  # name -> its Method entry
@@ -136,6 +137,10 @@ def run_settings(method: str, protocol: str, dataset: str, shots: int, seed: int
     layers = [cfg.get('micro', {})] if on_micro else []
     override = cfg.get('datasets', {}).get(dataset, {})
     if shots >= override.get('min_shots', 0): layers.append(override)
+    # runs counted in steps per shot (CLIP-LoRA: 500 x shots); the micro entry may set its own
+    per_shot = next((l['iterations_per_shot'] for l in layers[::-1] if 'iterations_per_shot' in l),
+                    cfg.get('iterations_per_shot'))
+    if per_shot: resolved['iterations'] = per_shot * shots
     for layer in layers + [dict(train=train or {}, method=method_options or {})]:
         resolved.update(layer.get('train', {})); options.update(layer.get('method', {}))
     known = {f.name for f in fields(TrainConfig)}
@@ -816,9 +821,10 @@ def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = No
             raise VLPromptError(
                 f'{ckpt_path} is unreadable ({type(e).__name__}); rerun the training to rebuild it.'
             ) from e
-        if ckpt.get('epoch', -1) + 1 < r.train['epochs']:
+        epochs = run_epochs(r.cfg, len(r.trained_on(data).train.labels))  # or of iterations
+        if ckpt.get('epoch', -1) + 1 < epochs:
             raise VLPromptError(f"{folder} holds an unfinished run ({ckpt.get('epoch', -1) + 1} of "
-                                f"{r.train['epochs']} epochs); "
+                                f"{epochs} epochs); "
                                 'run `vlprompt train` with the same settings to finish it first.')
     # prepare again, reload the learned tensors, calibrate
     train_run(r, method, rule, clip, r.trained_on(data))

@@ -18,12 +18,13 @@ from .clip import (LoadedCLIP, VLPromptError, atomic_write, image_features, save
 from .micro import get_task, micro_preprocess
 
 # %% auto #0
-__all__ = ['TRAIN_RANGES', 'TrainConfig', 'typed_setting', 'epochs_for_shots', 'lr_at_epoch', 'make_optimizer', 'RunBusy',
-           'run_lock', 'weights_fingerprint', 'backbone_id', 'FeatureCache', 'file_sha256', 'TrainSet', 'epoch_seed',
-           'method_loss', 'cross_entropy_rule', 'learnable_state', 'FitState', 'Callback', 'run_callbacks', 'NaNGuard',
-           'RecordLoss', 'ShowProgress', 'Checkpoint', 'StopAfter', 'Track', 'fit', 'module_device', 'evaluate',
-           'train_method', 'augment_micro', 'Method', 'Rule', 'configs_of', 'Exercise', 'CheckFailed', 'check_fail',
-           'check_call', 'check_passed', 'tensors_close', 'show_value', 'check_clip', 'check_classnames']
+__all__ = ['TRAIN_RANGES', 'TrainConfig', 'typed_setting', 'epochs_for_shots', 'lr_at_epoch', 'lr_at_step', 'run_epochs',
+           'make_optimizer', 'RunBusy', 'run_lock', 'weights_fingerprint', 'backbone_id', 'FeatureCache', 'file_sha256',
+           'TrainSet', 'epoch_seed', 'method_loss', 'cross_entropy_rule', 'learnable_state', 'FitState', 'Callback',
+           'run_callbacks', 'NaNGuard', 'RecordLoss', 'ShowProgress', 'Checkpoint', 'StopAfter', 'Track', 'fit',
+           'module_device', 'evaluate', 'train_method', 'augment_micro', 'Method', 'Rule', 'configs_of', 'Exercise',
+           'CheckFailed', 'check_fail', 'check_call', 'check_passed', 'tensors_close', 'show_value', 'check_clip',
+           'check_classnames']
 
 # %% ../nbs/03_train.ipynb #002a04ca
 @dataclass
@@ -40,6 +41,9 @@ class TrainConfig:
     seed: int = 1
     views: int = 1  # augmented views per training image in the feature cache (Tip-Adapter: 10)
     amp: bool = True  # autocast (bf16) on CUDA; fp32 parameters always
+    # > 0: train this many steps (the last epoch may end early), the cosine per step
+    iterations: int = 0
+    min_lr: float = 0.0  # where the cosine ends (PyTorch's eta_min)
 
     def __post_init__(self):
         for f in fields(self):
@@ -58,10 +62,16 @@ class TrainConfig:
             raise VLPromptError(f'weight_decay must be a number >= 0, not {self.weight_decay!r}.')
         if not 0 <= self.momentum < 1:
             raise VLPromptError(f'momentum must be in [0, 1), not {self.momentum!r}.')
+        if not 0 <= self.min_lr <= self.lr:
+            raise VLPromptError(f'min_lr must be between 0 and lr ({self.lr}), not '
+                                f'{self.min_lr!r}.')
+        if self.iterations and self.warmup_epochs:
+            raise VLPromptError(f'A run of iterations ({self.iterations}) has no warm-up epochs; '
+                                f'set warmup_epochs=0 (now {self.warmup_epochs}).')
 
 
 TRAIN_RANGES = dict(epochs=(1, 100_000), batch_size=(1, 1_000_000), warmup_epochs=(0, 100_000),
-                    views=(1, 100))
+                    views=(1, 100), iterations=(0, 100_000_000))
 
 def typed_setting(name: str, value, kind: str, bounds: tuple | None = None):
     """`value` as a setting of type `kind` ('int', 'float', 'bool' or 'str') within `bounds` (low,
@@ -86,9 +96,21 @@ def epochs_for_shots(shots: int) -> int:
     return 50 if shots <= 1 else 100 if shots <= 4 else 200
 
 def lr_at_epoch(cfg: TrainConfig, epoch: int) -> float:
-    "Learning rate of an epoch: constant warm-up, then cosine from `cfg.lr` over all epochs."
+    """Learning rate of an epoch: constant warm-up, then cosine from `cfg.lr` to `cfg.min_lr` over
+    all epochs."""
     if epoch < cfg.warmup_epochs: return cfg.warmup_lr
-    return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * epoch / cfg.epochs))
+
+def lr_at_step(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of step `step` (from 0) of a run of `cfg.iterations` steps: cosine from
+    `cfg.lr` to `cfg.min_lr`, as PyTorch's CosineAnnealingLR stepped after every step."""
+    cos = math.cos(math.pi * step / cfg.iterations)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + cos)
+
+def run_epochs(cfg: TrainConfig, n: int) -> int:
+    "Epochs `fit` runs over `n` samples: `cfg.epochs`, or enough for `cfg.iterations` steps."
+    if not cfg.iterations: return cfg.epochs
+    return math.ceil(cfg.iterations / math.ceil(n / cfg.batch_size))
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     "SGD (momentum) or Adam/AdamW with the config's weight decay."
@@ -309,9 +331,10 @@ def _load_checkpoint(path: Path, cfg: TrainConfig, method: nn.Module, identity: 
                             f"than this {name} "
                             f'({_learnable_shapes(method)}): it was trained with other options; '
                             f'use another --out folder.')
+    added = dict(iterations=0, min_lr=0.0)  # settings newer than some checkpoints: their defaults
     diff = {
-        k: (ckpt['config'].get(k), v)
-        for k, v in asdict(cfg).items() if ckpt['config'].get(k) != v
+        k: (ckpt['config'].get(k, added.get(k)), v)
+        for k, v in asdict(cfg).items() if ckpt['config'].get(k, added.get(k)) != v
     }
     if diff:
         said = ', '.join(f'{k}: {a} there, {b} now' for k, (a, b) in diff.items())
@@ -362,11 +385,13 @@ class NaNGuard(Callback):
 class RecordLoss(Callback):
     "The epoch's mean training loss, with its epoch and learning rate, appended to the history."
     order = 10
-    def epoch_start(self, s: FitState): self.total = 0.0
-    def after_step(self, s: FitState): self.total += s.loss.item() * len(s.batch)
+    def epoch_start(self, s: FitState): self.total, self.seen = 0.0, 0
+    def after_step(self, s: FitState):
+        self.total += s.loss.item() * len(s.batch); self.seen += len(s.batch)
     def epoch_end(self, s: FitState):
-        lr = lr_at_epoch(s.cfg, s.epoch)
-        s.history.append(dict(epoch=s.epoch, lr=lr, loss=self.total / len(s.data)))
+        # a run of iterations: the lr of the epoch's last step
+        lr = s.opt.param_groups[0]['lr'] if s.cfg.iterations else lr_at_epoch(s.cfg, s.epoch)
+        s.history.append(dict(epoch=s.epoch, lr=lr, loss=self.total / max(1, self.seen)))
 
 class ShowProgress(Callback):
     "A progress bar over the epochs (it starts where a resumed run starts), with the last loss."
@@ -376,7 +401,8 @@ class ShowProgress(Callback):
         if self.bar is not None: return
         from tqdm.auto import tqdm
         name = type(s.method).__name__
-        self.bar = tqdm(desc=name, total=s.cfg.epochs, initial=s.start, leave=False)
+        self.bar = tqdm(desc=name, total=run_epochs(s.cfg, len(s.data)), initial=s.start,
+                        leave=False)
     def epoch_end(self, s: FitState):
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{s.history[-1]['loss']:.3f}")
@@ -450,15 +476,21 @@ def fit(method: nn.Module, data: TrainSet, cfg: TrainConfig, out: str | Path | N
     labels = data.labels.to(device)
     amp = cfg.amp and device.type == 'cuda'
     run_callbacks(cbs, 'before_fit', s)
+    per_epoch = math.ceil(len(data) / cfg.batch_size)
     try:
-        for s.epoch in range(s.start, cfg.epochs):
+        for s.epoch in range(s.start, run_epochs(cfg, len(data))):
             run_callbacks(cbs, 'epoch_start', s)
             for group in s.opt.param_groups: group['lr'] = lr_at_epoch(cfg, s.epoch)
             torch.manual_seed(epoch_seed(cfg.seed, s.epoch))
             g = torch.Generator().manual_seed(epoch_seed(cfg.seed, s.epoch))
             method.train()
             batches = torch.randperm(len(data), generator=g).split(cfg.batch_size)
+            if cfg.iterations:  # a run of steps: the last epoch stops at the last one
+                batches = batches[:cfg.iterations - s.epoch * per_epoch]
             for s.step, s.batch in enumerate(batches):
+                if cfg.iterations:
+                    for group in s.opt.param_groups:
+                        group['lr'] = lr_at_step(cfg, s.epoch * per_epoch + s.step)
                 x = data.batch(s.batch, g).to(device)
                 with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
                     s.loss = rule(method, x, labels[s.batch.to(device)])
