@@ -183,6 +183,12 @@ class GDA(nn.Module):
         if alpha is not None and not (isinstance(alpha, (int, float)) and alpha >= 0):
             raise VLPromptError(f'GDA alpha must be a number >= 0 (or None: searched on the val '
                                 f'split), not {alpha!r}.')
+        if not (len(alphas) and all(isinstance(a, (int, float)) and a >= 0 for a in alphas)):
+            raise VLPromptError(f'GDA alphas (the search grid) must be numbers >= 0, at least one, '
+                                f'not {alphas!r}.')
+        if not (isinstance(k_new, int) and k_new >= 2):
+            raise VLPromptError(f'GDA k_new (training features per new class, 64 officially) must '
+                                f'be a whole number >= 2, not {k_new!r}.')
         self.clip, self.classnames, self.templates = clip, list(classnames), templates
         self.alpha, self.fixed_alpha, self.alphas = alpha, alpha is not None, tuple(alphas)
         self.paper_selection, self.k_new, self.search_result = bool(paper_selection), k_new, None
