@@ -1,7 +1,7 @@
 """The classroom kit across notebooks: every exercise's check passes on the kit's solution and fails on the stub
 and on plausible wrong answers; `vlprompt exercises` writes student notebooks that run until their first stub and
 never replaces a file; every notebook opens on Colab (badge, install cell, GPU metadata that survives nbdev_clean)."""
-import configparser, contextlib, inspect, io, json, os, shutil, subprocess, sys
+import configparser, contextlib, inspect, io, json, math, os, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ def solution(name):
     from vlprompt.methods.coop import CoOp
     from vlprompt.methods.clip_lora import lora_delta
     from vlprompt.methods.kgcoop import kgcoop_loss
+    from vlprompt.methods.linear_heads import gda_classifier, gda_precision
     from vlprompt.methods.maple import MaPLe
     from vlprompt.methods.prograd import prograd_project
     from vlprompt.methods.promptsrc import gaussian_weights
@@ -32,7 +33,8 @@ def solution(name):
     return dict(fewshot=fewshot_indices, prompt_assembly=CoOp.prompts, prograd_project=prograd_project, kgcoop_loss=kgcoop_loss,
                 taskres_classifier=TaskRes.classifier, maple_coupling=MaPLe.vision_layer_prompts, spt_pooling=pool_windows,
                 nmi=nmi_from_joint, harmonic_mean=harmonic_mean,
-                promptsrc_gaussian_weights=gaussian_weights, lora_delta=lora_delta)[name]
+                promptsrc_gaussian_weights=gaussian_weights, lora_delta=lora_delta,
+                gda_precision=gda_precision, gda_classifier=gda_classifier)[name]
 
 
 # plausible wrong answers, one or more per exercise: each must fail its check with CheckFailed
@@ -113,8 +115,24 @@ def _lora_unscaled(A, B, alpha=1.0): return B @ A
 def _lora_transposed(A, B, alpha=1.0): return alpha / A.shape[0] ** 0.5 * (A.t() @ B.t())  # (d_in, d_out)
 def _lora_detached(A, B, alpha=1.0): return (alpha / A.shape[0] ** 0.5 * (B @ A)).detach()
 
+def _gda_means(x, y, K): return torch.stack([x[y == k].mean(0) for k in range(K)])
+def _gda_no_shrinkage(x, y, K):  # the bare scatter: singular with few shots
+    mu = _gda_means(x, y, K); c = x - mu[y]
+    return mu, x.shape[1] * torch.linalg.pinv(c.t() @ c)
+def _gda_total_scatter(x, y, K):  # centred on the mean of all features
+    mu = _gda_means(x, y, K); c = x - x.mean(0); S = c.t() @ c
+    return mu, x.shape[1] * torch.linalg.pinv(S + (S / (len(x) - 1)).trace() * torch.eye(x.shape[1], dtype=x.dtype))
+def _gda_no_d(x, y, K):
+    mu = _gda_means(x, y, K); c = x - mu[y]; S = c.t() @ c
+    return mu, torch.linalg.pinv(S + (S / (len(x) - 1)).trace() * torch.eye(x.shape[1], dtype=x.dtype))
+def _gda_no_prior(mu, P): return mu @ P, -0.5 * (mu @ P * mu).sum(-1)
+def _gda_transposed(mu, P): return (mu @ P).t(), math.log(1 / len(mu)) - 0.5 * (mu @ P * mu).sum(-1)
+def _gda_whole_quadratic(mu, P): return mu @ P, math.log(1 / len(mu)) - (mu @ P * mu).sum(-1)
+
 WRONG = {
     'lora_delta': [_lora_over_r, _lora_unscaled, _lora_transposed, _lora_detached],
+    'gda_precision': [_gda_no_shrinkage, _gda_total_scatter, _gda_no_d],
+    'gda_classifier': [_gda_no_prior, _gda_transposed, _gda_whole_quadratic],
     'kgcoop_loss': [_kgcoop_sum, _kgcoop_no_w, _kgcoop_raw_distance],
     'prograd_project': [_prograd_always, _prograd_no_lambda, _prograd_rows],
     'taskres_classifier': [_taskres_self_alpha, _taskres_unscaled, _taskres_normalised],

@@ -33,20 +33,21 @@ from .train import (FeatureCache, TrainConfig, TrainSet, augment_micro, backbone
 
 # %% auto #0
 __all__ = ['METHOD_MODULES', 'PROTOCOLS', 'ENTRIES', 'METHODS', 'CONFIGS', 'RULES', 'GRADIENT_RULES', 'PAPER_BASE2NEW',
-           'PAPER_FEWSHOT_RN50', 'OFFICIAL_RENAMES', 'OFFICIAL_FIXED', 'SETTINGS_NEEDED', 'SETTINGS_OPTIONAL',
-           'EXERCISES', 'register_method', 'register_rule', 'run_template', 'run_settings', 'read_official_checkpoint',
-           'official_to_kit', 'init_learnable', 'load_official', 'dassl_train_transform', 'dataset_features',
-           'train_inputs', 'split_inputs', 'accuracy', 'harmonic_mean', 'overrides', 'run_name', 'run_dir',
-           'run_dataset', 'config_differences', 'RunLog', 'checkpoint_epoch', 'use_split_indices', 'Run', 'timed',
-           'run', 'learnable', 'build_method', 'build_run', 'check_split', 'finished_metrics', 'run_identity',
+           'PAPER_FEWSHOT_RN50', 'PAPER_FEWSHOT', 'OFFICIAL_RENAMES', 'OFFICIAL_FIXED', 'SETTINGS_NEEDED',
+           'SETTINGS_OPTIONAL', 'EXERCISES', 'register_method', 'register_rule', 'run_template', 'run_settings',
+           'read_official_checkpoint', 'official_to_kit', 'init_learnable', 'load_official', 'dassl_train_transform',
+           'dataset_features', 'train_inputs', 'split_inputs', 'accuracy', 'harmonic_mean', 'overrides', 'run_name',
+           'run_dir', 'run_dataset', 'config_differences', 'RunLog', 'checkpoint_epoch', 'use_split_indices', 'Run',
+           'timed', 'run', 'learnable', 'build_method', 'build_run', 'check_split', 'finished_metrics', 'run_identity',
            'train_run', 'evaluate_method', 'evaluate_run', 'check_harmonic_mean', 'use_checkpoint', 'read_config',
            'evaluate_official', 'plan', 'grid_datasets', 'write_grid', 'reproduce', 'base_to_new', 'summarize',
-           'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables', 'merge_duplicates']
+           'paper_fewshot', 'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables',
+           'merge_duplicates']
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
 # the method modules (vlprompt.methods.*), listed once
 METHOD_MODULES = ('zeroshot', 'coop', 'prograd', 'taskres', 'maple', 'vpt', 'kgcoop', 'promptsrc',
-                  'clip_lora')
+                  'linear_heads', 'clip_lora')
 PROTOCOLS = ('fewshot', 'base2new', 'xd', 'dg')
 
 ENTRIES: dict = {}  # name -> its Method entry
@@ -56,6 +57,8 @@ RULES: dict = {}  # method -> (settings, clip, data, module) -> its own rule (el
 GRADIENT_RULES: dict = {}  # rule name -> Rule: a run setting (`--rule`) around a method that learns
 PAPER_BASE2NEW: dict = {}  # ViT-B/16, 16 shots, 11-dataset average (methods.md §7): base, new, HM
 PAPER_FEWSHOT_RN50: dict = {}  # RN50, 11-dataset avg at 1/2/4/8/16 shots (Tip-Adapter's logs)
+# every backbone's few-shot 11-dataset averages: method -> {backbone: {shots: acc}}
+PAPER_FEWSHOT: dict = {}
 OFFICIAL_RENAMES = [('prompt_learner.', '')]  # official keys -> the kit's, in order
 
 def register_method(entry: Method) -> Method:
@@ -64,12 +67,16 @@ def register_method(entry: Method) -> Method:
         raise VLPromptError(f'{entry.name} has settings for an unknown protocol {unknown[0]!r}; '
                             f'protocols: {", ".join(PROTOCOLS)}.')
     for key in [k for k in CONFIGS if k[0] == entry.name]: del CONFIGS[key]  # again: replaces
-    for table in (RULES, PAPER_BASE2NEW, PAPER_FEWSHOT_RN50): table.pop(entry.name, None)
+    for table in (RULES, PAPER_BASE2NEW, PAPER_FEWSHOT_RN50, PAPER_FEWSHOT):
+        table.pop(entry.name, None)
     ENTRIES[entry.name], METHODS[entry.name] = entry, entry.build
     CONFIGS.update({(entry.name, protocol): cfg for protocol, cfg in entry.configs.items()})
     if entry.rule is not None: RULES[entry.name] = partial(_entry_rule, entry)
     if 'base2new' in entry.paper: PAPER_BASE2NEW[entry.name] = entry.paper['base2new']
     if 'fewshot_rn50' in entry.paper: PAPER_FEWSHOT_RN50[entry.name] = entry.paper['fewshot_rn50']
+    if fewshot := {k.removeprefix('fewshot_'): v for k, v in entry.paper.items()
+                   if k.startswith('fewshot_')}:
+        PAPER_FEWSHOT[entry.name] = fewshot
     OFFICIAL_RENAMES.extend(r for r in entry.official_renames or () if r not in OFFICIAL_RENAMES)
     return entry
 
@@ -652,14 +659,15 @@ def run(settings: dict, folder: str | Path | None = None, data_root=None, cache_
         with r.logged():
             with timed(timings, 'data'): data, rec = r.few_shots(dataset)
             extra = train_run(r, method, rule, clip, r.trained_on(data), r.cache, progress,
-                              timings)
+                              timings, full_data=r.trained_on(dataset))
             with timed(timings, 'evaluation'):
                 scores = evaluate_method(method, r, clip, data, r.cache)
         return r.finish(dict(
             settings=r.settings, **scores, **extra, indices=_indices_used(rec),
             # which files the numbers come from
             data=dict(folder=dataset.folder, splits_sha256=split_hash(dataset)),
-            checkpoint_rule='last epoch' if learnable(method) else 'none (nothing trained)',
+            checkpoint_rule=getattr(method, 'checkpoint_rule', None) or (
+                'last epoch' if learnable(method) else 'none (nothing trained)'),
             seconds=time.time() - start))
 
 def _indices_used(rec: dict | None) -> dict:
@@ -736,17 +744,21 @@ def run_identity(r: Run, clip: LoadedCLIP, train_data) -> dict:
 
 def train_run(r: Run, method, rule, clip: LoadedCLIP, train_data,
               cache: FeatureCache | None = None, progress: bool = False,
-              timings: dict | None = None) -> dict:
+              timings: dict | None = None, full_data=None) -> dict:
     """`train_method` (prepare -> fit -> calibrate) on `train_data`; returns extra metrics of the
     rule. With a `r.folder` holding the finished run's checkpoint, fit only reloads the learned
-    tensors (what `evaluate_run` relies on)."""
+    tensors (what `evaluate_run` relies on). A method whose `val_split` is 'full' (a paper's own
+    selection protocol, e.g. GDA's) gets the val split of `full_data`, the data before the shots
+    were drawn; every other method the few-shot val split."""
     if not (learnable(method) or hasattr(method, 'prepare') or hasattr(method, 'calibrate')):
         return {}
     uses_val = hasattr(method, 'prepare') or hasattr(method, 'calibrate')
     with timed(timings, 'features'):
         train = train_inputs(clip, method, train_data, r.cfg, cache)
-        val_x, val_y = (split_inputs(clip, method, train_data, 'val', cache)
-                        if uses_val and train_data.val is not None else (None, None))
+        val_data = (full_data if full_data is not None
+                    and getattr(method, 'val_split', 'fewshot') == 'full' else train_data)
+        val_x, val_y = (split_inputs(clip, method, val_data, 'val', cache)
+                        if uses_val and val_data.val is not None else (None, None))
         prepare_x = None
         if hasattr(method, 'prepare') and getattr(method, 'needs_images', False):
             # e.g. SPT's prompts from the un-augmented training images
@@ -827,7 +839,7 @@ def evaluate_run(folder: str | Path, data_root=None, checkpoint: str | None = No
                                 f"{epochs} epochs); "
                                 'run `vlprompt train` with the same settings to finish it first.')
     # prepare again, reload the learned tensors, calibrate
-    train_run(r, method, rule, clip, r.trained_on(data))
+    train_run(r, method, rule, clip, r.trained_on(data), full_data=r.trained_on(full))
     return evaluate_method(method, r, clip, data)
 
 # %% ../nbs/20_benchmark.ipynb #7370eaa0
@@ -1135,8 +1147,22 @@ def summarize(rows: list[dict]) -> list[dict]:
                             if len(rs) > 1 else 'HM of the one seed\'s B and N')
             # a rule: not the paper's
             g['paper'] = None if s.get('rule') else PAPER_BASE2NEW.get(s['method'])
+        if len(rs) >= 10:  # LP++'s protocol: a 95% confidence interval over 10 or more tasks
+            g['ci95'] = {k: 1.96 * statistics.pstdev(v) / math.sqrt(len(v))
+                         for k in keys if len(v := [r[k] for r in rs if k in r]) >= 10}
+        if picked := sorted({r['selection'] for r in rs if isinstance(r.get('selection'), str)}):
+            g['selection'] = ', '.join(picked)  # how a hyper-parameter was chosen (GDA's alpha)
+        if s['protocol'] == 'fewshot':
+            g['paper_fewshot'] = '' if s.get('rule') else paper_fewshot(s['method'], s['shots'])
         out.append(g)
     return out
+
+_BACKBONE_WORDS = {'rn50': 'RN50', 'vit_b16': 'ViT-B/16'}
+
+def paper_fewshot(method: str, shots: int) -> str:
+    "The papers' few-shot 11-dataset averages of `method` at `shots`, per backbone ('' if none)."
+    return '; '.join(f'{_BACKBONE_WORDS.get(b, b)} {accs[shots]:.2f}'
+                     for b, accs in PAPER_FEWSHOT.get(method, {}).items() if shots in accs)
 
 def results_table(rows: list[dict]) -> str:
     """Markdown tables (one per protocol): mean ± std over seeds per group of runs, what each row
@@ -1148,13 +1174,18 @@ def results_table(rows: list[dict]) -> str:
         gs = [g for g in groups if g['protocol'] == protocol]
         keys = ['base', 'new', 'hm'] if protocol == 'base2new' else list(
             dict.fromkeys(k for g in gs for k in g['metrics']))
+        main = 'hm' if protocol == 'base2new' else 'accuracy'
+        ci, chosen = any('ci95' in g for g in gs), any(g.get('selection') for g in gs)
         head = (
             ['dataset', 'method', 'seeds']
             + keys
+            + ([f'95% CI of {main} (≥ 10 seeds)'] if ci else [])
             + ['backbone', 'shots', 'seed ids', 'checkpoint']
             + (['HM averaging'] if protocol == 'base2new' else [])
             + ['shots drawn']
+            + (['selection'] if chosen else [])
             + (['paper B / N / HM (ViT-B/16, 11-dataset avg)'] if protocol == 'base2new' else [])
+            + (['paper, these shots (11-dataset avg)'] if protocol == 'fewshot' else [])
         )
         lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
         for g in gs:
@@ -1165,6 +1196,8 @@ def results_table(rows: list[dict]) -> str:
             # one seed has no spread to show
             spread = lambda m, sd: f'{m:.1f}' if g['n_seeds'] == 1 else f'{m:.1f} ± {sd:.1f}'
             cells += [spread(*g['metrics'][k]) if k in g['metrics'] else '—' for k in keys]
+            if ci:
+                cells.append(f"± {g['ci95'][main]:.1f}" if main in g.get('ci95', {}) else '—')
             cells += [
                 g['backbone'] + (f" ({g['pretrained']})" if g['pretrained'] else ''),
                 str(g['shots']), g['seeds'], g['checkpoint']
@@ -1172,8 +1205,10 @@ def results_table(rows: list[dict]) -> str:
             if protocol == 'base2new':
                 cells.append(g.get('hm_rule', '—'))
             cells.append(g['indices'])
+            if chosen: cells.append(g.get('selection') or '—')
             if protocol == 'base2new':
                 cells.append(' / '.join(f'{x:.2f}' for x in g['paper']) if g.get('paper') else '—')
+            if protocol == 'fewshot': cells.append(g.get('paper_fewshot') or '—')
             lines.append('| ' + ' | '.join(cells) + ' |')
         parts.append(('' if len(protocols) == 1 else f'### {protocol}\n\n') + '\n'.join(lines))
     return '\n\n'.join(parts)
@@ -1190,6 +1225,9 @@ def results_csv(rows: list[dict]) -> str:
         }
         for k, (m, sd) in g['metrics'].items():
             rec[f'{k}_mean'], rec[f'{k}_std'] = round(m, 4), round(sd, 4)
+        for k, v in g.get('ci95', {}).items(): rec[f'{k}_ci95'] = round(v, 4)
+        if g.get('selection'): rec['selection'] = g['selection']
+        if g.get('paper_fewshot'): rec['paper_fewshot'] = g['paper_fewshot']
         rec.update(checkpoint=g['checkpoint'], hm_averaging=g.get('hm_rule', ''),
                    shots_drawn=g['indices'], splits_sha256=g['splits'])
         if g.get('paper'):

@@ -21,7 +21,7 @@ _train = _Later('vlprompt.train')  # run_lock, write_json, write_text, typed_set
 __all__ = ['bench', 'micro', 'REPLACED', 'RUN_FILES', 'DEMO_TIME', 'COMMANDS', 'check_out', 'check_device', 'check_backbone',
            'fail_fast_offline', 'check_shots', 'preflight', 'replace_run', 'set_options_help', 'demo_methods', 'demo',
            'plot_demo', 'setting_kinds', 'parse_value', 'parse_sets', 'train', 'evaluate_run', 'import_checkpoint',
-           'reproduce', 'table', 'exercises', 'add_data_parser', 'data_command', 'build_parser', 'main']
+           'reproduce', 'table', 'exercises', 'add_data_parser', 'data_command', 'seed_range', 'build_parser', 'main']
 
 # %% ../nbs/40_cli.ipynb #a24c0001
 def check_out(path, what: str = '--out') -> Path:
@@ -521,6 +521,20 @@ def data_command(args) -> list[dict]:
 COMMANDS = ('demo', 'train', 'eval', 'import-checkpoint', 'reproduce', 'table', 'bench', 'data',
             'exercises')
 
+def seed_range(text: str) -> list[int]:
+    "One `--seeds` item: a seed (3) or an inclusive range of seeds (1..10, LP++'s 10 tasks)."
+    lo, dots, hi = text.partition('..')
+    try: seeds = list(range(int(lo), int(hi) + 1)) if dots else [int(text)]
+    except ValueError: seeds = []
+    if not seeds:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a seed (3) or a range of seeds (1..10)')
+    return seeds
+
+class _Flatten(argparse.Action):
+    "Store a list of lists (`--seeds 1..3 7`) as one list."
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [s for v in values for s in v])
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with `command`, only that subcommand gets its options (the others' need torch to
     describe them)."""
@@ -635,7 +649,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p.add_argument('--no-data-check', action='store_true', help='skip the data check of the '
                                                                     'datasets before the grid '
                                                                     'starts')
-        p.add_argument('--seeds', nargs='+', type=int, default=[1, 2, 3])
+        p.add_argument('--seeds', nargs='+', type=seed_range, action=_Flatten, default=[1, 2, 3],
+                       help='seeds, or ranges of them: 1 2 3, 1..10 (default 1 2 3)')
         p.add_argument('--shots', nargs='+', type=int, default=[16], help='one or more shot counts '
                                                                           '(default 16)')
         p.add_argument('--out', default='runs', help='root folder of the runs (default runs/)')
