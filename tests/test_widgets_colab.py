@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COLAB_PYTHON = Path(os.environ.get('VLPROMPT_COLAB_PYTHON') or ROOT / '.venv-colab' / 'bin' / 'python')
 COLAB_IPYWIDGETS = '7.7.1'
 NOTEBOOKS = ['11_coop.ipynb', '12_prograd.ipynb', '13_taskres.ipynb', '14_maple.ipynb', '15_vpt_spt.ipynb',
-             '16_kgcoop.ipynb', '17_promptsrc.ipynb']
+             '16_kgcoop.ipynb', '17_promptsrc.ipynb', '18_linear_heads.ipynb', '19_clip_lora.ipynb']
 
 def directives(source: str) -> dict:
     return {w[0].rstrip(':'): w[1:] for w in (l[2:].split() for l in source.splitlines() if l.startswith('#|')) if w}
