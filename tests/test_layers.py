@@ -4,7 +4,8 @@ each other, directly or around a circle. The layers, lowest first:
 
 0. `clip`: loading CLIPs, tokenising, the prompted encoders, the kit's error and file helpers;
    it knows no world and no dataset.
-1. `micro` (the micro world), `data` (datasets; it reads the micro world's tasks).
+1. `micro` (the micro world), `micro_ssl` (its self-supervised ViT), `data` (datasets; it
+   reads the micro world's tasks).
 2. `train`: the loop, evaluation, metrics.
 3. `methods.*`: one module per method (a method may build on another, e.g. ProGrad on CoOp).
 4. `bench`: the protocols, run folders, `reproduce`, tables.
@@ -14,7 +15,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1]/'vlprompt'
-LAYERS = {'clip': 0, 'micro': 1, 'data': 1, 'train': 2, 'methods': 3, 'bench': 4,
+LAYERS = {'clip': 0, 'micro': 1, 'micro_ssl': 1, 'data': 1, 'train': 2, 'methods': 3, 'bench': 4,
           'launch': 5, 'speed': 5, 'cli': 5, 'classroom': 5, 'widgets': 5}
 
 def module_name(path: Path) -> str:

@@ -17,6 +17,7 @@ from fastcore.basics import patch
 from ..clip import (LoadedCLIP, VLPromptError, clip_logits, encode_image_prompted, get_clip,
                            zeroshot_weights)
 from ..micro import get_task, micro_preprocess
+import vlprompt.micro_ssl  # registers the 'micro-ssl' backbone (MoCo v3 micro ViT)
 from ..train import (Method, Track, TrainConfig, TrainSet, augment_micro, configs_of,
                             cross_entropy_rule, evaluate, fit)
 from ..train import (CheckFailed, Exercise, check_call, check_fail, check_passed,
@@ -632,10 +633,11 @@ def fit_tracked(method: nn.Module, data: TrainSet, cfg: TrainConfig,
 @lru_cache(maxsize=None)
 def micro_spt_run(init: str = 'kmeans', n_prompts: int = 4, deep: bool = True, head: str = 'linear',
                   seed: int = 1, epochs: int = 6, lr: float = 1e-2, shots: int = 8,
-                  task: str = 'micro-pairs-noise', curve_every: int = 2) -> dict:
-    """Train VPT (init 'xavier') or SPT on a micro task with the micro CLIP; test accuracy and NMI
-    per layer after every epoch (memoised)."""
-    clip, data = get_clip('micro'), micro_task_data(task, shots)
+                  task: str = 'micro-pairs-noise', curve_every: int = 2,
+                  backbone: str = 'micro') -> dict:
+    """Train VPT (init 'xavier') or SPT on a micro task with the micro CLIP (or `backbone`, e.g.
+    'micro-ssl'); test accuracy and NMI per layer after every epoch (memoised)."""
+    clip, data = get_clip(backbone), micro_task_data(task, shots)
     test, test_labels = micro_preprocess(data['test']), data['test_labels']
     # a fixed subset for the per-epoch curve
     curve_x, curve_y = test[::curve_every], test_labels[::curve_every]
