@@ -30,6 +30,17 @@ def test_a_folder_with_other_settings_is_refused(tmp_path):
         bench.run(other, tmp_path/'run', progress=False)
     assert json.loads((tmp_path/'run'/'metrics.json').read_text())['settings']['shots'] == 16
 
+def test_a_run_from_before_a_new_training_setting_still_counts(tmp_path):
+    "A run folder written before TrainConfig gained a setting is the same run when the new setting is at its default."
+    s = bench.run_settings('zeroshot', 'fewshot', 'micro-pairs', 16, 1)
+    bench.run(s, tmp_path/'run', progress=False)
+    config = json.loads((tmp_path/'run'/'config.json').read_text())
+    del config['train']['iterations'], config['train']['min_lr']  # as an older kit wrote it
+    (tmp_path/'run'/'config.json').write_text(json.dumps(config))
+    assert bench.config_differences(tmp_path/'run', s) == []
+    changed = dict(s, train=dict(s['train'], iterations=5))
+    assert bench.config_differences(tmp_path/'run', changed) == ['train.iterations: None there, 5 now']
+
 def test_cli_errors_are_one_paragraph(tmp_path):
     res = cli('train', '--method', 'cop', '--dataset', 'micro-pairs', '--out', tmp_path/'x')
     assert res.returncode == 2 and "Did you mean 'coop'" in res.stderr and 'Traceback' not in res.stderr

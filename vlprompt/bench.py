@@ -424,6 +424,9 @@ def config_differences(folder: str | Path, settings: dict) -> list[str]:
     if not path.exists(): return []
     # a damaged config.json: one sentence
     a, b = _flat(read_config(folder)), _flat(json.loads(json.dumps(settings)))
+    # a training setting added to the kit after that run, at its default, changes nothing
+    added = {f'train.{f.name}': f.default for f in fields(TrainConfig)}
+    a.update({k: v for k, v in added.items() if k not in a and b.get(k) == v})
     return [
         f'{k}: {a.get(k)} there, {b.get(k)} now' for k in sorted(a.keys() | b.keys())
         if a.get(k) != b.get(k)
