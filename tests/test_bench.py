@@ -38,8 +38,9 @@ def test_a_run_from_before_a_new_training_setting_still_counts(tmp_path):
     del config['train']['iterations'], config['train']['min_lr']  # as an older kit wrote it
     (tmp_path/'run'/'config.json').write_text(json.dumps(config))
     assert bench.config_differences(tmp_path/'run', s) == []
+    assert bench.overrides(config) == {}  # and its row in a table is the method's configuration
     changed = dict(s, train=dict(s['train'], iterations=5))
-    assert bench.config_differences(tmp_path/'run', changed) == ['train.iterations: None there, 5 now']
+    assert bench.config_differences(tmp_path/'run', changed) == ['train.iterations: 0 there, 5 now']
 
 def test_cli_errors_are_one_paragraph(tmp_path):
     res = cli('train', '--method', 'cop', '--dataset', 'micro-pairs', '--out', tmp_path/'x')

@@ -36,13 +36,13 @@ __all__ = ['METHOD_MODULES', 'PROTOCOLS', 'ENTRIES', 'METHODS', 'CONFIGS', 'RULE
            'PAPER_FEWSHOT_RN50', 'PAPER_FEWSHOT', 'OFFICIAL_RENAMES', 'OFFICIAL_FIXED', 'SETTINGS_NEEDED',
            'SETTINGS_OPTIONAL', 'EXERCISES', 'register_method', 'register_rule', 'run_template', 'run_settings',
            'read_official_checkpoint', 'official_to_kit', 'init_learnable', 'load_official', 'dassl_train_transform',
-           'dataset_features', 'train_inputs', 'split_inputs', 'accuracy', 'harmonic_mean', 'overrides', 'run_name',
-           'run_dir', 'run_dataset', 'config_differences', 'RunLog', 'checkpoint_epoch', 'use_split_indices', 'Run',
-           'timed', 'run', 'learnable', 'build_method', 'build_run', 'check_split', 'finished_metrics', 'run_identity',
-           'train_run', 'evaluate_method', 'evaluate_run', 'check_harmonic_mean', 'use_checkpoint', 'read_config',
-           'evaluate_official', 'plan', 'grid_datasets', 'write_grid', 'reproduce', 'base_to_new', 'summarize',
-           'paper_fewshot', 'results_table', 'results_csv', 'scan_runs', 'unfinished_report', 'write_tables',
-           'merge_duplicates']
+           'dataset_features', 'train_inputs', 'split_inputs', 'accuracy', 'harmonic_mean', 'with_added_settings',
+           'overrides', 'run_name', 'run_dir', 'run_dataset', 'config_differences', 'RunLog', 'checkpoint_epoch',
+           'use_split_indices', 'Run', 'timed', 'run', 'learnable', 'build_method', 'build_run', 'check_split',
+           'finished_metrics', 'run_identity', 'train_run', 'evaluate_method', 'evaluate_run', 'check_harmonic_mean',
+           'use_checkpoint', 'read_config', 'evaluate_official', 'plan', 'grid_datasets', 'write_grid', 'reproduce',
+           'base_to_new', 'summarize', 'paper_fewshot', 'results_table', 'results_csv', 'scan_runs',
+           'unfinished_report', 'write_tables', 'merge_duplicates']
 
 # %% ../nbs/20_benchmark.ipynb #2329fbc5
 # the method modules (vlprompt.methods.*), listed once
@@ -367,6 +367,12 @@ def _flat(d: dict, prefix: str = '') -> dict:
         for k, v in (_flat(x, f'{k}.').items() if isinstance(x, dict) else [(k, x)])
     }
 
+def with_added_settings(flat: dict) -> dict:
+    """Flat settings of a run with every training setting the kit gained after the run was written
+    filled in at its default (an older run is the same run)."""
+    added = {f'train.{f.name}': f.default for f in fields(TrainConfig)}
+    return {**{k: v for k, v in added.items() if k not in flat}, **flat} if 'train.epochs' in flat else flat
+
 def overrides(s: dict) -> dict:
     """The settings of run `s` that differ from its method's configuration, as flat keys
     ('train.epochs', 'method_options.lam', ...)."""
@@ -376,7 +382,7 @@ def overrides(s: dict) -> dict:
                          s['backbone'], s.get('pretrained')))
     except (VLPromptError, KeyError):
         default = {}  # a method or protocol no longer configured: every setting counts
-    mine = _flat(json.loads(json.dumps(s)))
+    mine = with_added_settings(_flat(json.loads(json.dumps(s))))
     return {
         k: mine.get(k)
         for k in sorted(mine.keys() | default.keys()) if mine.get(k) != default.get(k)
@@ -424,9 +430,7 @@ def config_differences(folder: str | Path, settings: dict) -> list[str]:
     if not path.exists(): return []
     # a damaged config.json: one sentence
     a, b = _flat(read_config(folder)), _flat(json.loads(json.dumps(settings)))
-    # a training setting added to the kit after that run, at its default, changes nothing
-    added = {f'train.{f.name}': f.default for f in fields(TrainConfig)}
-    a.update({k: v for k, v in added.items() if k not in a and b.get(k) == v})
+    a = with_added_settings(a)  # a training setting added to the kit since, at its default
     return [
         f'{k}: {a.get(k)} there, {b.get(k)} now' for k in sorted(a.keys() | b.keys())
         if a.get(k) != b.get(k)
