@@ -370,8 +370,9 @@ def _flat(d: dict, prefix: str = '') -> dict:
 def with_added_settings(flat: dict) -> dict:
     """Flat settings of a run with every training setting the kit gained after the run was written
     filled in at its default (an older run is the same run)."""
+    if 'train.epochs' not in flat: return flat  # no training settings at all
     added = {f'train.{f.name}': f.default for f in fields(TrainConfig)}
-    return {**{k: v for k, v in added.items() if k not in flat}, **flat} if 'train.epochs' in flat else flat
+    return {**{k: v for k, v in added.items() if k not in flat}, **flat}
 
 def overrides(s: dict) -> dict:
     """The settings of run `s` that differ from its method's configuration, as flat keys
